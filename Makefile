@@ -1,0 +1,74 @@
+# LLM Gateway: `make run` serves, `make test` checks everything. Both install what they need
+# on first use (a virtual environment in .venv, buf and the Node.js test client in
+# tools/node_modules, Debian's redis-server for the Redis tests).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BUF := tools/node_modules/.bin/buf
+PY_STAMP := $(VENV)/.installed
+NODE_STAMP := tools/node_modules/.installed
+
+.PHONY: help run test lint typecheck proto-lint generate check-generated pytest fmt bench image lock clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(PY_STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -U pip
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	@touch $@
+
+$(NODE_STAMP): tools/package.json tools/package-lock.json
+	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+run: $(PY_STAMP) ## Serve on :50051 (against the built-in OpenRouter simulator when OPENROUTER_API_KEY is unset)
+	$(BIN)/python -m service
+
+test: lint typecheck proto-lint check-generated pytest ## Every check: ruff, mypy, buf, generated code, tests
+
+lint: $(PY_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(PY_STAMP)
+	$(BIN)/mypy
+
+proto-lint: $(NODE_STAMP)
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+
+generate: $(PY_STAMP) ## Regenerate generated/ from proto/
+	./scripts/generate.sh
+
+check-generated: $(PY_STAMP) ## Fail when generated/ is stale
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && ./scripts/generate.sh "$$tmp" && \
+	  diff -r -x __pycache__ "$$tmp" generated >/dev/null || \
+	  { echo "generated/ is stale: run 'make generate' and commit the result." >&2; exit 1; }
+
+pytest: $(PY_STAMP) $(NODE_STAMP)
+	./scripts/ensure-redis.sh
+	$(BIN)/pytest -q
+
+fmt: $(PY_STAMP) $(NODE_STAMP) ## Format Python and proto files
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BUF) format -w
+
+bench: $(PY_STAMP) ## Benchmarks against the simulator (minutes; not part of make test)
+	$(BIN)/python -m bench
+
+image: ## Build the container image (needs a Docker engine)
+	docker build -t llm-gateway:dev .
+
+lock: ## Re-pin requirements.lock from a fresh resolve of pyproject.toml
+	rm -rf /tmp/llmgw-lock && $(PYTHON) -m venv /tmp/llmgw-lock
+	/tmp/llmgw-lock/bin/pip install -q -U pip && /tmp/llmgw-lock/bin/pip install -q -e '.[dev]'
+	/tmp/llmgw-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+
+clean: ## Remove the virtual environment and installed tools
+	rm -rf $(VENV) tools/node_modules .mypy_cache .ruff_cache
