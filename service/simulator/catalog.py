@@ -1,0 +1,285 @@
+"""The simulated model catalog: ids, display providers, prices and supported parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+# Normalized finish_reason -> what the provider itself reports; real responses carry both.
+_OPENAI_NATIVE = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "error": "error"}
+_ANTHROPIC_NATIVE = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "error": "error",
+}
+_GOOGLE_NATIVE = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP", "error": "ERROR"}
+_SIM_NATIVE = {
+    "stop": "completed",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "error": "error",
+}
+
+_SAMPLING = frozenset(
+    {"max_tokens", "temperature", "top_p", "stop", "seed", "frequency_penalty", "presence_penalty"}
+)
+
+# Parameter names OpenRouter checks against `supported_parameters` when a request sets
+# provider.require_parameters; everything else in a body is never a routing constraint.
+ROUTABLE_PARAMETERS = frozenset(
+    {
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop",
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        "repetition_penalty",
+        "min_p",
+        "top_a",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "reasoning",
+        "include_reasoning",
+        "reasoning_effort",
+        "verbosity",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One catalog entry; prices are USD per token, kept exact as Decimal."""
+
+    id: str
+    canonical_slug: str
+    name: str
+    created: int
+    description: str
+    context_length: int
+    max_completion_tokens: int
+    tokenizer: str
+    provider_name: str
+    prompt_price: Decimal
+    completion_price: Decimal
+    is_moderated: bool
+    supported_parameters: frozenset[str]
+    native_finish_reasons: Mapping[str, str] = field(default_factory=lambda: _OPENAI_NATIVE)
+
+    def supports(self, parameter: str) -> bool:
+        return parameter in self.supported_parameters
+
+    def native_finish_reason(self, finish_reason: str | None) -> str | None:
+        if finish_reason is None:
+            return None
+        return self.native_finish_reasons.get(finish_reason, finish_reason)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> tuple[float, float]:
+        """Prompt and completion cost in USD, as the floats the wire carries."""
+        return (
+            float(self.prompt_price * prompt_tokens),
+            float(self.completion_price * completion_tokens),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as `GET /api/v1/models` lists it."""
+        return {
+            "id": self.id,
+            "canonical_slug": self.canonical_slug,
+            "hugging_face_id": "",
+            "name": self.name,
+            "created": self.created,
+            "description": self.description,
+            "context_length": self.context_length,
+            "architecture": {
+                "modality": "text->text",
+                "input_modalities": ["text"],
+                "output_modalities": ["text"],
+                "tokenizer": self.tokenizer,
+                "instruct_type": None,
+            },
+            "pricing": {
+                "prompt": _price_string(self.prompt_price),
+                "completion": _price_string(self.completion_price),
+                "request": "0",
+                "image": "0",
+            },
+            "top_provider": {
+                "context_length": self.context_length,
+                "max_completion_tokens": self.max_completion_tokens,
+                "is_moderated": self.is_moderated,
+            },
+            "per_request_limits": None,
+            "supported_parameters": sorted(self.supported_parameters),
+        }
+
+
+def _price_string(price: Decimal) -> str:
+    # Real listings use plain decimals ("0.00000015"), never exponent notation.
+    return format(price, "f")
+
+
+# Variant suffixes select a routing flavour of the same model, e.g. "openai/gpt-4o-mini:nitro".
+_VARIANTS = frozenset({"free", "nitro", "floor", "online", "extended", "thinking", "exacto"})
+
+
+class Catalog:
+    """Immutable lookup over the simulated models."""
+
+    def __init__(self, models: Iterable[ModelInfo]) -> None:
+        self._models = {model.id: model for model in models}
+
+    def __iter__(self) -> Iterator[ModelInfo]:
+        return iter(self._models.values())
+
+    def get(self, model_id: str) -> ModelInfo | None:
+        """The entry for an id, accepting a known variant suffix (`:free`, `:nitro`, ...)."""
+        found = self._models.get(model_id)
+        if found is None and ":" in model_id:
+            base, _, variant = model_id.rpartition(":")
+            if variant in _VARIANTS:
+                found = self._models.get(base)
+        return found
+
+    def listing(self, required_parameters: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Models supporting every required parameter, as `/models` entries."""
+        required = {p.strip() for p in required_parameters if p.strip()}
+        return [
+            model.to_json()
+            for model in self._models.values()
+            if required <= model.supported_parameters
+        ]
+
+
+DEFAULT_MODEL_ID = "openai/gpt-4o-mini"
+
+DEFAULT_CATALOG = Catalog(
+    (
+        ModelInfo(
+            id="openai/gpt-4o-mini",
+            canonical_slug="openai/gpt-4o-mini-2024-07-18",
+            name="OpenAI: GPT-4o-mini",
+            created=1721260800,
+            description="GPT-4o mini is OpenAI's small, affordable multimodal model.",
+            context_length=128000,
+            max_completion_tokens=16384,
+            tokenizer="GPT",
+            provider_name="OpenAI",
+            prompt_price=Decimal("0.00000015"),
+            completion_price=Decimal("0.0000006"),
+            is_moderated=True,
+            supported_parameters=_SAMPLING
+            | {
+                "logit_bias",
+                "logprobs",
+                "top_logprobs",
+                "response_format",
+                "structured_outputs",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+            },
+        ),
+        ModelInfo(
+            id="anthropic/claude-3.5-haiku",
+            canonical_slug="anthropic/claude-3-5-haiku",
+            name="Anthropic: Claude 3.5 Haiku",
+            created=1730678400,
+            description="Claude 3.5 Haiku: fast, with improved coding and tool use.",
+            context_length=200000,
+            max_completion_tokens=8192,
+            tokenizer="Claude",
+            provider_name="Anthropic",
+            prompt_price=Decimal("0.0000008"),
+            completion_price=Decimal("0.000004"),
+            is_moderated=True,
+            supported_parameters=frozenset(
+                {
+                    "max_tokens",
+                    "temperature",
+                    "top_p",
+                    "top_k",
+                    "stop",
+                    "response_format",
+                    "tools",
+                    "tool_choice",
+                }
+            ),
+            native_finish_reasons=_ANTHROPIC_NATIVE,
+        ),
+        ModelInfo(
+            id="meta-llama/llama-3.1-8b-instruct",
+            canonical_slug="meta-llama/llama-3.1-8b-instruct",
+            name="Meta: Llama 3.1 8B Instruct",
+            created=1721692800,
+            description="Meta's Llama 3.1 8B instruct-tuned model.",
+            context_length=131072,
+            max_completion_tokens=16384,
+            tokenizer="Llama3",
+            provider_name="DeepInfra",
+            prompt_price=Decimal("0.00000002"),
+            completion_price=Decimal("0.00000003"),
+            is_moderated=False,
+            supported_parameters=_SAMPLING
+            | {"top_k", "min_p", "repetition_penalty", "response_format"},
+        ),
+        ModelInfo(
+            id="mistralai/mistral-7b-instruct",
+            canonical_slug="mistralai/mistral-7b-instruct",
+            name="Mistral: Mistral 7B Instruct",
+            created=1716768000,
+            description="A 7.3B parameter model tuned for speed and context length.",
+            context_length=32768,
+            max_completion_tokens=16384,
+            tokenizer="Mistral",
+            provider_name="Together",
+            prompt_price=Decimal("0.000000028"),
+            completion_price=Decimal("0.000000054"),
+            is_moderated=False,
+            supported_parameters=_SAMPLING | {"top_k", "min_p", "repetition_penalty"},
+        ),
+        ModelInfo(
+            id="google/gemini-2.0-flash-001",
+            canonical_slug="google/gemini-2.0-flash-001",
+            name="Google: Gemini 2.0 Flash",
+            created=1738769413,
+            description="Gemini 2.0 Flash: faster time to first token than 1.5 Pro.",
+            context_length=1048576,
+            max_completion_tokens=8192,
+            tokenizer="Gemini",
+            provider_name="Google AI Studio",
+            prompt_price=Decimal("0.0000001"),
+            completion_price=Decimal("0.0000004"),
+            is_moderated=False,
+            supported_parameters=_SAMPLING
+            | {"response_format", "structured_outputs", "tools", "tool_choice"},
+            native_finish_reasons=_GOOGLE_NATIVE,
+        ),
+        ModelInfo(
+            id="openrouter/sim-fast",
+            canonical_slug="openrouter/sim-fast",
+            name="Simulator: Fast",
+            created=1735689600,
+            description="A cheap simulated model with every feature, for benchmarks.",
+            context_length=131072,
+            max_completion_tokens=32768,
+            tokenizer="Other",
+            provider_name="Simulator",
+            prompt_price=Decimal("0.0000001"),
+            completion_price=Decimal("0.0000002"),
+            is_moderated=False,
+            supported_parameters=frozenset(ROUTABLE_PARAMETERS)
+            | {"response_format", "structured_outputs"},
+            native_finish_reasons=_SIM_NATIVE,
+        ),
+    )
+)

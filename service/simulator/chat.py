@@ -1,0 +1,587 @@
+"""`POST /api/v1/chat/completions`: validation, scenario faults, unary replies and SSE streams.
+
+Client disconnects are noticed in two ways: the app is meant to run with aiohttp's
+``handler_cancellation=True`` (``run_simulator`` and ``__main__`` set it), so a lost
+connection cancels the handler at whatever it awaits; and a write to a closed transport raises
+``ConnectionResetError``. Either way the handler records a DisconnectRecord and a cancelled
+generation. While hanging it also polls the transport, so even without handler cancellation
+a disconnect is noticed within ``_HANG_POLL_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .catalog import DEFAULT_MODEL_ID, ROUTABLE_PARAMETERS, Catalog, ModelInfo
+from .context import CONTEXT_KEY, SimulatorContext
+from .errors import (
+    ErrorReply,
+    bad_request,
+    invalid_model,
+    no_endpoints_for_parameters,
+    scenario_error,
+)
+from .generate import Reply, prompt_tokens, random_id, usage_json
+from .intake import Admitted, admit, check_auth, error_response
+from .replies import ReplyInputs, compose_reply
+from .scenarios import (
+    DEFAULT_SCENARIO,
+    DIRECTIVE_MARKER,
+    DirectiveError,
+    MidStreamError,
+    Scenario,
+    UsageShape,
+    message_texts,
+    parse_scenario,
+    strip_directives,
+)
+from .sse import (
+    DONE,
+    KEEPALIVE_COMMENT,
+    ROLE_CHOICES,
+    ChunkEncoder,
+    SseWriter,
+    content_choices,
+    finish_choices,
+    reasoning_choices,
+    tool_arguments_choices,
+    tool_call_start_choices,
+)
+from .state import DisconnectRecord, GenerationRecord
+
+_HANG_POLL_S = 0.02
+_MID_STREAM_ERROR_AFTER = 3
+_MALFORMED_AFTER = 2
+_PARTIAL_TOKENS = 3
+
+_PROXY_PAGE = (
+    b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
+    b"</h1></center><hr><center>cloudflare</center></body></html>"
+)
+
+
+class _RejectedError(Exception):
+    """Stops request preparation with an HTTP error reply."""
+
+    def __init__(self, reply: ErrorReply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A validated chat request, ready to be served."""
+
+    admitted: Admitted
+    body: dict[str, Any]
+    messages: list[Any]
+    generation_id: str
+    created: int
+    model: ModelInfo
+    model_id: str
+    scenario: Scenario
+    stream: bool
+    token_limit: int | None
+    prompt_tokens: int
+    external_user: str | None
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far serving got, for recording a disconnect at any point."""
+
+    phase: str = "delay"
+    tokens_sent: int = 0
+    reasoning_sent: int = 0
+    first_byte_at: float | None = None
+    response: web.StreamResponse | None = None
+    finished: bool = False
+
+
+async def handle_chat(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT_KEY]
+    created = int(time.time())
+    generation_id = f"gen-{created}-{random_id(ctx.rng, 20)}"
+    admitted = await admit(request, ctx, generation_id=generation_id)
+    auth_error = check_auth(request, ctx.config)
+    if auth_error is not None:
+        return error_response(auth_error)
+    try:
+        call = _prepare(ctx, admitted, generation_id, created)
+    except _RejectedError as exc:
+        return error_response(exc.reply)
+    except DirectiveError as exc:
+        return error_response(bad_request(f"Simulator directive error: {exc}"))
+
+    progress = _Progress()
+    try:
+        return await _serve(request, ctx, call, progress)
+    except DirectiveError as exc:
+        return error_response(bad_request(f"Simulator directive error: {exc}"))
+    except asyncio.CancelledError:
+        _record_lost(ctx, call, progress)
+        raise
+    except ConnectionResetError:
+        _record_lost(ctx, call, progress)
+        # aiohttp's own write_eof on this response fails quietly (it expects ConnectionError).
+        return progress.response or web.Response()
+
+
+def _prepare(ctx: SimulatorContext, admitted: Admitted, generation_id: str, created: int) -> _Call:
+    body = admitted.body
+    if not isinstance(body, dict):
+        raise _RejectedError(bad_request("Invalid JSON in request body"))
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _RejectedError(bad_request('Input required: specify "prompt" or "messages"'))
+    # Fast mode skips the regex scan for the common case of a body without directives.
+    if ctx.config.fast and DIRECTIVE_MARKER not in admitted.raw:
+        scenario = DEFAULT_SCENARIO
+    else:
+        scenario = parse_scenario(messages)
+    model, model_id = _resolve_model(body, scenario, ctx.catalog)
+    provider = body.get("provider")
+    strict = isinstance(provider, dict) and provider.get("require_parameters") is True
+    if strict and not _required_parameters(body) <= model.supported_parameters:
+        raise _RejectedError(no_endpoints_for_parameters())
+    user = body.get("user")
+    extra = [body[key] for key in ("tools", "response_format") if body.get(key)]
+    return _Call(
+        admitted=admitted,
+        body=body,
+        messages=messages,
+        generation_id=generation_id,
+        created=created,
+        model=model,
+        model_id=model_id,
+        scenario=scenario,
+        stream=body.get("stream") is True,
+        token_limit=_token_limit(body),
+        prompt_tokens=prompt_tokens(messages, extra or None),
+        external_user=user if isinstance(user, str) else None,
+    )
+
+
+def _resolve_model(
+    body: dict[str, Any], scenario: Scenario, catalog: Catalog
+) -> tuple[ModelInfo, str]:
+    """The model that serves: the requested one, or the first usable `models` fallback."""
+    fallbacks = [m for m in body.get("models") or [] if isinstance(m, str)]
+    requested = body.get("model") or (fallbacks[0] if fallbacks else DEFAULT_MODEL_ID)
+    if not isinstance(requested, str):
+        raise _RejectedError(bad_request("model must be a string"))
+    primary = catalog.get(requested)
+    if primary is not None and not scenario.fail_primary:
+        return primary, requested
+    for alternative in fallbacks:
+        served = catalog.get(alternative)
+        if alternative != requested and served is not None:
+            return served, alternative
+    if primary is None:
+        raise _RejectedError(invalid_model(requested))
+    raise _RejectedError(_directive_error("502", requested, primary, scenario, 0, ""))
+
+
+def _required_parameters(body: dict[str, Any]) -> set[str]:
+    needed = {
+        name for name, value in body.items() if name in ROUTABLE_PARAMETERS and value is not None
+    }
+    if body.get("max_completion_tokens") is not None:
+        needed.add("max_tokens")
+    response_format = body.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_schema":
+        needed.add("structured_outputs")
+    elif kind == "json_object":
+        needed.add("response_format")
+    return needed
+
+
+def _token_limit(body: dict[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _RejectedError(bad_request(f"{name} must be a positive integer"))
+        return value
+    return None
+
+
+def _directive_error(
+    code: str,
+    model_id: str,
+    model: ModelInfo,
+    scenario: Scenario,
+    prompt: int,
+    flagged_input: str,
+) -> ErrorReply:
+    return scenario_error(
+        code,
+        model_id=model_id,
+        provider_name=model.provider_name,
+        retry_after=scenario.retry_after,
+        flagged_input=flagged_input,
+        context_length=model.context_length,
+        prompt_tokens=prompt,
+    )
+
+
+async def _serve(
+    request: web.Request, ctx: SimulatorContext, call: _Call, progress: _Progress
+) -> web.StreamResponse:
+    scenario = call.scenario
+    if scenario.delay_ms:
+        await asyncio.sleep(scenario.delay_ms / 1000)
+    if scenario.error is not None and _should_fail(ctx, call):
+        user_texts = [text for role, text in message_texts(call.messages) if role == "user"]
+        flagged = strip_directives(user_texts[-1]) if user_texts else ""
+        return error_response(
+            _directive_error(
+                scenario.error, call.model_id, call.model, scenario, call.prompt_tokens, flagged
+            )
+        )
+    if scenario.bad_content_type:
+        return web.Response(status=200, body=_PROXY_PAGE, content_type="text/html")
+    if scenario.hang and not call.stream:
+        progress.phase = "hang"
+        await _until_disconnected(request)
+
+    reply = compose_reply(
+        ReplyInputs(
+            body=call.body,
+            messages=call.messages,
+            model=call.model,
+            scenario=scenario,
+            stream=call.stream,
+            token_limit=call.token_limit,
+            default_tokens=ctx.config.default_completion_tokens,
+        ),
+        ctx.state,
+        ctx.rng,
+    )
+    if call.stream:
+        return await _stream(request, ctx, call, reply, progress)
+    return _unary(request, ctx, call, reply, progress)
+
+
+def _should_fail(ctx: SimulatorContext, call: _Call) -> bool:
+    limit = call.scenario.fail_times
+    if limit is None:
+        return True
+    # Identical retries have identical bodies; key order must not matter.
+    key = hashlib.sha256(orjson.dumps(call.body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return ctx.state.count_attempt(key) < limit
+
+
+async def _until_disconnected(request: web.Request) -> None:
+    """Block until the client goes away (normally ended early by handler cancellation)."""
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client disconnected")
+        await asyncio.sleep(_HANG_POLL_S)
+
+
+def _abort_connection(request: web.Request) -> None:
+    # close() flushes what was already written, then FIN: the client sees a body cut short.
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+def _unary(
+    request: web.Request,
+    ctx: SimulatorContext,
+    call: _Call,
+    reply: Reply,
+    progress: _Progress,
+) -> web.StreamResponse:
+    scenario = call.scenario
+    headers = {"X-Generation-Id": call.generation_id}
+    progress.phase = "unary"
+    if scenario.drop_after is not None:
+        _abort_connection(request)
+        _record_generation(ctx, call, progress, None, cancelled=False, native="network_error")
+        return web.Response()
+
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None}
+    message["reasoning"] = reply.reasoning_text
+    if reply.reasoning:
+        message["reasoning_details"] = [
+            {
+                "type": "reasoning.text",
+                "text": reply.reasoning_text,
+                "format": "unknown",
+                "index": 0,
+            }
+        ]
+    if reply.tool_call is not None:
+        message["tool_calls"] = [reply.tool_call.to_json()]
+    choice: dict[str, Any] = {"logprobs": None, "index": 0}
+    finish_reason = reply.finish_reason
+    progress.tokens_sent = reply.completion_tokens
+    progress.reasoning_sent = len(reply.reasoning)
+    charged = True
+    if scenario.choice_error:
+        partial = reply.content[:_PARTIAL_TOKENS]
+        message["content"] = "".join(partial)
+        progress.tokens_sent = len(partial) + len(reply.reasoning)
+        finish_reason, charged = "error", False
+        choice["error"] = {
+            "code": 502,
+            "message": "Provider returned error: upstream connection reset",
+            "metadata": {"error_type": "provider_unavailable"},
+        }
+    native = call.model.native_finish_reason(finish_reason)
+    choice.update(finish_reason=finish_reason, native_finish_reason=native, message=message)
+    payload = {
+        "id": call.generation_id,
+        "provider": call.model.provider_name,
+        "model": call.model_id,
+        "object": "chat.completion",
+        "created": call.created,
+        "choices": [choice],
+        "usage": usage_json(
+            call.model,
+            call.prompt_tokens,
+            progress.tokens_sent,
+            progress.reasoning_sent,
+            charged=charged,
+        ),
+    }
+    body = orjson.dumps(payload)
+    if scenario.malformed:
+        body = body[: len(body) // 2]
+    progress.first_byte_at = time.monotonic()
+    _record_generation(ctx, call, progress, finish_reason, cancelled=False, charged=charged)
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+async def _stream(
+    request: web.Request,
+    ctx: SimulatorContext,
+    call: _Call,
+    reply: Reply,
+    progress: _Progress,
+) -> web.StreamResponse:
+    scenario, config = call.scenario, ctx.config
+    response = web.StreamResponse(
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Generation-Id": call.generation_id,
+        },
+    )
+    progress.phase = "headers"
+    progress.response = response
+    await response.prepare(request)
+
+    if scenario.pace_ms is not None:
+        pace = scenario.pace_ms / 1000
+    else:
+        pace = 0.0 if config.fast else config.token_delay_s
+    writer = SseWriter(response, scenario.line_ending, coalesce=config.fast and pace == 0)
+    keepalive = scenario.keepalive
+    if keepalive is None:
+        keepalive = 0 if config.fast else config.keepalive_comments
+    progress.phase = "keepalive"
+    for _ in range(keepalive):
+        await writer.comment(KEEPALIVE_COMMENT)
+    if scenario.hang:
+        await writer.flush()
+        progress.phase = "hang"
+        await _until_disconnected(request)
+
+    progress.phase = "stream"
+    encoder = ChunkEncoder(
+        call.generation_id, call.model.provider_name, call.model_id, call.created
+    )
+    await writer.data(encoder.choices(ROLE_CHOICES))
+    progress.first_byte_at = time.monotonic()
+
+    mid_error = scenario.mid_stream_error
+    token_budget = reply.completion_tokens
+    if scenario.drop_after is not None:
+        token_budget = min(token_budget, scenario.drop_after)
+    elif mid_error is not None and mid_error is not MidStreamError.MINIMAX:
+        token_budget = min(token_budget, _MID_STREAM_ERROR_AFTER)
+    malformed_pending = scenario.malformed
+
+    for choices, tokens, is_reasoning in _token_frames(reply):
+        if progress.tokens_sent + tokens > token_budget:
+            break
+        if malformed_pending and progress.tokens_sent >= _MALFORMED_AFTER:
+            malformed_pending = False
+            await writer.data(encoder.choices(choices)[:-20])
+        if pace and tokens:
+            await writer.flush()
+            await asyncio.sleep(pace)
+        await writer.data(encoder.choices(choices))
+        progress.tokens_sent += tokens
+        progress.reasoning_sent += tokens if is_reasoning else 0
+
+    if scenario.drop_after is not None:
+        await writer.flush()
+        _abort_connection(request)
+        _record_generation(ctx, call, progress, None, cancelled=False, native="network_error")
+        return response
+
+    usage = usage_json(
+        call.model, call.prompt_tokens, progress.tokens_sent, progress.reasoning_sent
+    )
+    if mid_error is not None and mid_error is not MidStreamError.MINIMAX:
+        await writer.data(_error_chunk(encoder, mid_error, call.model.provider_name))
+        await writer.flush()
+        _record_generation(ctx, call, progress, "error", cancelled=False, charged=False)
+        return response
+
+    finish_reason = "length" if mid_error is MidStreamError.MINIMAX else reply.finish_reason
+    if not scenario.no_finish:
+        native = call.model.native_finish_reason(finish_reason)
+        await writer.data(encoder.choices(finish_choices(finish_reason, native)))
+    if mid_error is MidStreamError.MINIMAX:
+        error = {"code": 400, "message": "Token limit reached"}
+        await writer.data(
+            encoder.chunk(
+                b'"error":'
+                + orjson.dumps(error)
+                + b',"choices":'
+                + ROLE_CHOICES
+                + b',"usage":'
+                + orjson.dumps(usage)
+            )
+        )
+    else:
+        usage_chunk = _usage_chunk(encoder, scenario.usage_shape, usage)
+        if usage_chunk is not None:
+            await writer.data(usage_chunk)
+    await writer.data(DONE)
+    await writer.flush()
+    _record_generation(ctx, call, progress, finish_reason, cancelled=False)
+    return response
+
+
+def _token_frames(reply: Reply) -> list[tuple[bytes, int, bool]]:
+    """(choices JSON, tokens it carries, is reasoning) for each chunk after the role chunk."""
+    frames = [(reasoning_choices(piece), 1, True) for piece in reply.reasoning]
+    if reply.tool_call is not None:
+        frames.append((tool_call_start_choices(reply.tool_call.id, reply.tool_call.name), 0, False))
+        frames.extend((tool_arguments_choices(piece), 1, False) for piece in reply.arguments)
+    else:
+        frames.extend((content_choices(piece), 1, False) for piece in reply.content)
+    return frames
+
+
+def _error_chunk(encoder: ChunkEncoder, variant: MidStreamError, provider: str) -> bytes:
+    error: dict[str, Any]
+    failed = orjson.dumps(
+        [
+            {
+                "index": 0,
+                "delta": {"content": ""},
+                "finish_reason": "error",
+                "native_finish_reason": "error",
+            }
+        ]
+    )
+    match variant:
+        case MidStreamError.STRING_CODE:
+            error = {"code": "server_error", "message": "Internal server error"}
+        case MidStreamError.EMPTY_CHOICES:
+            error = {
+                "code": 502,
+                "message": "Provider returned error",
+                "metadata": {
+                    "raw": "Worker local total request limit reached",
+                    "provider_name": provider,
+                },
+            }
+            failed = b"[]"
+        case _:
+            error = {
+                "code": 502,
+                "message": "Provider returned error",
+                "metadata": {"error_type": "provider_unavailable", "provider_name": provider},
+            }
+    return encoder.chunk(b'"error":' + orjson.dumps(error) + b',"choices":' + failed)
+
+
+def _usage_chunk(encoder: ChunkEncoder, shape: UsageShape, usage: dict[str, Any]) -> bytes | None:
+    match shape:
+        case UsageShape.AFTER_FINISH:
+            return encoder.choices(ROLE_CHOICES, usage=usage)
+        case UsageShape.EMPTY:
+            return encoder.choices(b"[]", usage=usage)
+        case UsageShape.MISSING:
+            return encoder.chunk(b'"usage":' + orjson.dumps(usage))
+    return None
+
+
+def _record_generation(
+    ctx: SimulatorContext,
+    call: _Call,
+    progress: _Progress,
+    finish_reason: str | None,
+    *,
+    cancelled: bool,
+    charged: bool = True,
+    native: str | None = None,
+) -> None:
+    progress.finished = True
+    now = time.monotonic()
+    started = call.admitted.started
+    completion = progress.tokens_sent
+    # Zero-completion insurance: nothing is billed for an empty or failed generation.
+    if completion == 0 and finish_reason is None:
+        charged = False
+    prompt_cost, completion_cost = (
+        call.model.cost(call.prompt_tokens, completion) if charged else (0.0, 0.0)
+    )
+    ctx.state.record_generation(
+        GenerationRecord(
+            id=call.generation_id,
+            model=call.model_id,
+            provider_name=call.model.provider_name,
+            created_at=datetime.fromtimestamp(call.created, UTC).isoformat(),
+            streamed=call.stream,
+            cancelled=cancelled,
+            latency_ms=round(((progress.first_byte_at or now) - started) * 1000),
+            generation_time_ms=round((now - started) * 1000),
+            finish_reason=finish_reason,
+            native_finish_reason=native or call.model.native_finish_reason(finish_reason),
+            tokens_prompt=call.prompt_tokens,
+            tokens_completion=completion,
+            tokens_reasoning=progress.reasoning_sent,
+            total_cost=prompt_cost + completion_cost,
+            external_user=call.external_user,
+        )
+    )
+
+
+def _record_lost(ctx: SimulatorContext, call: _Call, progress: _Progress) -> None:
+    """Record a client that left before the reply was complete (once per request)."""
+    if progress.finished:
+        return
+    noticed = time.monotonic()
+    _record_generation(ctx, call, progress, None, cancelled=True)
+    ctx.state.record_disconnect(
+        DisconnectRecord(
+            request_id=call.admitted.request_id,
+            generation_id=call.generation_id,
+            time=noticed,
+            started=call.admitted.started,
+            tokens_sent=progress.tokens_sent,
+            phase=progress.phase,
+            streamed=call.stream,
+        )
+    )

@@ -1,0 +1,169 @@
+"""What the simulated model "says": pseudo-text, JSON and tool calls, cut into tokens.
+
+One piece is one token: the stream sends one piece per chunk, and usage counts pieces, so
+streamed and unary replies to the same request agree on completion_tokens.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from .catalog import ModelInfo
+
+# A prime number of words, so the stride below visits them all before repeating.
+_WORD_TEXT = """
+the quick simulated model writes steady plain words for every test that needs a reply while
+gateways stream tokens across loopback sockets and measure latency cost usage retries errors
+budgets schemas tools reasoning chunks events frames buffers clients servers requests
+responses deadlines backoff jitter limits quotas credits providers routes fallbacks health
+probes metrics traces spans logs alerts dashboards queues workers pools threads tasks
+futures loops signals handlers
+"""
+_WORDS = tuple(_WORD_TEXT.split())
+_STRIDE = 7
+
+_JSON_PIECE_CHARS = 4
+_ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+@lru_cache(maxsize=256)
+def text_pieces(seed: int, count: int) -> tuple[str, ...]:
+    """`count` deterministic words; every piece after the first keeps its leading space."""
+    size = len(_WORDS)
+    words = [_WORDS[(seed + i * _STRIDE) % size] for i in range(count)]
+    words[0] = words[0].capitalize()
+    words[-1] += "."
+    return (words[0], *(" " + word for word in words[1:]))
+
+
+def json_pieces(text: str) -> tuple[str, ...]:
+    """JSON text split into fixed-width fragments (about one token each)."""
+    return tuple(text[i : i + _JSON_PIECE_CHARS] for i in range(0, len(text), _JSON_PIECE_CHARS))
+
+
+def seed_for(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+def estimate_tokens(text: str) -> int:
+    """Roughly one token per four characters, like English under common tokenizers."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def prompt_tokens(messages: Sequence[Any], extra: Any = None) -> int:
+    """A cheap deterministic prompt size: content estimate plus per-message overhead.
+
+    `extra` (tools, response_format) is counted by its JSON size, as providers serialize
+    those into the prompt too.
+    """
+    total = 3
+    for message in messages:
+        total += 4
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            total += estimate_tokens(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict):
+                    text = part.get("text")
+                    total += estimate_tokens(text) if isinstance(text, str) else 85
+        if message.get("tool_calls"):
+            total += estimate_tokens(orjson.dumps(message["tool_calls"]).decode())
+    if extra:
+        total += estimate_tokens(orjson.dumps(extra).decode())
+    return total
+
+
+def random_id(rng: random.Random, length: int) -> str:
+    return "".join(rng.choices(_ALPHANUMERIC, k=length))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+    def to_json(self, *, index: int = 0) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "index": index,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply cut into tokens, plus why it ended.
+
+    `content` / `reasoning` / `arguments` are the per-token pieces; only `tool_call` has
+    arguments. `finish_reason` is the normalized value (stop, length, tool_calls).
+    """
+
+    content: tuple[str, ...]
+    reasoning: tuple[str, ...] = ()
+    tool_call: ToolCall | None = None
+    arguments: tuple[str, ...] = ()
+    finish_reason: str = "stop"
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.content) + len(self.reasoning) + len(self.arguments)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.content)
+
+    @property
+    def reasoning_text(self) -> str | None:
+        return "".join(self.reasoning) if self.reasoning else None
+
+
+def cap_reply(reply: Reply, limit: int | None) -> Reply:
+    """Cut a reply at `limit` completion tokens (reasoning first, like real models)."""
+    if limit is None or reply.completion_tokens <= limit:
+        return reply
+    reasoning = reply.reasoning[:limit]
+    remaining = limit - len(reasoning)
+    if reply.tool_call is not None:
+        arguments = reply.arguments[:remaining]
+        call = ToolCall(reply.tool_call.id, reply.tool_call.name, "".join(arguments))
+        return Reply((), reasoning, call, arguments, "length")
+    return Reply(reply.content[:remaining], reasoning, None, (), "length")
+
+
+def usage_json(
+    model: ModelInfo,
+    prompt: int,
+    completion: int,
+    reasoning: int,
+    *,
+    charged: bool = True,
+) -> dict[str, Any]:
+    """The `usage` object; `charged=False` applies zero-completion insurance (cost 0)."""
+    prompt_cost, completion_cost = model.cost(prompt, completion) if charged else (0.0, 0.0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cost": prompt_cost + completion_cost,
+        "is_byok": False,
+        "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "cost_details": {
+            "upstream_inference_cost": prompt_cost + completion_cost,
+            "upstream_inference_prompt_cost": prompt_cost,
+            "upstream_inference_completions_cost": completion_cost,
+        },
+        "completion_tokens_details": {"reasoning_tokens": reasoning, "image_tokens": 0},
+    }
