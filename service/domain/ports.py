@@ -6,7 +6,7 @@ what lets dependencies point ``api -> domain <- upstream``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,7 +38,7 @@ class CompletionBackend(Protocol):
 
     def stream(
         self, request: CompletionRequest, *, deadline: float, stats: CallStats | None = None
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Events of one streamed answer; a clean end always yields ``StreamFinished`` last."""
         ...
 

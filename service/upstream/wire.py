@@ -1,0 +1,453 @@
+"""OpenRouter's JSON, both ways: domain request -> body, and bodies/chunks -> domain values.
+
+Pure functions over ``dict``s and bytes (orjson), no I/O. Parsers are lenient about what
+real traffic varies in (``content`` ``''`` vs ``null``, ``provider`` missing, usage without
+``cost``, string or int error codes) and strict about what they cannot do without (a JSON
+object, a ``choices`` list in a non-streamed answer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any, NamedTuple
+
+import orjson
+
+from service.domain.completion import (
+    Completion,
+    CompletionRequest,
+    FinishReason,
+    Message,
+    ResponseFormatKind,
+    Role,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoiceMode,
+    Usage,
+)
+from service.domain.models import ModelInfo, ModelPricing
+from service.domain.ports import GenerationStats
+from service.errors import UpstreamError
+from service.upstream.errors import error_from_payload, protocol_error
+
+DONE = "[DONE]"
+"""The data of the SSE event that ends an OpenRouter stream."""
+
+
+# --- request -----------------------------------------------------------------------------
+
+
+def build_body(request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
+    """The ``/chat/completions`` body; sampling knobs left unset are not sent at all."""
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": [_message(m) for m in request.messages],
+        "stream": stream,
+    }
+    if request.fallback_models:
+        # Primary first; OpenRouter tries the list in order and bills the one that served.
+        models = [request.model]
+        for name in request.fallback_models:
+            if name not in models:
+                models.append(name)
+        if len(models) > 1:
+            body["models"] = models
+    s = request.sampling
+    for key, value in (
+        ("temperature", s.temperature),
+        ("top_p", s.top_p),
+        ("top_k", s.top_k),
+        ("max_tokens", s.max_tokens),
+        ("frequency_penalty", s.frequency_penalty),
+        ("presence_penalty", s.presence_penalty),
+        ("repetition_penalty", s.repetition_penalty),
+        ("seed", s.seed),
+    ):
+        if value is not None:
+            body[key] = value
+    if s.stop:
+        body["stop"] = list(s.stop)
+    if request.tools:
+        body["tools"] = [
+            _tool(t.name, t.description, t.parameters, t.strict) for t in request.tools
+        ]
+    if request.tool_choice is not None:
+        choice = request.tool_choice
+        if choice.mode is ToolChoiceMode.FUNCTION:
+            body["tool_choice"] = {"type": "function", "function": {"name": choice.function_name}}
+        else:
+            body["tool_choice"] = choice.mode.value
+    if request.user:
+        body["user"] = request.user
+    fmt = request.response_format
+    if fmt is not None:
+        if fmt.kind is ResponseFormatKind.JSON_SCHEMA:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": fmt.name or "response",
+                    "strict": fmt.strict,
+                    "schema": dict(fmt.schema or {}),
+                },
+            }
+        else:
+            body["response_format"] = {"type": "json_object"}
+    if request.require_parameters:
+        body["provider"] = {"require_parameters": True}
+    if request.plugins:
+        body["plugins"] = [{"id": plugin} for plugin in request.plugins]
+    return body
+
+
+def encode_body(request: CompletionRequest, *, stream: bool) -> bytes:
+    return orjson.dumps(build_body(request, stream=stream))
+
+
+def _message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role.value}
+    if message.role is Role.ASSISTANT and message.tool_calls and not message.content:
+        out["content"] = None
+    else:
+        out["content"] = message.content
+    if message.name:
+        out["name"] = message.name
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+    return out
+
+
+def _tool(
+    name: str, description: str, parameters: Mapping[str, Any], strict: bool | None
+) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name, "parameters": dict(parameters)}
+    if description:
+        function["description"] = description
+    if strict is not None:
+        function["strict"] = strict
+    return {"type": "function", "function": function}
+
+
+# --- small lenient readers ---------------------------------------------------------------
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return 0
+
+
+def _float_or_none(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _dict(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def load_json(data: bytes | str, what: str) -> Any:
+    """orjson.loads, with a parse failure mapped to ``UpstreamProtocolError``."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise protocol_error(f"{what} is not valid JSON") from exc
+
+
+def load_object(data: bytes | str, what: str) -> dict[str, Any]:
+    value = load_json(data, what)
+    if type(value) is not dict:
+        raise protocol_error(f"{what} is not a JSON object")
+    return value
+
+
+# --- usage and answers -------------------------------------------------------------------
+
+
+def parse_usage(value: object) -> Usage | None:
+    """``usage`` as sent (cost, cached and reasoning tokens optional); None when absent."""
+    if not isinstance(value, dict):
+        return None
+    prompt = _int(value.get("prompt_tokens"))
+    completion = _int(value.get("completion_tokens"))
+    total = value.get("total_tokens")
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=_int(total) if total is not None else prompt + completion,
+        reasoning_tokens=_int(
+            _dict(value.get("completion_tokens_details")).get("reasoning_tokens")
+        ),
+        cached_tokens=_int(_dict(value.get("prompt_tokens_details")).get("cached_tokens")),
+        cost_usd=_float_or_none(value.get("cost")),
+    )
+
+
+def _reasoning_text(holder: Mapping[str, Any]) -> str:
+    reasoning = holder.get("reasoning")
+    if isinstance(reasoning, str):
+        return reasoning
+    # Some routes only fill ``reasoning_details``; read its text parts then.
+    details = holder.get("reasoning_details")
+    if isinstance(details, list):
+        parts = [
+            d["text"] for d in details if isinstance(d, dict) and isinstance(d.get("text"), str)
+        ]
+        return "".join(parts)
+    return ""
+
+
+def _arguments(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    # A provider that sends arguments as an object: keep them as the JSON text we promise.
+    return orjson.dumps(value).decode()
+
+
+def choice_error(choice: Mapping[str, Any]) -> UpstreamError | None:
+    """The mapped error of a choice that carries ``error`` (a 200 that is really a failure)."""
+    error = choice.get("error")
+    if isinstance(error, dict):
+        return error_from_payload(error, http_status=200)
+    return None
+
+
+def parse_completion(data: Mapping[str, Any]) -> Completion:
+    """A non-streamed answer; raises the mapped error when its choice carries ``error``."""
+    top_error = data.get("error")
+    if isinstance(top_error, dict):
+        raise error_from_payload(top_error, http_status=200)
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise protocol_error("the answer has no choices")
+    choice: Mapping[str, Any] = choices[0]
+    error = choice_error(choice)
+    if error is not None:
+        raise error
+    message = _dict(choice.get("message"))
+    calls: list[ToolCall] = []
+    raw_calls = message.get("tool_calls")
+    if isinstance(raw_calls, list):
+        for raw in raw_calls:
+            if not isinstance(raw, dict):
+                continue
+            function = _dict(raw.get("function"))
+            calls.append(
+                ToolCall(
+                    id=_str(raw.get("id")),
+                    name=_str(function.get("name")),
+                    arguments=_arguments(function.get("arguments")),
+                )
+            )
+    return Completion(
+        id=_str(data.get("id")),
+        model=_str(data.get("model")),
+        provider=_str(data.get("provider")),
+        content=_str(message.get("content")),
+        finish_reason=FinishReason.parse(choice.get("finish_reason")),
+        native_finish_reason=_str(choice.get("native_finish_reason")),
+        reasoning=_reasoning_text(message),
+        tool_calls=tuple(calls),
+        usage=parse_usage(data.get("usage")) or Usage(),
+        created=_int(data.get("created")),
+    )
+
+
+# --- stream chunks -----------------------------------------------------------------------
+
+
+class StreamChunk(NamedTuple):
+    """One ``chat.completion.chunk`` reduced to what the gateway relays.
+
+    ``finish_reason`` is None while the model is still going (the raw string otherwise);
+    ``error`` is set when the chunk carries a top-level ``error`` (the stream is cut).
+    A NamedTuple because one is built per token and a frozen dataclass costs more to build.
+    """
+
+    id: str
+    model: str
+    provider: str
+    created: int
+    content: str
+    reasoning: str
+    tool_calls: tuple[ToolCallDelta, ...]
+    finish_reason: str | None
+    native_finish_reason: str | None
+    usage: Usage | None
+    error: UpstreamError | None
+
+
+def parse_chunk(data: str | bytes) -> StreamChunk:
+    """Parse one SSE ``data`` payload (not ``[DONE]``); malformed JSON is a protocol error.
+
+    Runs once per token, so it reads each field once and checks types with ``type() is``
+    (JSON decoding only ever makes exact ``dict``/``list``/``str``).
+    """
+    obj = load_object(data, "a stream chunk")
+    get = obj.get
+    content = ""
+    reasoning = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    finish: str | None = None
+    native: str | None = None
+    error: UpstreamError | None = None
+    choices = get("choices")
+    # The usage chunk comes with ``choices`` missing, empty, or one empty delta: all fine.
+    if type(choices) is list and choices and type(choices[0]) is dict:
+        choice: dict[str, Any] = choices[0]
+        delta = choice.get("delta")
+        if type(delta) is dict:
+            text = delta.get("content")
+            if type(text) is str:
+                content = text
+            thought = delta.get("reasoning")
+            if type(thought) is str:
+                reasoning = thought
+            elif "reasoning_details" in delta:
+                reasoning = _reasoning_text(delta)
+            raw_calls = delta.get("tool_calls")
+            if type(raw_calls) is list and raw_calls:
+                tool_calls = tuple(_tool_call_delta(raw, i) for i, raw in enumerate(raw_calls))
+        fr = choice.get("finish_reason")
+        if type(fr) is str and fr:
+            finish = fr
+        nfr = choice.get("native_finish_reason")
+        if type(nfr) is str and nfr:
+            native = nfr
+        if "error" in choice:
+            error = choice_error(choice)
+    error_obj = get("error")
+    if type(error_obj) is dict:
+        # The top-level error is the documented one; it wins over a choice's.
+        error = error_from_payload(error_obj, http_status=200)
+    usage = get("usage")
+    gen_id, model, provider, created = get("id"), get("model"), get("provider"), get("created")
+    # Positional: keyword construction of a NamedTuple is measurably slower per token.
+    return StreamChunk(
+        gen_id if type(gen_id) is str else "",
+        model if type(model) is str else "",
+        provider if type(provider) is str else "",
+        created if type(created) is int else 0,
+        content,
+        reasoning,
+        tool_calls,
+        finish,
+        native,
+        parse_usage(usage) if usage is not None else None,
+        error,
+    )
+
+
+def _tool_call_delta(raw: object, position: int) -> ToolCallDelta:
+    item = _dict(raw)
+    function = _dict(item.get("function"))
+    index = item.get("index")
+    name = function.get("name")
+    call_id = item.get("id")
+    return ToolCallDelta(
+        index=index if isinstance(index, int) and not isinstance(index, bool) else position,
+        id=call_id if isinstance(call_id, str) and call_id else None,
+        name=name if isinstance(name, str) and name else None,
+        arguments=_arguments(function.get("arguments")),
+    )
+
+
+# --- catalog and generation stats --------------------------------------------------------
+
+
+def _price(value: object) -> Decimal:
+    """A USD-per-token decimal string; anything unusable (or negative: "-1" means
+    "variable" on router models) counts as 0 so a ledger never books negative cost."""
+    if isinstance(value, bool) or value is None:
+        return Decimal(0)
+    try:
+        price = Decimal(value) if isinstance(value, str) else Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return Decimal(0)
+    if not price.is_finite() or price < 0:
+        return Decimal(0)
+    return price
+
+
+def parse_models(data: Mapping[str, Any]) -> list[ModelInfo]:
+    """``GET /models`` -> ModelInfo list; entries without an ``id`` are skipped."""
+    entries = data.get("data")
+    if not isinstance(entries, list):
+        raise protocol_error("the model list has no data array")
+    models: list[ModelInfo] = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            continue
+        pricing = _dict(entry.get("pricing"))
+        top = _dict(entry.get("top_provider"))
+        max_out = top.get("max_completion_tokens")
+        params = entry.get("supported_parameters")
+        models.append(
+            ModelInfo(
+                id=entry["id"],
+                name=_str(entry.get("name")),
+                context_length=_int(entry.get("context_length")) or _int(top.get("context_length")),
+                max_completion_tokens=_int(max_out) if max_out is not None else None,
+                pricing=ModelPricing(
+                    prompt=_price(pricing.get("prompt")),
+                    completion=_price(pricing.get("completion")),
+                    request=_price(pricing.get("request")),
+                ),
+                supported_parameters=frozenset(
+                    p for p in (params if isinstance(params, list) else ()) if isinstance(p, str)
+                ),
+            )
+        )
+    return models
+
+
+def parse_generation(data: Mapping[str, Any]) -> GenerationStats:
+    """``GET /generation`` -> GenerationStats; native token counts win where present."""
+    gen = data.get("data")
+    if not isinstance(gen, dict):
+        raise protocol_error("the generation record has no data object")
+
+    def tokens(native: str, plain: str) -> int:
+        value = gen.get(native)
+        return _int(value) if value is not None else _int(gen.get(plain))
+
+    return GenerationStats(
+        id=_str(gen.get("id")),
+        model=_str(gen.get("model")),
+        total_cost_usd=_float_or_none(gen.get("total_cost")) or 0.0,
+        prompt_tokens=tokens("native_tokens_prompt", "tokens_prompt"),
+        completion_tokens=tokens("native_tokens_completion", "tokens_completion"),
+        reasoning_tokens=_int(gen.get("native_tokens_reasoning")),
+        cached_tokens=_int(gen.get("native_tokens_cached")),
+        cancelled=gen.get("cancelled") is True,
+        finish_reason=_str(gen.get("finish_reason")),
+    )
