@@ -49,6 +49,8 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
     listen: str = "0.0.0.0:50051"
+    schemas_dir: Path = Path(__file__).resolve().parent.parent / "schemas"
+    """Folder of versioned JSON Schemas for CompleteStructured (``<name>_v<N>.json``)."""
     callers_file: Path | None = None
     """TOML file of callers (ids, key hashes, allowed models, limits)."""
     # NoDecode: the variable is a comma-separated list, not JSON.

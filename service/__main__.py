@@ -1,0 +1,92 @@
+"""``python -m service``: serve the gateway until SIGTERM or SIGINT, then drain and exit 0.
+
+With no ``OPENROUTER_API_KEY`` the built-in OpenRouter simulator is started in-process and a
+demo caller (key ``demo-key``) is accepted, so the gateway works offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from contextlib import AsyncExitStack
+
+from pydantic import AnyHttpUrl, SecretStr, ValidationError
+
+from service.callers_file import ConfigError
+from service.config import GatewaySettings, OpenRouterSettings
+from service.domain.callers import Caller, hash_key
+from service.logs import configure_logging
+from service.server import GatewayServer, load_caller_list
+
+DEMO_KEY = "demo-key"
+_SIMULATOR_KEY = "sk-or-v1-simulator"
+
+
+def _banner(server: GatewayServer, simulator: bool) -> str:
+    address = server.address
+    lines = [f"LLM Gateway serving on {address}"]
+    if simulator:
+        lines += [
+            "  upstream: built-in OpenRouter simulator (no OPENROUTER_API_KEY set)",
+            f"  demo caller key: {DEMO_KEY}",
+            "  try:",
+            f"    grpcurl -plaintext -H 'authorization: Bearer {DEMO_KEY}' "
+            f'-d \'{{"messages":[{{"role":"ROLE_USER","content":"Hello"}}]}}\' '
+            f"{address} llmgateway.v1.CompletionService/Complete",
+        ]
+    return "\n".join(lines)
+
+
+async def serve(settings: GatewaySettings, openrouter: OpenRouterSettings) -> int:
+    simulator = settings.simulator if settings.simulator is not None else not openrouter.api_key
+    if not simulator and openrouter.api_key is None:
+        raise ConfigError("OPENROUTER_API_KEY is not set (and GATEWAY_SIMULATOR is false)")
+    async with AsyncExitStack() as stack:
+        if simulator:
+            # Imported here: production never loads the simulator's code.
+            from service.simulator import SimulatorConfig, run_simulator
+
+            sim = await stack.enter_async_context(run_simulator(SimulatorConfig()))
+            openrouter = openrouter.model_copy(
+                update={"base_url": AnyHttpUrl(sim.base_url), "api_key": SecretStr(_SIMULATOR_KEY)}
+            )
+            callers = (
+                load_caller_list(settings)
+                if settings.callers_file
+                else [Caller("demo", hash_key(DEMO_KEY), ("*",))]
+            )
+        else:
+            callers = load_caller_list(settings)
+        server = GatewayServer(settings, openrouter, callers)
+        await server.start()
+        print(_banner(server, simulator), file=sys.stderr, flush=True)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        print("draining…", file=sys.stderr, flush=True)
+        await server.stop()
+    return 0
+
+
+def main() -> int:
+    try:
+        settings = GatewaySettings()
+        openrouter = OpenRouterSettings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        print(f"configuration error: {where}: {first['msg']}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        return asyncio.run(serve(settings, openrouter))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

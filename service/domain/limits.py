@@ -1,0 +1,210 @@
+"""Request validation and limits: sizes, parameter ranges, history trimming, ``max_tokens``.
+
+Every violation names the field as the contract spells it (``messages[2].content``,
+``sampling.temperature``) so a caller's program can point at its own mistake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from service.domain.completion import CompletionRequest, Message, Role, SamplingParams
+from service.errors import FieldViolation, InvalidRequestError
+
+MAX_FALLBACK_MODELS = 3
+MAX_TOOLS = 64
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256
+MAX_NAME_CHARS = 64
+MAX_END_USER_ID_CHARS = 128
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_KEPT_ON_TRIM = frozenset({Role.SYSTEM, Role.DEVELOPER})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    max_messages: int = 256
+    max_message_chars: int = 200_000
+    max_total_chars: int = 1_000_000
+    max_history_turns: int = 64
+    default_max_tokens: int = 1024
+    max_tokens_cap: int = 16_384
+
+
+def _range(
+    violations: list[FieldViolation],
+    field: str,
+    value: float | None,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):
+        violations.append(FieldViolation(field, "must be a finite number"))
+        return
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bracket = "(" if low_open else "["
+        violations.append(FieldViolation(field, f"must be in {bracket}{low:g}, {high:g}]"))
+
+
+def _check_sampling(
+    sampling: SamplingParams, limits: RequestLimits, violations: list[FieldViolation]
+) -> None:
+    _range(violations, "sampling.temperature", sampling.temperature, 0.0, 2.0)
+    _range(violations, "sampling.top_p", sampling.top_p, 0.0, 1.0, low_open=True)
+    _range(violations, "sampling.top_k", sampling.top_k, 0, 1000)
+    _range(violations, "sampling.max_tokens", sampling.max_tokens, 1, limits.max_tokens_cap)
+    _range(violations, "sampling.frequency_penalty", sampling.frequency_penalty, -2.0, 2.0)
+    _range(violations, "sampling.presence_penalty", sampling.presence_penalty, -2.0, 2.0)
+    _range(
+        violations,
+        "sampling.repetition_penalty",
+        sampling.repetition_penalty,
+        0.0,
+        2.0,
+        low_open=True,
+    )
+    if len(sampling.stop) > MAX_STOP_SEQUENCES:
+        violations.append(FieldViolation("sampling.stop", f"at most {MAX_STOP_SEQUENCES} entries"))
+    for i, stop in enumerate(sampling.stop):
+        if not 1 <= len(stop) <= MAX_STOP_CHARS:
+            violations.append(
+                FieldViolation(f"sampling.stop[{i}]", f"must be 1 to {MAX_STOP_CHARS} characters")
+            )
+
+
+def _check_messages(
+    messages: Sequence[Message], limits: RequestLimits, violations: list[FieldViolation]
+) -> None:
+    if not messages:
+        violations.append(FieldViolation("messages", "must hold at least one message"))
+        return
+    if len(messages) > limits.max_messages:
+        violations.append(
+            FieldViolation("messages", f"at most {limits.max_messages} messages are accepted")
+        )
+        return
+    total = 0
+    for i, message in enumerate(messages):
+        field = f"messages[{i}]"
+        total += len(message.content)
+        if len(message.content) > limits.max_message_chars:
+            violations.append(
+                FieldViolation(
+                    f"{field}.content", f"longer than {limits.max_message_chars} characters"
+                )
+            )
+        if not message.content and not (message.role is Role.ASSISTANT and message.tool_calls):
+            violations.append(FieldViolation(f"{field}.content", "must not be empty"))
+        if message.name and len(message.name) > MAX_NAME_CHARS:
+            violations.append(FieldViolation(f"{field}.name", f"at most {MAX_NAME_CHARS} chars"))
+        if message.role is Role.TOOL and not message.tool_call_id:
+            violations.append(
+                FieldViolation(f"{field}.tool_call_id", "is required for a tool message")
+            )
+        if message.role is not Role.TOOL and message.tool_call_id:
+            violations.append(
+                FieldViolation(f"{field}.tool_call_id", "is only allowed on a tool message")
+            )
+        if message.tool_calls and message.role is not Role.ASSISTANT:
+            violations.append(
+                FieldViolation(f"{field}.tool_calls", "is only allowed on an assistant message")
+            )
+        for j, call in enumerate(message.tool_calls):
+            if not call.id or not call.name:
+                violations.append(
+                    FieldViolation(f"{field}.tool_calls[{j}]", "needs an id and a name")
+                )
+    if total > limits.max_total_chars:
+        violations.append(
+            FieldViolation("messages", f"longer than {limits.max_total_chars} characters in all")
+        )
+
+
+def _check_tools(request: CompletionRequest, violations: list[FieldViolation]) -> None:
+    if len(request.tools) > MAX_TOOLS:
+        violations.append(FieldViolation("tools", f"at most {MAX_TOOLS} tools"))
+    names = set()
+    for i, tool in enumerate(request.tools):
+        if not _TOOL_NAME.match(tool.name):
+            violations.append(
+                FieldViolation(f"tools[{i}].name", "must be 1 to 64 of a-z, A-Z, 0-9, _ and -")
+            )
+        if tool.name in names:
+            violations.append(FieldViolation(f"tools[{i}].name", "is given twice"))
+        names.add(tool.name)
+    choice = request.tool_choice
+    if choice is not None:
+        if not request.tools:
+            violations.append(FieldViolation("tool_choice", "requires tools"))
+        elif choice.function_name is not None and choice.function_name not in names:
+            violations.append(FieldViolation("tool_choice.function_name", "names no tool of tools"))
+
+
+def trim_history(messages: Sequence[Message], max_turns: int) -> tuple[Message, ...]:
+    """Keep every system/developer message and the last ``max_turns`` others, in order.
+
+    Deterministic: the same input always keeps the same messages, so retries and replicas
+    send the same prompt.
+    """
+    others = [i for i, m in enumerate(messages) if m.role not in _KEPT_ON_TRIM]
+    if len(others) <= max_turns:
+        return tuple(messages)
+    dropped = set(others[: len(others) - max_turns])
+    kept = [m for i, m in enumerate(messages) if i not in dropped]
+    # A tool result whose assistant call was trimmed away would be rejected upstream.
+    while True:
+        first = next((i for i, m in enumerate(kept) if m.role not in _KEPT_ON_TRIM), None)
+        if first is None or kept[first].role is not Role.TOOL:
+            break
+        del kept[first]
+    return tuple(kept)
+
+
+def prepare(
+    request: CompletionRequest,
+    limits: RequestLimits,
+    *,
+    end_user_id: str = "",
+) -> CompletionRequest:
+    """Validate ``request`` and return it ready to send: history trimmed, max_tokens set.
+
+    Raises ``InvalidRequestError`` listing every bad field at once.
+    """
+    violations: list[FieldViolation] = []
+    _check_messages(request.messages, limits, violations)
+    _check_sampling(request.sampling, limits, violations)
+    _check_tools(request, violations)
+    if len(request.fallback_models) > MAX_FALLBACK_MODELS:
+        violations.append(
+            FieldViolation("fallback_models", f"at most {MAX_FALLBACK_MODELS} models")
+        )
+    for i, model in enumerate(request.fallback_models):
+        if not model:
+            violations.append(FieldViolation(f"fallback_models[{i}]", "must not be empty"))
+    if len(end_user_id) > MAX_END_USER_ID_CHARS:
+        violations.append(
+            FieldViolation("end_user_id", f"at most {MAX_END_USER_ID_CHARS} characters")
+        )
+    if violations:
+        first = violations[0]
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        raise InvalidRequestError(f"{first.field}: {first.description}{more}", violations)
+
+    sampling = request.sampling
+    if sampling.max_tokens is None:
+        # Always sent: without it OpenRouter's 402 pre-flight assumes the model's maximum.
+        sampling = dataclasses.replace(sampling, max_tokens=limits.default_max_tokens)
+    return dataclasses.replace(
+        request,
+        messages=trim_history(request.messages, limits.max_history_turns),
+        sampling=sampling,
+    )

@@ -1,0 +1,180 @@
+"""Assembles and runs the gateway: upstream client, domain, gRPC server, health, reflection.
+
+``GatewayServer`` is used both by ``python -m service`` and by the tests (port 0), so the
+tests exercise exactly what production runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from llmgateway.v1 import completion_service_pb2 as pb
+from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
+
+from service.api.auth import Authenticator
+from service.api.servicer import CompletionServicer, FinishHook
+from service.callers_file import ConfigError, load_callers
+from service.config import GatewaySettings, OpenRouterSettings
+from service.domain.callers import Caller, CallerRegistry
+from service.domain.gateway import Gateway, GatewayPolicy
+from service.domain.limits import RequestLimits
+from service.domain.schemas import SchemaLoadError, SchemaRegistry
+from service.upstream.openrouter import OpenRouterClient
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompletionService"].full_name
+
+
+def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Ping idle connections so dead peers of long streams are noticed (and their upstream
+        # requests closed) within ~40 s, and let clients keep long streams alive with pings.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _credentials(settings: GatewaySettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    try:
+        cert = settings.tls_cert_file.read_bytes()
+        key = settings.tls_key_file.read_bytes()
+        ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file: {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def request_limits(settings: GatewaySettings) -> RequestLimits:
+    return RequestLimits(
+        max_messages=settings.max_messages,
+        max_message_chars=settings.max_message_chars,
+        max_total_chars=settings.max_total_chars,
+        max_history_turns=settings.max_history_turns,
+        default_max_tokens=min(settings.default_max_tokens, settings.max_tokens_cap),
+        max_tokens_cap=settings.max_tokens_cap,
+    )
+
+
+@dataclass
+class GatewayServer:
+    """One running gateway. ``start()`` it, read ``port``, ``stop()`` it."""
+
+    settings: GatewaySettings
+    openrouter: OpenRouterSettings
+    callers: Sequence[Caller]
+    on_finish: FinishHook | None = None
+    port: int = 0
+    health: HealthServicer = field(default_factory=HealthServicer)
+    _server: grpc.aio.Server | None = None
+    _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    _on_stopped: list[Callable[[], None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+
+    async def _start(self) -> None:
+        client = OpenRouterClient(self.openrouter)
+        await client.start()
+        self._stack.push_async_callback(client.close)
+        self.client = client
+        models = await client.list_models()
+        default = self.openrouter.default_model
+        if not any(m.id == default for m in models):
+            raise ConfigError(
+                f"OPENROUTER_DEFAULT_MODEL '{default}' is not in OpenRouter's model list"
+            )
+        try:
+            schemas = SchemaRegistry.load(self.settings.schemas_dir)
+        except SchemaLoadError as exc:
+            raise ConfigError(str(exc)) from None
+        gateway = Gateway(
+            client,
+            GatewayPolicy(
+                default_model=default,
+                allowed_models=self.settings.allowed_models,
+                limits=request_limits(self.settings),
+            ),
+            schemas=schemas,
+        )
+        credentials = _credentials(self.settings)
+        servicer = CompletionServicer(
+            gateway,
+            Authenticator(
+                CallerRegistry(self.callers),
+                trust_client_certificates=self.settings.tls_client_ca_file is not None,
+            ),
+            on_finish=self.on_finish,
+        )
+        server = grpc.aio.server(options=server_options(self.settings))
+        pb_grpc.add_CompletionServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        if credentials is None:
+            self.port = server.add_insecure_port(self.settings.listen)
+        else:
+            self.port = server.add_secure_port(self.settings.listen, credentials)
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {self.settings.listen}")
+        await server.start()
+        self._server = server
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: NOT_SERVING at once, refuse new calls, let in-flight ones finish for
+        ``grace_s`` (default from settings), cancel the rest, then close the upstream."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        await self._stack.aclose()
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rsplit(":", 1)[0]
+        if host in ("0.0.0.0", "[::]", ""):  # noqa: S104 - naming the wildcard, not binding it
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+
+def load_caller_list(settings: GatewaySettings) -> list[Caller]:
+    if settings.callers_file is None:
+        raise ConfigError("GATEWAY_CALLERS_FILE is not set: no caller could authenticate")
+    return load_callers(settings.callers_file)
+
+
+__all__ = ["GatewayServer", "load_caller_list", "server_options"]

@@ -1,0 +1,135 @@
+"""A real gateway for tests: the simulator on loopback and a grpc.aio server on port 0."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message as ProtoMessage
+from google.rpc import error_details_pb2, status_pb2
+from llmgateway.v1 import completion_service_pb2 as pb
+from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
+from pydantic import AnyHttpUrl, SecretStr
+
+from service.config import GatewaySettings, OpenRouterSettings
+from service.domain.callers import Caller, CallerLimits, hash_key
+from service.domain.gateway import CallRecord
+from service.server import GatewayServer
+from service.simulator import RunningSimulator, SimulatorConfig, run_simulator
+
+# Recognisable so tests can prove it never leaks into statuses, logs or records.
+UPSTREAM_KEY = "sk-or-v1-TESTSECRET-0123456789abcdef"
+ALPHA_KEY = "key-alpha-CALLERSECRET"
+BETA_KEY = "key-beta-CALLERSECRET"
+
+
+def default_callers() -> list[Caller]:
+    return [
+        Caller("alpha", hash_key(ALPHA_KEY), ("*",)),
+        Caller("beta", hash_key(BETA_KEY), ("openai/*",), CallerLimits()),
+    ]
+
+
+def auth(key: str = ALPHA_KEY) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+def user(text: str) -> pb.Message:
+    return pb.Message(role=pb.ROLE_USER, content=text)
+
+
+@dataclass
+class Harness:
+    sim: RunningSimulator
+    server: GatewayServer
+    channel: grpc.aio.Channel
+    stub: pb_grpc.CompletionServiceStub
+    finished: list[tuple[CallRecord, grpc.StatusCode]] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def start_gateway(
+    *,
+    sim_config: SimulatorConfig | None = None,
+    callers: Sequence[Caller] | None = None,
+    gateway: dict[str, Any] | None = None,
+    openrouter: dict[str, Any] | None = None,
+) -> AsyncIterator[Harness]:
+    async with run_simulator(sim_config or SimulatorConfig(keepalive_comments=2)) as sim:
+        # Overrides replace the defaults (a plain **-merge would raise on a repeated name).
+        or_values: dict[str, Any] = {
+            "api_key": SecretStr(UPSTREAM_KEY),
+            "base_url": AnyHttpUrl(sim.base_url),
+            "default_model": "openai/gpt-4o-mini",
+            "timeout_ms": 10_000,
+            "max_retries": 2,
+            "backoff_base_ms": 10,
+            "backoff_max_ms": 50,
+            "retry_after_cap_ms": 2_000,
+            **(openrouter or {}),
+        }
+        or_settings = OpenRouterSettings(**or_values)
+        gw_settings = GatewaySettings(**{"listen": "127.0.0.1:0", **(gateway or {})})
+        finished: list[tuple[CallRecord, grpc.StatusCode]] = []
+        server = GatewayServer(
+            gw_settings,
+            or_settings,
+            list(callers if callers is not None else default_callers()),
+            on_finish=lambda record, code: finished.append((record, code)),
+        )
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                yield Harness(
+                    sim=sim,
+                    server=server,
+                    channel=channel,
+                    stub=pb_grpc.CompletionServiceStub(channel),
+                    finished=finished,
+                )
+        finally:
+            await server.stop(0)
+
+
+@dataclass
+class RichError:
+    code: grpc.StatusCode
+    message: str
+    info: error_details_pb2.ErrorInfo
+    details: list[ProtoMessage]
+
+    def detail(self, kind: type[Any]) -> Any:
+        for item in self.details:
+            if isinstance(item, kind):
+                return item
+        raise AssertionError(f"no {kind.__name__} in {self.details}")
+
+
+_DETAIL_TYPES = (
+    error_details_pb2.ErrorInfo,
+    error_details_pb2.RetryInfo,
+    error_details_pb2.BadRequest,
+    error_details_pb2.QuotaFailure,
+)
+
+
+def rich_error(error: grpc.aio.AioRpcError) -> RichError:
+    """Reads the google.rpc.Status a client finds in the trailers, as grpcio-status does."""
+    raw = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    assert isinstance(raw, bytes), "no rich status in the trailers"
+    status = status_pb2.Status.FromString(raw)
+    assert status.code == error.code().value[0]
+    assert status.message == error.details()
+    details: list[ProtoMessage] = []
+    for packed in status.details:
+        for kind in _DETAIL_TYPES:
+            if packed.Is(kind.DESCRIPTOR):
+                message = kind()
+                packed.Unpack(message)
+                details.append(message)
+    infos = [d for d in details if isinstance(d, error_details_pb2.ErrorInfo)]
+    assert len(infos) == 1, "every error carries exactly one ErrorInfo"
+    return RichError(error.code(), error.details() or "", infos[0], details)
