@@ -24,7 +24,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GATEWAY_LISTEN=0.0.0.0:50051 \
     GATEWAY_SCHEMAS_DIR=/app/schemas \
-    GATEWAY_SQLITE_PATH=/var/lib/llm-gateway/usage.sqlite3
+    GATEWAY_LEDGER_PATH=/var/lib/llm-gateway/usage.sqlite3
 RUN mkdir -p /var/lib/llm-gateway && chown gateway /var/lib/llm-gateway
 USER 10001
 WORKDIR /app

@@ -69,6 +69,16 @@ class GatewaySettings(BaseSettings):
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     """When set, clients must present a certificate signed by this CA (mutual TLS)."""
+    ledger_path: Path = Path("var/usage.sqlite3")
+    """SQLite file of the usage ledger (the default store)."""
+    ledger_dsn: SecretStr | None = None
+    """PostgreSQL DSN (``postgresql://…``); when set, the ledger lives there instead."""
+    reconcile_interval_s: float = Field(default=60.0, gt=0)
+    """How often cancelled streams' costs are fetched from OpenRouter's ``/generation``."""
+    redis_url: SecretStr | None = None
+    """Redis for quotas shared by several replicas; unset: quotas held in-process."""
+    quota_failure_policy: Literal["fail_closed", "fail_open"] = "fail_closed"
+    """When Redis is unreachable: refuse calls (UNAVAILABLE) or let them through unchecked."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     simulator: bool | None = None
     """Serve against the built-in simulator; by default, exactly when no API key is set."""

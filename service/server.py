@@ -25,7 +25,11 @@ from service.config import GatewaySettings, OpenRouterSettings
 from service.domain.callers import Caller, CallerRegistry
 from service.domain.gateway import Gateway, GatewayPolicy
 from service.domain.limits import RequestLimits
+from service.domain.quotas import FailurePolicy
 from service.domain.schemas import SchemaLoadError, SchemaRegistry
+from service.ledger import open_ledger
+from service.ledger.reconcile import Reconciler
+from service.quotas import open_quota_store
 from service.upstream.openrouter import OpenRouterClient
 
 log = logging.getLogger(__name__)
@@ -109,6 +113,30 @@ class GatewayServer:
             schemas = SchemaRegistry.load(self.settings.schemas_dir)
         except SchemaLoadError as exc:
             raise ConfigError(str(exc)) from None
+        ledger_target = (
+            self.settings.ledger_dsn.get_secret_value()
+            if self.settings.ledger_dsn
+            else self.settings.ledger_path
+        )
+        ledger = open_ledger(ledger_target)
+        try:
+            await ledger.start()
+        except Exception as exc:
+            raise ConfigError(f"cannot open the usage ledger: {type(exc).__name__}") from None
+        # Closed last (callbacks run in reverse): every call's row is queued before it flushes.
+        self._stack.push_async_callback(ledger.close)
+        self.ledger = ledger
+        reconciler = Reconciler(
+            ledger, client.get_generation, interval_s=self.settings.reconcile_interval_s
+        )
+        reconciler.start()
+        self._stack.push_async_callback(reconciler.close)
+        self.reconciler = reconciler
+        quotas = open_quota_store(
+            self.settings.redis_url.get_secret_value() if self.settings.redis_url else None,
+            failure_policy=FailurePolicy(self.settings.quota_failure_policy),
+        )
+        self._stack.push_async_callback(quotas.close)
         gateway = Gateway(
             client,
             GatewayPolicy(
@@ -117,6 +145,8 @@ class GatewayServer:
                 limits=request_limits(self.settings),
             ),
             schemas=schemas,
+            quotas=quotas,
+            ledger=ledger,
         )
         credentials = _credentials(self.settings)
         servicer = CompletionServicer(

@@ -16,7 +16,7 @@ from pydantic import AnyHttpUrl, SecretStr
 
 from service.config import GatewaySettings, OpenRouterSettings
 from service.domain.callers import Caller, CallerLimits, hash_key
-from service.domain.gateway import CallRecord
+from service.domain.accounting import CallRecord
 from service.server import GatewayServer
 from service.simulator import RunningSimulator, SimulatorConfig, run_simulator
 
@@ -58,40 +58,55 @@ async def start_gateway(
     gateway: dict[str, Any] | None = None,
     openrouter: dict[str, Any] | None = None,
 ) -> AsyncIterator[Harness]:
-    async with run_simulator(sim_config or SimulatorConfig(keepalive_comments=2)) as sim:
-        # Overrides replace the defaults (a plain **-merge would raise on a repeated name).
-        or_values: dict[str, Any] = {
-            "api_key": SecretStr(UPSTREAM_KEY),
-            "base_url": AnyHttpUrl(sim.base_url),
-            "default_model": "openai/gpt-4o-mini",
-            "timeout_ms": 10_000,
-            "max_retries": 2,
-            "backoff_base_ms": 10,
-            "backoff_max_ms": 50,
-            "retry_after_cap_ms": 2_000,
-            **(openrouter or {}),
-        }
-        or_settings = OpenRouterSettings(**or_values)
-        gw_settings = GatewaySettings(**{"listen": "127.0.0.1:0", **(gateway or {})})
-        finished: list[tuple[CallRecord, grpc.StatusCode]] = []
-        server = GatewayServer(
-            gw_settings,
-            or_settings,
-            list(callers if callers is not None else default_callers()),
-            on_finish=lambda record, code: finished.append((record, code)),
-        )
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(server.address) as channel:
-                yield Harness(
-                    sim=sim,
-                    server=server,
-                    channel=channel,
-                    stub=pb_grpc.CompletionServiceStub(channel),
-                    finished=finished,
-                )
-        finally:
-            await server.stop(0)
+    async with (
+        run_simulator(sim_config or SimulatorConfig(keepalive_comments=2)) as sim,
+        serve_gateway(sim, callers=callers, gateway=gateway, openrouter=openrouter) as harness,
+    ):
+        yield harness
+
+
+@asynccontextmanager
+async def serve_gateway(
+    sim: RunningSimulator,
+    *,
+    callers: Sequence[Caller] | None = None,
+    gateway: dict[str, Any] | None = None,
+    openrouter: dict[str, Any] | None = None,
+) -> AsyncIterator[Harness]:
+    """A gateway in front of a simulator the caller runs, so a test can stop the upstream."""
+    # Overrides replace the defaults (a plain **-merge would raise on a repeated name).
+    or_values: dict[str, Any] = {
+        "api_key": SecretStr(UPSTREAM_KEY),
+        "base_url": AnyHttpUrl(sim.base_url),
+        "default_model": "openai/gpt-4o-mini",
+        "timeout_ms": 10_000,
+        "max_retries": 2,
+        "backoff_base_ms": 10,
+        "backoff_max_ms": 50,
+        "retry_after_cap_ms": 2_000,
+        **(openrouter or {}),
+    }
+    or_settings = OpenRouterSettings(**or_values)
+    gw_settings = GatewaySettings(**{"listen": "127.0.0.1:0", **(gateway or {})})
+    finished: list[tuple[CallRecord, grpc.StatusCode]] = []
+    server = GatewayServer(
+        gw_settings,
+        or_settings,
+        list(callers if callers is not None else default_callers()),
+        on_finish=lambda record, code: finished.append((record, code)),
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            yield Harness(
+                sim=sim,
+                server=server,
+                channel=channel,
+                stub=pb_grpc.CompletionServiceStub(channel),
+                finished=finished,
+            )
+    finally:
+        await server.stop(0)
 
 
 @dataclass

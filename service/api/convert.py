@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.domain.completion import (
@@ -27,7 +29,9 @@ from service.domain.completion import (
     Usage,
 )
 from service.domain.models import ModelInfo
+from service.domain.quotas import LimitUsage, QuotaStatus
 from service.domain.structured import StructuredMode, StructuredResult
+from service.domain.usage import UsageTotals
 from service.errors import FieldViolation, InvalidRequestError
 
 _ROLES: dict[int, Role] = {
@@ -266,4 +270,45 @@ def model(info: ModelInfo) -> pb.Model:
         supports_structured_outputs=info.supports_structured_outputs,
         supports_response_format=info.supports_response_format,
         supports_tools=info.supports_tools,
+    )
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _quota(
+    kind: pb.QuotaKind.ValueType, usage: LimitUsage[int] | LimitUsage[Decimal] | None
+) -> list[pb.Quota]:
+    if usage is None:
+        return []
+    return [
+        pb.Quota(
+            kind=kind,
+            limit=float(usage.limit),
+            used=float(usage.used),
+            remaining=float(max(usage.remaining, 0)),
+            reset_time=timestamp(usage.resets_at),
+        )
+    ]
+
+
+def usage_response(
+    caller_id: str, since: datetime, until: datetime, totals: UsageTotals, quotas: QuotaStatus
+) -> pb.GetUsageResponse:
+    return pb.GetUsageResponse(
+        caller_id=caller_id,
+        start_time=timestamp(since),
+        end_time=timestamp(until),
+        request_count=totals.requests,
+        prompt_tokens=totals.prompt_tokens,
+        completion_tokens=totals.completion_tokens,
+        cost_usd=float(totals.cost_usd),
+        quotas=[
+            *_quota(pb.QUOTA_KIND_REQUESTS_PER_MINUTE, quotas.requests_per_minute),
+            *_quota(pb.QUOTA_KIND_TOKENS_PER_MINUTE, quotas.tokens_per_minute),
+            *_quota(pb.QUOTA_KIND_USD_PER_DAY, quotas.usd_per_day),
+        ],
     )

@@ -13,6 +13,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from datetime import UTC
 from typing import TypeVar
 
 import grpc
@@ -22,9 +23,10 @@ from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
 from service.api import convert
 from service.api.auth import Authenticator
 from service.api.status import internal_status, status_code_for, to_rpc_status
+from service.domain.accounting import CallRecord
 from service.domain.callers import Caller
 from service.domain.completion import StreamFinished
-from service.domain.gateway import CallRecord, Gateway
+from service.domain.gateway import Gateway
 from service.errors import GatewayError, StreamTruncatedError, UpstreamAuthError
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
+        self._gateway.finish(record, code.name, asyncio.get_running_loop().time())
         if self._on_finish is not None:
             self._on_finish(record, code)
 
@@ -143,14 +146,14 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
 
     async def Complete(self, request: pb.CompleteRequest, context: Context) -> pb.CompleteResponse:  # type: ignore[override]
         async def handle(caller: Caller, record: CallRecord) -> pb.CompleteResponse:
-            prepared, _ = await self._gateway.prepare(
+            call = await self._gateway.prepare(
                 caller,
                 convert.completion_request(request),
                 end_user_id=request.end_user_id,
                 record=record,
             )
             completion = await self._gateway.complete(
-                prepared, deadline=self._deadline(context), record=record
+                call, deadline=self._deadline(context), record=record
             )
             return convert.complete_response(completion)
 
@@ -163,14 +166,14 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
         code = grpc.StatusCode.OK
         try:
             caller = self._caller(context, record)
-            prepared, _ = await self._gateway.prepare(
+            call = await self._gateway.prepare(
                 caller,
                 convert.completion_request(request),
                 end_user_id=request.end_user_id,
                 record=record,
             )
             finished = False
-            events = self._gateway.stream(prepared, deadline=self._deadline(context), record=record)
+            events = self._gateway.stream(call, deadline=self._deadline(context), record=record)
             async with aclosing(events):
                 async for event in events:
                     # Each message is awaited onto the wire before the next upstream read: a
@@ -214,11 +217,11 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
                 schema = self._gateway.schema(inline=(inline.name, inline.schema_json, strict))
             else:
                 schema = self._gateway.schema(name=request.schema_name)
-            prepared, info = await self._gateway.prepare(
+            call = await self._gateway.prepare(
                 caller, base, end_user_id=request.end_user_id, record=record
             )
             result = await self._gateway.complete_structured(
-                prepared, schema, info, deadline=self._deadline(context), record=record
+                call, schema, deadline=self._deadline(context), record=record
             )
             return convert.structured_response(result)
 
@@ -227,6 +230,13 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
     async def GetUsage(  # type: ignore[override]
         self, request: pb.GetUsageRequest, context: Context
     ) -> pb.GetUsageResponse:
-        # Wired to the usage ledger in the ledger change.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetUsage is not served yet")
-        raise AssertionError("unreachable")
+        async def handle(caller: Caller, record: CallRecord) -> pb.GetUsageResponse:
+            since = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
+            until = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
+            # The caller is the authenticated one: there is no way to name another caller.
+            period_start, period_end, totals, quotas = await self._gateway.usage(
+                caller, since, until
+            )
+            return convert.usage_response(caller.id, period_start, period_end, totals, quotas)
+
+        return await self._unary(context, "GetUsage", handle)

@@ -6,13 +6,17 @@ accounting of each call. Transport-free: the gRPC servicer calls in, the backend
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fnmatch
 import hashlib
+import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from service.domain.accounting import CallRecord, usage_cost, usage_record, worst_case
 from service.domain.callers import Caller
 from service.domain.completion import (
     CallStats,
@@ -25,24 +29,13 @@ from service.domain.completion import (
 from service.domain.limits import RequestLimits, prepare
 from service.domain.models import ModelInfo
 from service.domain.ports import CompletionBackend
+from service.domain.quotas import QuotaStatus, QuotaStore, Reservation
 from service.domain.schemas import RegisteredSchema, SchemaRegistry
 from service.domain.structured import StructuredCompleter, StructuredResult
+from service.domain.usage import LedgerStore, UsageTotals
 from service.errors import InvalidRequestError, PermissionDeniedError
 
-
-@dataclass(slots=True)
-class CallRecord:
-    """What one RPC did, filled in as it goes; becomes a ledger row and log line at the end."""
-
-    request_id: str
-    rpc: str
-    started_at: float
-    caller_id: str = ""
-    end_user_id: str = ""
-    requested_model: str = ""
-    stats: CallStats = field(default_factory=CallStats)
-    fallback_used: bool = False
-    repair_used: bool = False
+log = logging.getLogger(__name__)
 
 
 def end_user_token(caller_id: str, end_user_id: str) -> str:
@@ -79,6 +72,16 @@ class ModelCatalog:
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedCall:
+    """A validated, authorised request and the catalog entries of the models it may use."""
+
+    caller: Caller
+    request: CompletionRequest
+    model: ModelInfo
+    candidates: tuple[ModelInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayPolicy:
     default_model: str
     allowed_models: tuple[str, ...] = ()
@@ -93,12 +96,16 @@ class Gateway:
         policy: GatewayPolicy,
         *,
         schemas: SchemaRegistry,
+        quotas: QuotaStore,
+        ledger: LedgerStore,
         structured: StructuredCompleter | None = None,
     ) -> None:
         self._backend = backend
         self._policy = policy
         self.catalog = ModelCatalog(backend)
         self.schemas = schemas
+        self._quotas = quotas
+        self._ledger = ledger
         self._structured = structured or StructuredCompleter()
 
     @property
@@ -119,8 +126,8 @@ class Gateway:
         *,
         end_user_id: str,
         record: CallRecord,
-    ) -> tuple[CompletionRequest, ModelInfo]:
-        """Validate, authorise and complete ``request``; also returns the primary model's info."""
+    ) -> PreparedCall:
+        """Validate, authorise and complete ``request`` (model, user, max_tokens, trimming)."""
         model = request.model or self._policy.default_model
         record.caller_id = caller.id
         record.end_user_id = end_user_id
@@ -138,37 +145,88 @@ class Gateway:
         info = await self.catalog.get(model)
         if info is None:
             raise InvalidRequestError.for_field("model", f"unknown model '{model}'")
+        candidates = [info]
         for i, fallback in enumerate(request.fallback_models):
-            if await self.catalog.get(fallback) is None:
+            fallback_info = await self.catalog.get(fallback)
+            if fallback_info is None:
                 raise InvalidRequestError.for_field(
                     f"fallback_models[{i}]", f"unknown model '{fallback}'"
                 )
+            candidates.append(fallback_info)
         prepared = dataclasses.replace(
             prepared, model=model, user=end_user_token(caller.id, end_user_id)
         )
-        return prepared, info
+        return PreparedCall(caller, prepared, info, tuple(candidates))
+
+    # --- quotas ---------------------------------------------------------------------------
+
+    async def _reserve(self, call: PreparedCall, request: CompletionRequest) -> Reservation:
+        estimate = worst_case(request, list(call.candidates))
+        return await self._quotas.reserve(call.caller, tokens=estimate.tokens, usd=estimate.usd)
+
+    async def _settle(
+        self, reservation: Reservation, call: PreparedCall, record: CallRecord
+    ) -> None:
+        usage = record.stats.usage
+        try:
+            if usage is not None:
+                served = (
+                    await self.catalog.get(record.stats.served_model)
+                    if (record.stats.served_model)
+                    else call.model
+                )
+                await self._quotas.settle(
+                    reservation,
+                    tokens=usage.total_tokens,
+                    usd=usage_cost(usage, served or call.model),
+                )
+            elif record.stats.generation_id or record.stats.relayed:
+                # Something was generated but its usage never arrived (a cancelled stream):
+                # keep the worst case booked; the ledger's reconciliation has the real cost.
+                await self._quotas.settle(
+                    reservation, tokens=reservation.tokens, usd=reservation.usd
+                )
+            else:
+                # Failed before anything was generated: OpenRouter bills nothing.
+                await self._quotas.release(reservation)
+        except Exception:
+            # Settling must never turn an answered call into an error; the store logs why.
+            log.exception("settling a quota reservation failed")
 
     async def complete(
-        self, request: CompletionRequest, *, deadline: float, record: CallRecord
+        self, call: PreparedCall, *, deadline: float, record: CallRecord
     ) -> Completion:
-        completion = await self._backend.complete(request, deadline=deadline, stats=record.stats)
+        request = call.request
+        reservation = await self._reserve(call, request)
+        try:
+            completion = await self._backend.complete(
+                request, deadline=deadline, stats=record.stats
+            )
+        finally:
+            # Shielded: a caller's cancel must not leave the reservation booked.
+            await asyncio.shield(self._settle(reservation, call, record))
         record.fallback_used = bool(request.fallback_models) and completion.model != request.model
         return completion
 
     async def stream(
-        self, request: CompletionRequest, *, deadline: float, record: CallRecord
+        self, call: PreparedCall, *, deadline: float, record: CallRecord
     ) -> AsyncGenerator[StreamEvent, None]:
-        events = self._backend.stream(request, deadline=deadline, stats=record.stats)
-        # aclosing: a cancelled caller must close the upstream request now, not at GC time.
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, StreamStarted):
-                    record.fallback_used = (
-                        bool(request.fallback_models) and event.model != request.model
-                    )
-                elif isinstance(event, StreamFinished) and event.usage is not None:
-                    record.stats.usage = event.usage
-                yield event
+        request = call.request
+        reservation = await self._reserve(call, request)
+        try:
+            events = self._backend.stream(request, deadline=deadline, stats=record.stats)
+            # aclosing: a cancelled caller must close the upstream request now, not at GC time.
+            async with aclosing(events):
+                async for event in events:
+                    if isinstance(event, StreamStarted):
+                        record.fallback_used = (
+                            bool(request.fallback_models) and event.model != request.model
+                        )
+                    elif isinstance(event, StreamFinished) and event.usage is not None:
+                        record.stats.usage = event.usage
+                    yield event
+        finally:
+            await asyncio.shield(self._settle(reservation, call, record))
 
     def schema(
         self, *, name: str | None = None, inline: tuple[str, str, bool] | None = None
@@ -191,14 +249,20 @@ class Gateway:
 
     async def complete_structured(
         self,
-        request: CompletionRequest,
+        call: PreparedCall,
         schema: RegisteredSchema,
-        model: ModelInfo,
         *,
         deadline: float,
         record: CallRecord,
     ) -> StructuredResult:
+        request = call.request
+        model = call.model
         attempts: list[CallStats] = []
+        # A re-ask may double the cost: reserve for both attempts up front.
+        estimate = worst_case(request, list(call.candidates))
+        reservation = await self._quotas.reserve(
+            call.caller, tokens=estimate.tokens * 2, usd=estimate.usd * 2
+        )
         try:
             result = await self._structured.complete(
                 request,
@@ -210,11 +274,30 @@ class Gateway:
             )
         finally:
             _merge_attempts(record.stats, attempts)
+            await asyncio.shield(self._settle(reservation, call, record))
         record.repair_used = result.repaired
         record.fallback_used = result.fallback_used or (
             bool(request.fallback_models) and result.completion.model != request.model
         )
         return result
+
+    async def usage(
+        self, caller: Caller, since: datetime | None, until: datetime | None
+    ) -> tuple[datetime, datetime, UsageTotals, QuotaStatus]:
+        """The caller's own totals over [since, until) (default: today so far, UTC)."""
+        now = datetime.now(UTC)
+        until = until or now
+        since = since or now.replace(hour=0, minute=0, second=0, microsecond=0)
+        if until <= since:
+            raise InvalidRequestError.for_field("end_time", "must be after start_time")
+        # Read-your-writes: the caller's own calls just before this one are counted.
+        await self._ledger.flush()
+        totals = await self._ledger.totals(caller.id, since, until)
+        return since, until, totals, await self._quotas.status(caller)
+
+    def finish(self, record: CallRecord, status: str, ended_at: float) -> None:
+        """The RPC is over: one ledger row, whatever its outcome (written off the call path)."""
+        self._ledger.record(usage_record(record, status, ended_at))
 
     async def models_for(self, caller: Caller) -> list[ModelInfo]:
         models = await self.catalog.all()

@@ -1,0 +1,37 @@
+"""Usage ledger stores: a SQLite file (the default) or PostgreSQL (for a fleet)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.domain.usage import LedgerStore
+from service.ledger.postgres import PostgresLedger
+from service.ledger.sqlite import SqliteLedger
+
+__all__ = ["PostgresLedger", "SqliteLedger", "open_ledger"]
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def open_ledger(
+    target: str | Path,
+    *,
+    max_pending: int = 100_000,
+    batch_size: int = 500,
+    close_timeout_s: float = 10.0,
+) -> LedgerStore:
+    """A ledger store, not yet started (``await store.start()``).
+
+    ``target`` is a PostgreSQL DSN (``postgresql://…`` or ``postgres://…``) or else the path
+    of a SQLite file, created with its directory if missing.
+    """
+    if isinstance(target, str) and target.startswith(_POSTGRES_SCHEMES):
+        return PostgresLedger(
+            target,
+            max_pending=max_pending,
+            batch_size=batch_size,
+            close_timeout_s=close_timeout_s,
+        )
+    return SqliteLedger(
+        target, max_pending=max_pending, batch_size=batch_size, close_timeout_s=close_timeout_s
+    )

@@ -1,0 +1,302 @@
+"""The write path shared by the SQL ledger stores: a bounded queue drained in batches.
+
+``record`` appends to an in-memory queue and returns at once, so the request path never waits
+on the database. One writer task takes whatever is queued (up to ``batch_size`` records) and
+writes it in one transaction. Policies:
+
+* **Queue full** (``max_pending`` records waiting): ``record`` drops the record, counts it in
+  ``counters().dropped`` and logs an error (rate-limited, with the running count), because a
+  ledger must not lose rows silently. ``record_async`` waits for room instead (backpressure).
+* **Database unreachable** (an error the backend calls transient: connection lost, database
+  locked, disk full …): the same batch is retried with exponential backoff (50 ms doubling
+  to ``retry_max_s``); records keep queueing meanwhile. Inserts ignore a request id already
+  present, so a retry after an unknown commit outcome cannot count a request twice.
+* **A bad row** (any other error, e.g. an integer out of range): the batch's transaction
+  rolls back whole, then its rows are written one per transaction, so the good rows land
+  and only the bad one is rejected (counted, logged with its request id).
+* **close()** writes everything queued before it; if the database stays unreachable past
+  ``close_timeout_s`` the rest is dropped, counted and logged.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from service.domain.ports import GenerationStats
+from service.domain.usage import LedgerCounters, UsageRecord, UsageTotals
+
+_log = logging.getLogger(__name__)
+
+_RETRY_INITIAL_S = 0.05
+
+RECORD_COLUMNS = (
+    "request_id",
+    "time",
+    "caller_id",
+    "rpc",
+    "requested_model",
+    "status",
+    "end_user_id",
+    "served_model",
+    "provider",
+    "generation_id",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "latency_ms",
+    "ttft_ms",
+    "retries",
+    "fallback_used",
+    "repair_used",
+    "cancelled",
+    "reconciled",
+)
+"""A usage record's columns in both SQL stores, in the order of their row tuples."""
+
+
+class BatchingLedger(abc.ABC):
+    """Queue, writer task, flush and close; subclasses write batches and answer queries."""
+
+    def __init__(
+        self,
+        *,
+        max_pending: int = 100_000,
+        batch_size: int = 500,
+        close_timeout_s: float = 10.0,
+        retry_max_s: float = 5.0,
+        warn_interval_s: float = 10.0,
+    ) -> None:
+        if max_pending < 1 or batch_size < 1:
+            raise ValueError("max_pending and batch_size must be positive")
+        self._max_pending = max_pending
+        self._batch_size = batch_size
+        self._close_timeout_s = close_timeout_s
+        self._retry_max_s = retry_max_s
+        self._warn_interval_s = warn_interval_s
+        # Unbounded, with the bound enforced by record(), so close() can always enqueue the
+        # stop marker (None) behind the records already queued.
+        self._queue: asyncio.Queue[UsageRecord | None] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._abandon = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._enqueued = 0
+        self._processed = 0
+        self._written = 0
+        self._rejected = 0
+        self._dropped = 0
+        self._flushers: list[tuple[int, asyncio.Future[None]]] = []
+        self._last_warning: dict[str, float] = {}
+
+    # --- the store interface -------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._writer is not None:
+            raise RuntimeError("ledger already started")
+        await self._open()
+        self._writer = asyncio.create_task(self._run_writer(), name="ledger-writer")
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._room.set()  # record_async callers waiting for room: they will find it closed
+        writer = self._writer
+        if writer is not None:
+            self._queue.put_nowait(None)
+            try:
+                async with asyncio.timeout(self._close_timeout_s):
+                    await asyncio.shield(writer)
+            except TimeoutError:
+                # The writer stops retrying after its current attempt and drops what is left.
+                self._abandon.set()
+                await writer
+        else:
+            never_written = self._queue.qsize()
+            self._processed += never_written
+            self._drop(never_written, "closed", "ledger closed without being started")
+        for _, waiter in self._flushers:
+            if not waiter.done():
+                waiter.set_exception(RuntimeError("ledger closed before the records were written"))
+        self._flushers.clear()
+        if self._dropped:
+            _log.error("ledger closed: %d usage record(s) were dropped in all", self._dropped)
+        await self._close_backend()
+
+    def record(self, record: UsageRecord) -> None:
+        if self._closing:
+            self._drop(1, "closed", "ledger is closed")
+        elif self._queue.qsize() >= self._max_pending:
+            self._drop(1, "full", f"ledger queue is full ({self._max_pending} records)")
+        else:
+            self._enqueue(record)
+
+    async def record_async(self, record: UsageRecord) -> None:
+        while self._queue.qsize() >= self._max_pending and not self._closing:
+            self._room.clear()
+            await self._room.wait()
+        self.record(record)
+
+    async def flush(self) -> None:
+        if self._writer is None:
+            raise RuntimeError("ledger not started")
+        target = self._enqueued
+        if self._processed >= target:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._flushers.append((target, waiter))
+        await waiter
+
+    def counters(self) -> LedgerCounters:
+        return LedgerCounters(
+            written=self._written,
+            rejected=self._rejected,
+            dropped=self._dropped,
+            pending=self._enqueued - self._processed,
+        )
+
+    @abc.abstractmethod
+    async def totals(self, caller_id: str, since: datetime, until: datetime) -> UsageTotals: ...
+
+    @abc.abstractmethod
+    async def unreconciled(self, limit: int, *, max_attempts: int = 10) -> list[UsageRecord]: ...
+
+    @abc.abstractmethod
+    async def reconcile(self, request_id: str, stats: GenerationStats) -> bool: ...
+
+    @abc.abstractmethod
+    async def note_reconcile_miss(self, request_id: str) -> None: ...
+
+    # --- what a backend provides ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    @abc.abstractmethod
+    async def _close_backend(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _write_batch(self, batch: Sequence[UsageRecord]) -> None:
+        """Insert the records in one transaction: all of them, or none and raise."""
+
+    @abc.abstractmethod
+    def _is_transient(self, exc: Exception) -> bool:
+        """Whether the same rows may be written later (the database, not the data, failed)."""
+
+    # --- the writer ----------------------------------------------------------------------
+
+    def _enqueue(self, record: UsageRecord) -> None:
+        self._queue.put_nowait(record)
+        self._enqueued += 1
+
+    async def _run_writer(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self._batch_size and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._room.set()
+            await self._persist(batch)
+            self._processed += len(batch)
+            self._wake_flushers()
+            if self._abandon.is_set():
+                left = 0
+                while not self._queue.empty():
+                    left += self._queue.get_nowait() is not None
+                self._processed += left
+                self._drop(left, "abandoned", "database unreachable at shutdown")
+                return
+            if stop:
+                return
+
+    async def _persist(self, batch: list[UsageRecord]) -> None:
+        delay = _RETRY_INITIAL_S
+        while True:
+            try:
+                await self._write_batch(batch)
+            except Exception as exc:
+                if not self._is_transient(exc):
+                    await self._isolate(batch, exc)
+                    return
+                if self._abandon.is_set():
+                    self._drop(len(batch), "abandoned", "database unreachable at shutdown")
+                    return
+                self._warn(
+                    "retry",
+                    "ledger write failed (%s: %s); retrying %d record(s) in %.2f s",
+                    type(exc).__name__,
+                    exc,
+                    len(batch),
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._abandon.wait()
+                delay = min(delay * 2, self._retry_max_s)
+            else:
+                self._written += len(batch)
+                return
+
+    async def _isolate(self, batch: list[UsageRecord], exc: Exception) -> None:
+        if len(batch) == 1:
+            self._rejected += 1
+            self._warn(
+                "rejected",
+                "ledger rejected usage record %s (%s: %s); %d rejected so far",
+                batch[0].request_id,
+                type(exc).__name__,
+                exc,
+                self._rejected,
+                level=logging.ERROR,
+            )
+            return
+        # The transaction rolled back whole; one row per transaction finds the bad one(s)
+        # without losing the good ones.
+        for record in batch:
+            await self._persist([record])
+
+    def _wake_flushers(self) -> None:
+        still_waiting = []
+        for target, waiter in self._flushers:
+            if self._processed >= target:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still_waiting.append((target, waiter))
+        self._flushers = still_waiting
+
+    def _drop(self, count: int, kind: str, why: str) -> None:
+        if count == 0:
+            return
+        self._dropped += count
+        self._warn(
+            kind,
+            "usage record(s) dropped: %s; %d dropped so far",
+            why,
+            self._dropped,
+            level=logging.ERROR,
+        )
+
+    def _warn(self, kind: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+        # One line per kind of trouble per interval: a ledger in trouble must be visible in
+        # the logs without flooding them at request rate.
+        now = time.monotonic()
+        if now - self._last_warning.get(kind, -float("inf")) >= self._warn_interval_s:
+            self._last_warning[kind] = now
+            _log.log(level, message, *args)

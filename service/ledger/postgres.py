@@ -1,0 +1,237 @@
+"""The ledger in PostgreSQL, for fleets: several replicas write to one database.
+
+An asyncpg pool from a DSN. At start-up the schema is brought up to date by ordered migrations
+recorded in ``ledger_schema_version``, under a transaction-scoped advisory lock so replicas
+starting together migrate once. Batches go in with ``executemany`` inside one transaction.
+Costs are ``numeric`` (exact), times ``timestamptz``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from service.domain.ports import GenerationStats
+from service.domain.usage import UsageRecord, UsageTotals, cost_from_stats
+from service.ledger.batching import RECORD_COLUMNS, BatchingLedger
+
+_MIGRATION_LOCK = 0x4C4C4D47_4C454447  # "LLMGLEDG": any constant unique to this schema
+"""Advisory lock key that serialises schema migrations between replicas."""
+
+# Version i + 1 is _MIGRATIONS[i]. Append only: a released migration never changes.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE usage_records (
+            request_id         text PRIMARY KEY,
+            time               timestamptz NOT NULL,
+            caller_id          text NOT NULL,
+            rpc                text NOT NULL,
+            requested_model    text NOT NULL,
+            status             text NOT NULL,
+            end_user_id        text NOT NULL,
+            served_model       text NOT NULL,
+            provider           text NOT NULL,
+            generation_id      text NOT NULL,
+            prompt_tokens      bigint NOT NULL CHECK (prompt_tokens >= 0),
+            completion_tokens  bigint NOT NULL CHECK (completion_tokens >= 0),
+            reasoning_tokens   bigint NOT NULL CHECK (reasoning_tokens >= 0),
+            cached_tokens      bigint NOT NULL CHECK (cached_tokens >= 0),
+            cost_usd           numeric,
+            latency_ms         bigint NOT NULL,
+            ttft_ms            bigint,
+            retries            integer NOT NULL,
+            fallback_used      boolean NOT NULL,
+            repair_used        boolean NOT NULL,
+            cancelled          boolean NOT NULL,
+            reconciled         boolean NOT NULL,
+            reconcile_attempts integer NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX usage_records_caller_time ON usage_records (caller_id, time)",
+        """
+        CREATE INDEX usage_records_unreconciled
+            ON usage_records (reconcile_attempts, time)
+            WHERE NOT reconciled AND generation_id <> '' AND (cancelled OR cost_usd IS NULL)
+        """,
+    ),
+)
+
+_COLUMNS = ", ".join(RECORD_COLUMNS)
+_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, len(RECORD_COLUMNS) + 1))
+# Queries are composed from the constants above only, never from input: hence the noqa.
+_INSERT = (
+    f"INSERT INTO usage_records ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "  # noqa: S608
+    "ON CONFLICT (request_id) DO NOTHING"
+)
+_TOTALS = """
+    SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+           coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL)
+    FROM usage_records WHERE caller_id = $1 AND time >= $2 AND time < $3
+"""
+_UNRECONCILED = (
+    f"SELECT {_COLUMNS} FROM usage_records "  # noqa: S608
+    "WHERE NOT reconciled AND generation_id <> '' AND (cancelled OR cost_usd IS NULL) "
+    "AND reconcile_attempts < $1 ORDER BY reconcile_attempts, time LIMIT $2"
+)
+_RECONCILE = """
+    UPDATE usage_records
+    SET prompt_tokens = $1, completion_tokens = $2, reasoning_tokens = $3, cached_tokens = $4,
+        cost_usd = $5, served_model = CASE WHEN served_model = '' THEN $6 ELSE served_model END,
+        reconciled = true
+    WHERE request_id = $7
+"""
+_MISS = "UPDATE usage_records SET reconcile_attempts = reconcile_attempts + 1 WHERE request_id = $1"
+
+
+def _to_row(record: UsageRecord) -> tuple[object, ...]:
+    return (
+        record.request_id,
+        record.time,
+        record.caller_id,
+        record.rpc,
+        record.requested_model,
+        record.status,
+        record.end_user_id,
+        record.served_model,
+        record.provider,
+        record.generation_id,
+        record.prompt_tokens,
+        record.completion_tokens,
+        record.reasoning_tokens,
+        record.cached_tokens,
+        record.cost_usd,
+        record.latency_ms,
+        record.ttft_ms,
+        record.retries,
+        record.fallback_used,
+        record.repair_used,
+        record.cancelled,
+        record.reconciled,
+    )
+
+
+def _from_row(row: asyncpg.Record) -> UsageRecord:
+    return UsageRecord(**{column: row[column] for column in RECORD_COLUMNS})
+
+
+async def migrate(
+    conn: asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record],
+) -> int:
+    """Bring the schema up to date; returns the version it is at. Safe to run concurrently."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS ledger_schema_version ("
+            "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        current: int = await conn.fetchval(
+            "SELECT coalesce(max(version), 0) FROM ledger_schema_version"
+        )
+        if current > len(_MIGRATIONS):
+            raise RuntimeError(
+                f"ledger schema version {current} is newer than this gateway knows "
+                f"({len(_MIGRATIONS)}): refusing to write to it"
+            )
+        for version, statements in enumerate(_MIGRATIONS[current:], start=current + 1):
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO ledger_schema_version (version) VALUES ($1)", version)
+    return len(_MIGRATIONS)
+
+
+class PostgresLedger(BatchingLedger):
+    """A ledger in PostgreSQL; see ``BatchingLedger`` for the queueing policies."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        max_pending: int = 100_000,
+        batch_size: int = 500,
+        close_timeout_s: float = 10.0,
+        retry_max_s: float = 5.0,
+        pool_size: int = 4,
+        command_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(
+            max_pending=max_pending,
+            batch_size=batch_size,
+            close_timeout_s=close_timeout_s,
+            retry_max_s=retry_max_s,
+        )
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._command_timeout_s = command_timeout_s
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+
+    async def totals(self, caller_id: str, since: datetime, until: datetime) -> UsageTotals:
+        row = await self._db().fetchrow(_TOTALS, caller_id, since, until)
+        assert row is not None  # an aggregate without GROUP BY always returns one row
+        requests, prompt, completion, cost, unknown = row
+        return UsageTotals(requests, int(prompt), int(completion), Decimal(cost), unknown)
+
+    async def unreconciled(self, limit: int, *, max_attempts: int = 10) -> list[UsageRecord]:
+        rows = await self._db().fetch(_UNRECONCILED, max_attempts, limit)
+        return [_from_row(row) for row in rows]
+
+    async def reconcile(self, request_id: str, stats: GenerationStats) -> bool:
+        status = await self._db().execute(
+            _RECONCILE,
+            stats.prompt_tokens,
+            stats.completion_tokens,
+            stats.reasoning_tokens,
+            stats.cached_tokens,
+            cost_from_stats(stats),
+            stats.model,
+            request_id,
+        )
+        return status != "UPDATE 0"
+
+    async def note_reconcile_miss(self, request_id: str) -> None:
+        await self._db().execute(_MISS, request_id)
+
+    async def _open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=1,
+            max_size=self._pool_size,
+            command_timeout=self._command_timeout_s,
+        )
+        try:
+            async with self._pool.acquire() as conn:
+                await migrate(conn)
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+
+    async def _close_backend(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def _write_batch(self, batch: Sequence[UsageRecord]) -> None:
+        rows = [_to_row(record) for record in batch]
+        pool = self._db()
+        async with pool.acquire(timeout=self._command_timeout_s) as conn, conn.transaction():
+            await conn.executemany(_INSERT, rows)
+
+    def _is_transient(self, exc: Exception) -> bool:
+        # Connection trouble and server-side errors are worth retrying, except SQLSTATE
+        # classes 22 (data exception; asyncpg raises it too for a value it cannot encode)
+        # and 23 (integrity constraint violation), which are about the rows themselves.
+        if isinstance(exc, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError):
+            return False
+        return isinstance(
+            exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.PostgresError
+        )
+
+    def _db(self) -> asyncpg.Pool[asyncpg.Record]:
+        if self._pool is None:
+            raise RuntimeError("ledger not started")
+        return self._pool

@@ -1,0 +1,303 @@
+"""The default ledger: one SQLite file in WAL mode, written in batches off the event loop.
+
+One dedicated thread owns the connection and runs every statement, so SQLite's threading rules
+hold by construction and a cancelled ``await`` can never interleave two transactions. WAL with
+``synchronous=NORMAL`` keeps every committed batch across a crash of the process (a power cut
+may lose the last few). Times are stored as integer microseconds since the epoch (UTC), costs
+as exact decimal text, summed with a decimal aggregate rather than SQLite's float ``sum``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from service.domain.ports import GenerationStats
+from service.domain.usage import UsageRecord, UsageTotals, cost_from_stats
+from service.ledger.batching import RECORD_COLUMNS, BatchingLedger
+
+_T = TypeVar("_T")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+# Each entry migrates the schema from version i to i + 1 (PRAGMA user_version holds i).
+# Append only: a released migration never changes.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE usage_records (
+            request_id         TEXT PRIMARY KEY,
+            time               INTEGER NOT NULL,  -- microseconds since the epoch, UTC
+            caller_id          TEXT NOT NULL,
+            rpc                TEXT NOT NULL,
+            requested_model    TEXT NOT NULL,
+            status             TEXT NOT NULL,
+            end_user_id        TEXT NOT NULL,
+            served_model       TEXT NOT NULL,
+            provider           TEXT NOT NULL,
+            generation_id      TEXT NOT NULL,
+            prompt_tokens      INTEGER NOT NULL CHECK (prompt_tokens >= 0),
+            completion_tokens  INTEGER NOT NULL CHECK (completion_tokens >= 0),
+            reasoning_tokens   INTEGER NOT NULL CHECK (reasoning_tokens >= 0),
+            cached_tokens      INTEGER NOT NULL CHECK (cached_tokens >= 0),
+            cost_usd           TEXT,              -- exact decimal; NULL when unknown
+            latency_ms         INTEGER NOT NULL,
+            ttft_ms            INTEGER,
+            retries            INTEGER NOT NULL,
+            fallback_used      INTEGER NOT NULL,
+            repair_used        INTEGER NOT NULL,
+            cancelled          INTEGER NOT NULL,
+            reconciled         INTEGER NOT NULL,
+            reconcile_attempts INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX usage_records_caller_time ON usage_records (caller_id, time)",
+        """
+        CREATE INDEX usage_records_unreconciled
+            ON usage_records (reconcile_attempts, time)
+            WHERE reconciled = 0 AND generation_id <> '' AND (cancelled = 1 OR cost_usd IS NULL)
+        """,
+    ),
+)
+
+_COLUMNS = ", ".join(RECORD_COLUMNS)
+_PLACEHOLDERS = ", ".join("?" * len(RECORD_COLUMNS))
+# Queries are composed from the constants above only, never from input: hence the noqa.
+_INSERT = (
+    f"INSERT INTO usage_records ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "  # noqa: S608
+    "ON CONFLICT (request_id) DO NOTHING"
+)
+_TOTALS = """
+    SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+           coalesce(decimal_sum(cost_usd), '0'), count(*) - count(cost_usd)
+    FROM usage_records WHERE caller_id = ? AND time >= ? AND time < ?
+"""
+_UNRECONCILED = (
+    f"SELECT {_COLUMNS} FROM usage_records "  # noqa: S608
+    "WHERE reconciled = 0 AND generation_id <> '' AND (cancelled = 1 OR cost_usd IS NULL) "
+    "AND reconcile_attempts < ? ORDER BY reconcile_attempts, time LIMIT ?"
+)
+_RECONCILE = """
+    UPDATE usage_records
+    SET prompt_tokens = ?, completion_tokens = ?, reasoning_tokens = ?, cached_tokens = ?,
+        cost_usd = ?, served_model = CASE WHEN served_model = '' THEN ? ELSE served_model END,
+        reconciled = 1
+    WHERE request_id = ?
+"""
+_MISS = "UPDATE usage_records SET reconcile_attempts = reconcile_attempts + 1 WHERE request_id = ?"
+
+
+class _DecimalSum:
+    """``decimal_sum(text)``: an exact sum of decimal strings (NULLs skipped), as text."""
+
+    def __init__(self) -> None:
+        self.total = Decimal(0)
+
+    def step(self, value: str | None) -> None:
+        if value is not None:
+            self.total += Decimal(value)
+
+    def finalize(self) -> str:
+        return str(self.total)
+
+
+def _to_micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _to_row(record: UsageRecord) -> tuple[object, ...]:
+    return (
+        record.request_id,
+        _to_micros(record.time),
+        record.caller_id,
+        record.rpc,
+        record.requested_model,
+        record.status,
+        record.end_user_id,
+        record.served_model,
+        record.provider,
+        record.generation_id,
+        record.prompt_tokens,
+        record.completion_tokens,
+        record.reasoning_tokens,
+        record.cached_tokens,
+        None if record.cost_usd is None else str(record.cost_usd),
+        record.latency_ms,
+        record.ttft_ms,
+        record.retries,
+        int(record.fallback_used),
+        int(record.repair_used),
+        int(record.cancelled),
+        int(record.reconciled),
+    )
+
+
+def _from_row(row: Sequence[Any]) -> UsageRecord:
+    return UsageRecord(
+        request_id=row[0],
+        time=_EPOCH + row[1] * _MICROSECOND,
+        caller_id=row[2],
+        rpc=row[3],
+        requested_model=row[4],
+        status=row[5],
+        end_user_id=row[6],
+        served_model=row[7],
+        provider=row[8],
+        generation_id=row[9],
+        prompt_tokens=row[10],
+        completion_tokens=row[11],
+        reasoning_tokens=row[12],
+        cached_tokens=row[13],
+        cost_usd=None if row[14] is None else Decimal(row[14]),
+        latency_ms=row[15],
+        ttft_ms=row[16],
+        retries=row[17],
+        fallback_used=bool(row[18]),
+        repair_used=bool(row[19]),
+        cancelled=bool(row[20]),
+        reconciled=bool(row[21]),
+    )
+
+
+class SqliteLedger(BatchingLedger):
+    """A ledger in one SQLite file; see ``BatchingLedger`` for the queueing policies."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_pending: int = 100_000,
+        batch_size: int = 500,
+        close_timeout_s: float = 10.0,
+        retry_max_s: float = 5.0,
+        busy_timeout_s: float = 5.0,
+    ) -> None:
+        super().__init__(
+            max_pending=max_pending,
+            batch_size=batch_size,
+            close_timeout_s=close_timeout_s,
+            retry_max_s=retry_max_s,
+        )
+        self._path = Path(path)
+        self._busy_timeout_s = busy_timeout_s
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # --- queries ---------------------------------------------------------------------------
+
+    async def totals(self, caller_id: str, since: datetime, until: datetime) -> UsageTotals:
+        params = (caller_id, _to_micros(since), _to_micros(until))
+        row = await self._run(lambda: self._db().execute(_TOTALS, params).fetchone())
+        requests, prompt, completion, cost, unknown = row
+        return UsageTotals(requests, prompt, completion, Decimal(cost), unknown)
+
+    async def unreconciled(self, limit: int, *, max_attempts: int = 10) -> list[UsageRecord]:
+        rows = await self._run(
+            lambda: self._db().execute(_UNRECONCILED, (max_attempts, limit)).fetchall()
+        )
+        return [_from_row(row) for row in rows]
+
+    async def reconcile(self, request_id: str, stats: GenerationStats) -> bool:
+        params = (
+            stats.prompt_tokens,
+            stats.completion_tokens,
+            stats.reasoning_tokens,
+            stats.cached_tokens,
+            str(cost_from_stats(stats)),
+            stats.model,
+            request_id,
+        )
+        updated = await self._run(lambda: self._db().execute(_RECONCILE, params).rowcount)
+        return bool(updated)
+
+    async def note_reconcile_miss(self, request_id: str) -> None:
+        await self._run(lambda: self._db().execute(_MISS, (request_id,)))
+
+    # --- backend ---------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")
+        self._conn = await self._run(self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; every write says BEGIN/COMMIT itself.
+        conn = sqlite3.connect(self._path, timeout=self._busy_timeout_s, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            # typeshed wants int-valued aggregates; SQLite itself takes any value type.
+            conn.create_aggregate("decimal_sum", 1, cast("Callable[[], Any]", _DecimalSum))
+            _migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _close_backend(self) -> None:
+        if self._executor is None:
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._run(conn.close)
+        self._executor.shutdown(wait=False)
+        self._executor = None
+
+    async def _write_batch(self, batch: Sequence[UsageRecord]) -> None:
+        await self._run(lambda: _insert(self._db(), batch))
+
+    def _is_transient(self, exc: Exception) -> bool:
+        # OperationalError: locked, busy, disk full, I/O error. Anything else is about the
+        # rows (IntegrityError, OverflowError for an int beyond 64 bits, InterfaceError for a
+        # type SQLite cannot bind …) and retrying the same rows cannot help.
+        return isinstance(exc, sqlite3.OperationalError)
+
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the ledger's own thread, the only one that touches the connection."""
+        if self._executor is None:
+            raise RuntimeError("ledger not started")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("ledger not started")
+        return self._conn
+
+
+def _insert(conn: sqlite3.Connection, batch: Sequence[UsageRecord]) -> None:
+    rows = [_to_row(record) for record in batch]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(_INSERT, rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > len(_MIGRATIONS):
+            raise RuntimeError(
+                f"ledger schema version {version} is newer than this gateway knows "
+                f"({len(_MIGRATIONS)}): refusing to write to it"
+            )
+        for statements in _MIGRATIONS[version:]:
+            for statement in statements:
+                conn.execute(statement)
+        # PRAGMA takes no parameters; the value is our own integer.
+        conn.execute(f"PRAGMA user_version = {len(_MIGRATIONS)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

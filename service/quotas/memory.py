@@ -1,0 +1,197 @@
+"""In-process quota store, the default for a single gateway replica.
+
+Same algorithms as the Redis store (see ``service.quotas.redis``): a sliding-window log of the
+last 60 s of reservations for RPM and TPM, and a per-UTC-day dollar counter holding spent plus
+reserved amounts. ``reserve`` has no ``await`` between reading and updating the counters, so on
+one event loop it is atomic by construction. Dollars are exact ``Decimal``s.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from service.domain.callers import Caller
+from service.domain.quotas import (
+    MINUTE_S,
+    Breach,
+    LimitUsage,
+    QuotaLimit,
+    QuotaStatus,
+    Reservation,
+    check_reservation_args,
+    day_end,
+    epoch_to_datetime,
+    quota_exceeded,
+    utc_day,
+)
+
+
+@dataclass(slots=True)
+class _Entry:
+    at: float
+    tokens: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    day: int
+    usd: Decimal | None
+    """Dollars reserved, or None when the caller had no budget at reservation time."""
+
+
+@dataclass(slots=True)
+class _CallerState:
+    order: deque[str] = field(default_factory=deque)
+    """Reservation tokens in the window, oldest first."""
+    entries: dict[str, _Entry] = field(default_factory=dict)
+    window_tokens: int = 0
+    latest: float = 0.0
+    day: int = -1
+    """The UTC day of the latest reservation; older days are pruned when it changes."""
+    spent: dict[int, Decimal] = field(default_factory=dict)
+    """UTC day -> dollars spent plus still reserved."""
+    pending: dict[str, _Pending] = field(default_factory=dict)
+
+
+class MemoryQuotaStore:
+    """Quota counters in this process's memory; lost on restart, not shared between replicas."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._callers: dict[str, _CallerState] = {}
+
+    async def reserve(self, caller: Caller, *, tokens: int, usd: Decimal) -> Reservation:
+        check_reservation_args(tokens, usd)
+        limits = caller.limits
+        state = self._callers.setdefault(caller.id, _CallerState())
+        # Keep time monotonic per caller so the log stays ordered even if the wall clock steps back.
+        now = max(self._clock(), state.latest)
+        day = utc_day(now)
+        token = uuid.uuid4().hex
+        rpm, tpm, budget = limits.requests_per_minute, limits.tokens_per_minute, limits.usd_per_day
+        if rpm is None and tpm is None and budget is None:
+            return Reservation(caller.id, token, 1, tokens, usd, now, day, tracked=False)
+        rate = rpm is not None or tpm is not None
+        if rate:
+            self._trim(state, now)
+        self._forget_old_days(state, day)
+        spent = state.spent.get(day, Decimal(0))
+
+        breaches: list[Breach] = []
+        if rpm is not None and len(state.order) + 1 > rpm:
+            breaches.append(self._rpm_breach(state, rpm, now))
+        if tpm is not None and state.window_tokens + tokens > tpm:
+            breaches.append(self._tpm_breach(state, tpm, tokens, now))
+        if budget is not None and spent + usd > budget:
+            wait = None if usd > budget else day_end(day) - now
+            breaches.append(Breach(QuotaLimit.USD_PER_DAY, budget, spent, usd, wait))
+        if breaches:
+            raise quota_exceeded(caller.id, breaches)
+
+        if rate:
+            state.order.append(token)
+            state.entries[token] = _Entry(now, tokens)
+            state.window_tokens += tokens
+            state.latest = now
+        if budget is not None:
+            state.spent[day] = spent + usd
+        state.pending[token] = _Pending(day, usd if budget is not None else None)
+        return Reservation(caller.id, token, 1, tokens, usd, now, day)
+
+    async def settle(self, reservation: Reservation, *, tokens: int, usd: Decimal) -> None:
+        check_reservation_args(tokens, usd)
+        state = self._callers.get(reservation.caller_id)
+        if not reservation.tracked or state is None:
+            return
+        pending = state.pending.pop(reservation.token, None)
+        if pending is None:  # settled already, or its day is long gone
+            return
+        entry = state.entries.get(reservation.token)
+        if entry is not None:  # still inside the minute window
+            state.window_tokens += tokens - entry.tokens
+            entry.tokens = tokens
+        if pending.usd is not None and pending.day in state.spent:
+            state.spent[pending.day] += usd - pending.usd
+
+    async def release(self, reservation: Reservation) -> None:
+        await self.settle(reservation, tokens=0, usd=Decimal(0))
+
+    async def status(self, caller: Caller) -> QuotaStatus:
+        limits = caller.limits
+        state = self._callers.setdefault(caller.id, _CallerState())
+        now = max(self._clock(), state.latest)
+        self._trim(state, now)
+        count, used = len(state.order), state.window_tokens
+        newest = state.entries[state.order[-1]].at if state.order else None
+        window_reset = epoch_to_datetime(now if newest is None else newest + MINUTE_S)
+        day = utc_day(now)
+        spent = state.spent.get(day, Decimal(0))
+        rpm, tpm, budget = limits.requests_per_minute, limits.tokens_per_minute, limits.usd_per_day
+        return QuotaStatus(
+            caller_id=caller.id,
+            requests_per_minute=(
+                None if rpm is None else LimitUsage(rpm, count, max(rpm - count, 0), window_reset)
+            ),
+            tokens_per_minute=(
+                None if tpm is None else LimitUsage(tpm, used, max(tpm - used, 0), window_reset)
+            ),
+            usd_per_day=(
+                None
+                if budget is None
+                else LimitUsage(
+                    budget,
+                    spent,
+                    max(budget - spent, Decimal(0)),
+                    epoch_to_datetime(day_end(day)),
+                )
+            ),
+        )
+
+    async def close(self) -> None:
+        self._callers.clear()
+
+    @staticmethod
+    def _trim(state: _CallerState, now: float) -> None:
+        horizon = now - MINUTE_S
+        while state.order and state.entries[state.order[0]].at <= horizon:
+            entry = state.entries.pop(state.order.popleft())
+            state.window_tokens -= entry.tokens
+
+    @staticmethod
+    def _forget_old_days(state: _CallerState, today: int) -> None:
+        if state.day == today:
+            return
+        state.day = today
+        # Yesterday stays: a request reserved before midnight may settle after it. Older
+        # pending entries belong to requests that never settled (a bug upstream of us).
+        state.spent = {day: v for day, v in state.spent.items() if day >= today - 1}
+        state.pending = {t: p for t, p in state.pending.items() if p.day >= today - 1}
+
+    @staticmethod
+    def _rpm_breach(state: _CallerState, rpm: int, now: float) -> Breach:
+        count = len(state.order)
+        if rpm == 0:
+            return Breach(QuotaLimit.REQUESTS_PER_MINUTE, rpm, count, 1, None)
+        # Room for one more once the (count - rpm + 1)-th oldest request leaves the window.
+        frees_at = state.entries[state.order[count - rpm]].at + MINUTE_S
+        return Breach(QuotaLimit.REQUESTS_PER_MINUTE, rpm, count, 1, frees_at - now)
+
+    @staticmethod
+    def _tpm_breach(state: _CallerState, tpm: int, tokens: int, now: float) -> Breach:
+        used = state.window_tokens
+        if tokens > tpm:
+            return Breach(QuotaLimit.TOKENS_PER_MINUTE, tpm, used, tokens, None)
+        need, freed = used + tokens - tpm, 0
+        wait = MINUTE_S
+        for token in state.order:
+            entry = state.entries[token]
+            freed += entry.tokens
+            if freed >= need:
+                wait = entry.at + MINUTE_S - now
+                break
+        return Breach(QuotaLimit.TOKENS_PER_MINUTE, tpm, used, tokens, wait)

@@ -1,0 +1,424 @@
+"""Quota store in Redis, shared by every gateway replica; each check is one atomic Lua script.
+
+Algorithms (the memory store implements the same ones):
+
+* **RPM and TPM: a weighted sliding-window log.** Each reservation is one entry, scored by the
+  instant it was made, in a sorted set (``…:log``); its token count lives in a hash
+  (``…:tok``) next to a running total (field ``=sum``). A check first drops entries 60 s or
+  older (subtracting their tokens from the total), so it counts exactly the last 60 seconds:
+  unlike fixed minute buckets, a burst at a minute boundary cannot double the rate. Trimming
+  is amortised O(1); only a refusal walks the log, to compute ``retry_after_s`` exactly
+  (when the oldest entries that must leave the window will have left it).
+* **USD/day: a counter per UTC day** (``…:day:<n>``, field ``usd``) of spent plus reserved
+  dollars, in integer nano-dollars (Lua numbers are doubles, exact up to 2**53, i.e. about
+  9 million dollars; amounts are rounded up, so the budget errs on the safe side). A refusal's
+  ``retry_after_s`` is the next UTC midnight.
+* **Reservations.** The same day hash holds ``r:<token>`` -> dollars reserved while a
+  reservation is outstanding. ``settle`` deletes that field and applies the difference, so a
+  second settle is a no-op. A reservation never settled (its replica died) keeps its reserved
+  dollars counted until the day ends, which errs on the safe side too.
+
+All of a caller's keys share the hash tag ``{<caller id>}`` (one Redis Cluster slot) under a
+configurable prefix. Every key has a TTL: the minute keys two minutes after the caller's
+last reservation, the day keys two days. Instants come from the gateway's clock (``clock``),
+so replicas need NTP-synchronised clocks; a skew of s seconds shifts a replica's window by s.
+
+When Redis cannot be reached within ``timeout_s`` the ``FailurePolicy`` decides: fail closed
+(``ServiceUnavailableError``, reason ``QUOTA_STORE_UNAVAILABLE``) or fail open (admit, count,
+warn once per ``warn_interval_s``). After a failure the store does not try Redis again for
+``backoff_s``, so a dead Redis cannot add a timeout to every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from service.domain.callers import Caller
+from service.domain.quotas import (
+    DAY_S,
+    MINUTE_S,
+    Breach,
+    FailurePolicy,
+    LimitUsage,
+    QuotaLimit,
+    QuotaStatus,
+    Reservation,
+    check_reservation_args,
+    day_end,
+    epoch_to_datetime,
+    quota_exceeded,
+    utc_day,
+)
+from service.errors import ServiceUnavailableError
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_KEY_PREFIX = "llmgw:quota"
+_NANO = Decimal(10) ** 9
+_MAX_EXACT = 2**53
+"""Largest integer a Lua number holds exactly."""
+_WINDOW_MS = int(MINUTE_S * 1000)
+_MINUTE_TTL_MS = 2 * _WINDOW_MS
+_DAY_TTL_S = 2 * DAY_S
+_NOT_BREACHED, _NEVER = -2, -1
+
+# Drops log entries that left the window (score <= now - window) and their tokens from the
+# running total. unpack() is chunked: Lua's stack holds only a few thousand values.
+_TRIM = """
+local function trim(log, tok, now, window)
+  local expired = redis.call('ZRANGEBYSCORE', log, '-inf', now - window)
+  if #expired == 0 then return end
+  local freed = 0
+  for i = 1, #expired, 500 do
+    local chunk = {unpack(expired, i, math.min(i + 499, #expired))}
+    local weights = redis.call('HMGET', tok, unpack(chunk))
+    for j = 1, #weights do
+      if weights[j] then freed = freed + tonumber(weights[j]) end
+    end
+    redis.call('HDEL', tok, unpack(chunk))
+    redis.call('ZREM', log, unpack(chunk))
+  end
+  -- Guarded: -0 would reach Redis as "-0", which HINCRBY refuses.
+  if freed ~= 0 then redis.call('HINCRBY', tok, '=sum', -freed) end
+end
+"""
+
+# KEYS: log, tok, day.  ARGV: now_ms, window_ms, token, rpm, tpm, tokens, usd_limit, usd,
+# day_end_ms, minute_ttl_ms, day_ttl_s (limits are -1 when absent; dollars in nano-USD).
+# Returns {1, ...} when reserved, or {0, rpm_wait, tpm_wait, usd_wait, count, used, spent}
+# with waits in ms, -2 for a limit not breached and -1 for one the request can never fit.
+_RESERVE = (
+    _TRIM
+    + """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local token = ARGV[3]
+local rpm, tpm, tokens = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local usd_limit, usd = tonumber(ARGV[7]), tonumber(ARGV[8])
+local rate = rpm >= 0 or tpm >= 0
+local count, used, spent = 0, 0, 0
+if rate then
+  trim(KEYS[1], KEYS[2], now, window)
+  count = redis.call('ZCARD', KEYS[1])
+  used = tonumber(redis.call('HGET', KEYS[2], '=sum') or '0')
+end
+if usd_limit >= 0 then spent = tonumber(redis.call('HGET', KEYS[3], 'usd') or '0') end
+
+local rpm_wait, tpm_wait, usd_wait = -2, -2, -2
+if rpm >= 0 and count + 1 > rpm then
+  if rpm == 0 then rpm_wait = -1 else
+    local e = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
+    rpm_wait = tonumber(e[2]) + window - now
+  end
+end
+if tpm >= 0 and used + tokens > tpm then
+  if tokens > tpm then tpm_wait = -1 else
+    local need, freed = used + tokens - tpm, 0
+    local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+    tpm_wait = window
+    for i = 1, #entries, 2 do
+      freed = freed + tonumber(redis.call('HGET', KEYS[2], entries[i]) or '0')
+      if freed >= need then
+        tpm_wait = tonumber(entries[i + 1]) + window - now
+        break
+      end
+    end
+  end
+end
+if usd_limit >= 0 and spent + usd > usd_limit then
+  if usd > usd_limit then usd_wait = -1 else usd_wait = tonumber(ARGV[9]) - now end
+end
+if rpm_wait ~= -2 or tpm_wait ~= -2 or usd_wait ~= -2 then
+  return {0, rpm_wait, tpm_wait, usd_wait, count, used, spent}
+end
+
+if rate then
+  redis.call('ZADD', KEYS[1], now, token)
+  redis.call('HSET', KEYS[2], token, ARGV[6])
+  redis.call('HINCRBY', KEYS[2], '=sum', ARGV[6])
+  redis.call('PEXPIRE', KEYS[1], ARGV[10])
+  redis.call('PEXPIRE', KEYS[2], ARGV[10])
+end
+local reserved = '-1'
+if usd_limit >= 0 then
+  redis.call('HINCRBY', KEYS[3], 'usd', ARGV[8])
+  reserved = ARGV[8]
+end
+redis.call('HSET', KEYS[3], 'r:' .. token, reserved)
+redis.call('EXPIRE', KEYS[3], ARGV[11])
+return {1}
+"""
+)
+
+# KEYS: log, tok, day.  ARGV: token, tokens, usd (nano-USD).  Returns 1 if it settled something.
+_SETTLE = """
+local reserved = redis.call('HGET', KEYS[3], 'r:' .. ARGV[1])
+if not reserved then return 0 end
+redis.call('HDEL', KEYS[3], 'r:' .. ARGV[1])
+local weight = redis.call('HGET', KEYS[2], ARGV[1])
+if weight then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('HINCRBY', KEYS[2], '=sum', tonumber(ARGV[2]) - tonumber(weight))
+end
+reserved = tonumber(reserved)
+if reserved >= 0 and redis.call('HEXISTS', KEYS[3], 'usd') == 1 then
+  redis.call('HINCRBY', KEYS[3], 'usd', tonumber(ARGV[3]) - reserved)
+end
+return 1
+"""
+
+# KEYS: log, tok, day.  ARGV: now_ms, window_ms.  Returns {count, used, newest_ms, spent}.
+_STATUS = (
+    _TRIM
+    + """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+trim(KEYS[1], KEYS[2], now, window)
+local count = redis.call('ZCARD', KEYS[1])
+local used = tonumber(redis.call('HGET', KEYS[2], '=sum') or '0')
+local newest = -1
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #last == 2 then newest = tonumber(last[2]) end
+local spent = tonumber(redis.call('HGET', KEYS[3], 'usd') or '0')
+return {count, used, newest, spent}
+"""
+)
+
+
+class _StoreDownError(Exception):
+    """Redis did not answer in time (or the store is backing off after such a failure)."""
+
+
+def _to_nano(usd: Decimal, rounding: str = ROUND_CEILING) -> int:
+    return min(int((usd * _NANO).to_integral_value(rounding=rounding)), _MAX_EXACT)
+
+
+def _from_nano(nano: int) -> Decimal:
+    return (Decimal(nano) / _NANO).normalize()
+
+
+class RedisQuotaStore:
+    """Quota counters in Redis; several replicas sharing one Redis share every limit."""
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        failure_policy: FailurePolicy = FailurePolicy.FAIL_CLOSED,
+        timeout_s: float = 0.5,
+        backoff_s: float = 1.0,
+        warn_interval_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._policy = failure_policy
+        self._timeout_s = timeout_s
+        self._backoff_s = backoff_s
+        self._warn_interval_s = warn_interval_s
+        self._clock = clock
+        self._reserve_script = client.register_script(_RESERVE)
+        self._settle_script = client.register_script(_SETTLE)
+        self._status_script = client.register_script(_STATUS)
+        self._down_until = 0.0
+        self._last_warning = -float("inf")
+        self._failures_since_warning = 0
+        self.store_failures = 0
+        """Calls that found Redis unreachable (or skipped it while backing off)."""
+        self.unchecked_admissions = 0
+        """Requests admitted without a check under ``fail_open``."""
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        failure_policy: FailurePolicy = FailurePolicy.FAIL_CLOSED,
+        timeout_s: float = 0.5,
+        backoff_s: float = 1.0,
+        warn_interval_s: float = 60.0,
+        max_connections: int = 256,
+        clock: Callable[[], float] = time.time,
+    ) -> RedisQuotaStore:
+        """A store with its own connection pool. The pool waits for a free connection when
+        all are busy (the default pool would fail at once, which would look like an outage)."""
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            # redis-py retries 3 times with backoff by default: that would multiply the
+            # timeout on the request path. The failure policy decides instead.
+            retry=Retry(NoBackoff(), 0),
+        )
+        return cls(
+            Redis.from_pool(pool),
+            key_prefix=key_prefix,
+            failure_policy=failure_policy,
+            timeout_s=timeout_s,
+            backoff_s=backoff_s,
+            warn_interval_s=warn_interval_s,
+            clock=clock,
+        )
+
+    async def reserve(self, caller: Caller, *, tokens: int, usd: Decimal) -> Reservation:
+        check_reservation_args(tokens, usd)
+        limits = caller.limits
+        now = self._clock()
+        day = utc_day(now)
+        token = uuid.uuid4().hex
+        rpm, tpm, budget = limits.requests_per_minute, limits.tokens_per_minute, limits.usd_per_day
+        if rpm is None and tpm is None and budget is None:
+            return Reservation(caller.id, token, 1, tokens, usd, now, day, tracked=False)
+        now_ms = int(now * 1000)
+        args: list[int | str] = [
+            now_ms,
+            _WINDOW_MS,
+            token,
+            -1 if rpm is None else rpm,
+            -1 if tpm is None else tpm,
+            tokens,
+            -1 if budget is None else _to_nano(budget, ROUND_FLOOR),
+            _to_nano(usd),
+            int(day_end(day) * 1000),
+            _MINUTE_TTL_MS,
+            _DAY_TTL_S,
+        ]
+        try:
+            reply = await self._run(self._reserve_script, self._keys(caller.id, day), args)
+        except _StoreDownError as exc:
+            if self._policy is FailurePolicy.FAIL_OPEN:
+                self.unchecked_admissions += 1
+                return Reservation(
+                    caller.id, token, 1, tokens, usd, now, day, tracked=False, unchecked=True
+                )
+            raise self._unavailable() from exc
+        if reply[0] == 1:
+            return Reservation(caller.id, token, 1, tokens, usd, now, day)
+
+        rpm_wait, tpm_wait, usd_wait, count, used, spent = (int(v) for v in reply[1:7])
+        breaches: list[Breach] = []
+        if rpm is not None and rpm_wait != _NOT_BREACHED:
+            breaches.append(
+                Breach(QuotaLimit.REQUESTS_PER_MINUTE, rpm, count, 1, _wait_s(rpm_wait))
+            )
+        if tpm is not None and tpm_wait != _NOT_BREACHED:
+            breaches.append(
+                Breach(QuotaLimit.TOKENS_PER_MINUTE, tpm, used, tokens, _wait_s(tpm_wait))
+            )
+        if budget is not None and usd_wait != _NOT_BREACHED:
+            breaches.append(
+                Breach(QuotaLimit.USD_PER_DAY, budget, _from_nano(spent), usd, _wait_s(usd_wait))
+            )
+        raise quota_exceeded(caller.id, breaches)
+
+    async def settle(self, reservation: Reservation, *, tokens: int, usd: Decimal) -> None:
+        check_reservation_args(tokens, usd)
+        if not reservation.tracked:
+            return
+        keys = self._keys(reservation.caller_id, reservation.day)
+        # A failure is logged (rate-limited) by _run; the reserved amounts then stay counted.
+        with contextlib.suppress(_StoreDownError):
+            await self._run(self._settle_script, keys, [reservation.token, tokens, _to_nano(usd)])
+
+    async def release(self, reservation: Reservation) -> None:
+        await self.settle(reservation, tokens=0, usd=Decimal(0))
+
+    async def status(self, caller: Caller) -> QuotaStatus:
+        now = self._clock()
+        day = utc_day(now)
+        try:
+            reply = await self._run(
+                self._status_script, self._keys(caller.id, day), [int(now * 1000), _WINDOW_MS]
+            )
+        except _StoreDownError as exc:
+            raise self._unavailable() from exc
+        count, used, newest_ms, spent_nano = (int(v) for v in reply[:4])
+        window_reset = epoch_to_datetime(now if newest_ms < 0 else newest_ms / 1000 + MINUTE_S)
+        spent = _from_nano(spent_nano)
+        limits = caller.limits
+        rpm, tpm, budget = limits.requests_per_minute, limits.tokens_per_minute, limits.usd_per_day
+        return QuotaStatus(
+            caller_id=caller.id,
+            requests_per_minute=(
+                None if rpm is None else LimitUsage(rpm, count, max(rpm - count, 0), window_reset)
+            ),
+            tokens_per_minute=(
+                None if tpm is None else LimitUsage(tpm, used, max(tpm - used, 0), window_reset)
+            ),
+            usd_per_day=(
+                None
+                if budget is None
+                else LimitUsage(
+                    budget,
+                    spent,
+                    max(budget - spent, Decimal(0)),
+                    epoch_to_datetime(day_end(day)),
+                )
+            ),
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def _keys(self, caller_id: str, day: int) -> list[str]:
+        base = f"{self._prefix}:{{{caller_id}}}"
+        return [f"{base}:log", f"{base}:tok", f"{base}:day:{day}"]
+
+    async def _run(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[int | str]
+    ) -> list[Any]:
+        if time.monotonic() < self._down_until:
+            self._note_failure(None)
+            raise _StoreDownError
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reply = await script(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down_until = time.monotonic() + self._backoff_s
+            self._note_failure(exc)
+            raise _StoreDownError from exc
+        return list(reply) if isinstance(reply, list) else [reply]
+
+    def _note_failure(self, exc: BaseException | None) -> None:
+        self.store_failures += 1
+        self._failures_since_warning += 1
+        now = time.monotonic()
+        if now - self._last_warning < self._warn_interval_s:
+            return
+        _log.warning(
+            "quota store (redis) unreachable: %d failed call(s) since the last warning, "
+            "policy %s, %d request(s) admitted unchecked so far (%s)",
+            self._failures_since_warning,
+            self._policy,
+            self.unchecked_admissions,
+            "backing off" if exc is None else f"{type(exc).__name__}: {exc}",
+        )
+        self._last_warning = now
+        self._failures_since_warning = 0
+
+    def _unavailable(self) -> ServiceUnavailableError:
+        return ServiceUnavailableError(
+            "quota store unreachable: cannot check the caller's limits, try again shortly",
+            reason="QUOTA_STORE_UNAVAILABLE",
+            metadata={"store": "redis"},
+            retry_after_s=max(self._backoff_s, 1.0),
+        )
+
+
+def _wait_s(wait_ms: int) -> float | None:
+    return None if wait_ms == _NEVER else max(wait_ms, 1) / 1000

@@ -1,0 +1,221 @@
+"""Ledger stores, each body run against SQLite and PostgreSQL (see conftest.ledger_target)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from service.domain.ports import GenerationStats
+from service.domain.usage import LedgerStore, UsageTotals
+from tests.ledger.records import HOUR, T0, count_rows, make_record
+
+
+async def test_record_flush_totals(ledger: LedgerStore) -> None:
+    ledger.record(make_record(1, cost_usd=Decimal("0.0015"), prompt_tokens=100))
+    ledger.record(make_record(2, cost_usd=Decimal("0.000002"), completion_tokens=7))
+    ledger.record(make_record(3, cost_usd=None))
+    ledger.record(make_record(4, time=T0 + 2 * HOUR))  # outside the range
+    ledger.record(make_record(5, caller_id="search"))  # another caller
+    await ledger.flush()
+
+    totals = await ledger.totals("billing", T0, T0 + HOUR)
+
+    assert totals == UsageTotals(
+        requests=3,
+        prompt_tokens=100 + 10 + 10,
+        completion_tokens=5 + 7 + 5,
+        cost_usd=Decimal("0.001502"),  # exact: no float rounding on the way
+        unknown_cost_requests=1,
+    )
+    assert await ledger.totals("nobody", T0, T0 + HOUR) == UsageTotals()
+    assert ledger.counters().written == 5
+
+
+async def test_range_is_half_open(ledger: LedgerStore) -> None:
+    ledger.record(make_record(1, time=T0))
+    ledger.record(make_record(2, time=T0 + HOUR))
+    await ledger.flush()
+
+    assert (await ledger.totals("billing", T0, T0 + HOUR)).requests == 1
+
+
+async def test_a_record_reads_back_field_for_field(ledger: LedgerStore) -> None:
+    record = make_record(
+        7,
+        status="CANCELLED",
+        cancelled=True,
+        cost_usd=None,
+        ttft_ms=None,
+        fallback_used=False,
+        repair_used=True,
+        time=T0 + timedelta(microseconds=123_456),
+    )
+    ledger.record(record)
+    await ledger.flush()
+
+    assert await ledger.unreconciled(10) == [record]
+
+
+async def test_bad_row_is_rejected_and_the_rest_of_its_batch_lands(
+    ledger: LedgerStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Recorded without an await in between: the writer takes all three as one batch, whose
+    # transaction fails on the middle row (beyond 64-bit) and rolls back whole; the store then
+    # writes row by row so that only the bad row is lost.
+    ledger.record(make_record(1))
+    ledger.record(make_record(2, prompt_tokens=2**63))
+    ledger.record(make_record(3))
+    with caplog.at_level(logging.ERROR, logger="service.ledger"):
+        await ledger.flush()
+
+    assert (await ledger.totals("billing", T0 - HOUR, T0 + HOUR)).requests == 2
+    counters = ledger.counters()
+    assert (counters.written, counters.rejected, counters.pending) == (2, 1, 0)
+    assert "req-000002" in caplog.text
+
+
+async def test_a_request_id_is_written_once(ledger: LedgerStore) -> None:
+    ledger.record(make_record(1, prompt_tokens=10))
+    ledger.record(make_record(1, prompt_tokens=999))
+    await ledger.flush()
+
+    totals = await ledger.totals("billing", T0 - HOUR, T0 + HOUR)
+    assert (totals.requests, totals.prompt_tokens) == (1, 10)
+
+
+async def test_close_writes_everything_queued(open_store: Callable[..., LedgerStore]) -> None:
+    store = open_store()
+    await store.start()
+    for n in range(10):
+        store.record(make_record(n))
+    await store.close()  # no flush first
+
+    assert store.counters().written == 10
+    assert await count_rows(open_store) == 10
+
+
+async def test_a_burst_of_1000_survives_close(open_store: Callable[..., LedgerStore]) -> None:
+    store = open_store(batch_size=64)
+    await store.start()
+    for n in range(1000):
+        store.record(make_record(n))
+        if n % 100 == 0:
+            await asyncio.sleep(0)  # let the writer start on some while the burst goes on
+    await store.close()
+
+    counters = store.counters()
+    assert (counters.written, counters.dropped, counters.rejected) == (1000, 0, 0)
+    assert await count_rows(open_store) == 1000
+
+
+async def test_full_queue_drops_and_counts(
+    open_store: Callable[..., LedgerStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(max_pending=3)
+    # Not started: nothing drains the queue yet.
+    with caplog.at_level(logging.ERROR, logger="service.ledger"):
+        for n in range(5):
+            store.record(make_record(n))
+    assert store.counters().dropped == 2
+    assert "queue is full" in caplog.text
+
+    await store.start()
+    await store.close()
+    assert store.counters().written == 3
+
+
+async def test_record_async_waits_for_room(open_store: Callable[..., LedgerStore]) -> None:
+    store = open_store(max_pending=2)
+    store.record(make_record(1))
+    store.record(make_record(2))
+    waiting = asyncio.create_task(store.record_async(make_record(3)))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+
+    await store.start()  # the writer drains the queue and makes room
+    await waiting
+    await store.close()
+
+    counters = store.counters()
+    assert (counters.written, counters.dropped) == (3, 0)
+
+
+async def test_record_after_close_is_dropped_and_counted(ledger: LedgerStore) -> None:
+    await ledger.close()
+    ledger.record(make_record(1))
+    assert ledger.counters().dropped == 1
+
+
+async def test_flush_needs_a_started_store(open_store: Callable[..., LedgerStore]) -> None:
+    with pytest.raises(RuntimeError, match="not started"):
+        await open_store().flush()
+
+
+async def test_start_twice_migrates_once_and_keeps_data(
+    open_store: Callable[..., LedgerStore],
+) -> None:
+    first = open_store()
+    await first.start()
+    first.record(make_record(1))
+    await first.close()
+
+    # Two replicas starting together, then one more: the schema is created exactly once.
+    stores = [open_store(), open_store()]
+    await asyncio.gather(*(store.start() for store in stores))
+    for store in stores:
+        await store.close()
+    again = open_store()
+    await again.start()
+    again.record(make_record(2))
+    await again.close()
+
+    assert await count_rows(open_store) == 2
+
+
+async def test_reconcile_replaces_tokens_and_cost(ledger: LedgerStore) -> None:
+    cancelled = make_record(
+        1, status="CANCELLED", cancelled=True, cost_usd=Decimal("0.0001"), served_model=""
+    )
+    ledger.record(cancelled)
+    ledger.record(make_record(2))  # complete and priced: nothing to reconcile
+    ledger.record(make_record(3, cost_usd=None, generation_id=""))  # no id to look up
+    await ledger.flush()
+    assert [r.request_id for r in await ledger.unreconciled(10)] == ["req-000001"]
+
+    stats = GenerationStats(
+        id="gen-000001",
+        model="openai/gpt-4o-mini-2024-07-18",
+        total_cost_usd=0.0015,
+        prompt_tokens=100,
+        completion_tokens=42,
+        reasoning_tokens=3,
+        cached_tokens=4,
+        cancelled=True,
+        finish_reason="stop",
+    )
+    assert await ledger.reconcile("req-000001", stats) is True
+    assert await ledger.reconcile("req-unknown", stats) is False
+
+    assert await ledger.unreconciled(10) == []
+    totals = await ledger.totals("billing", T0 - HOUR, T0 + HOUR)
+    assert totals.cost_usd == Decimal("0.0015") + Decimal("0.0000015")
+    assert totals.prompt_tokens == 100 + 10 + 10
+    assert totals.unknown_cost_requests == 1
+
+
+async def test_misses_stop_retries_after_max_attempts(ledger: LedgerStore) -> None:
+    ledger.record(make_record(1, cancelled=True))
+    ledger.record(make_record(2, cancelled=True))
+    await ledger.flush()
+
+    await ledger.note_reconcile_miss("req-000001")
+    # Fewest misses first: the record never missed comes before the older one that did.
+    assert [r.request_id for r in await ledger.unreconciled(10)] == ["req-000002", "req-000001"]
+    await ledger.note_reconcile_miss("req-000001")
+    assert [r.request_id for r in await ledger.unreconciled(10, max_attempts=2)] == ["req-000002"]
+    assert [r.request_id for r in await ledger.unreconciled(1)] == ["req-000002"]
