@@ -15,8 +15,8 @@ from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
 from pydantic import AnyHttpUrl, SecretStr
 
 from service.config import GatewaySettings, OpenRouterSettings
-from service.domain.callers import Caller, CallerLimits, hash_key
 from service.domain.accounting import CallRecord
+from service.domain.callers import Caller, CallerLimits, hash_key
 from service.server import GatewayServer
 from service.simulator import RunningSimulator, SimulatorConfig, run_simulator
 
