@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -145,7 +146,10 @@ class Usage:
         if self.cost_usd is None and other.cost_usd is None:
             cost = None
         else:
-            cost = (self.cost_usd or 0.0) + (other.cost_usd or 0.0)
+            # Summed as decimals: OpenRouter's costs are short decimals, and float addition would
+            # turn 0.0000642 + 0.0000642 into 0.00012839999999999998 in the ledger.
+            total = Decimal(repr(self.cost_usd or 0.0)) + Decimal(repr(other.cost_usd or 0.0))
+            cost = float(total)
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,

@@ -274,6 +274,8 @@ class Gateway:
             )
         finally:
             _merge_attempts(record.stats, attempts)
+            # Set here, not after success: a re-ask that still failed was a repair, and billed.
+            record.repair_used = len(attempts) > 1
             await asyncio.shield(self._settle(reservation, call, record))
         record.repair_used = result.repaired
         record.fallback_used = result.fallback_used or (
@@ -293,6 +295,14 @@ class Gateway:
         # Read-your-writes: the caller's own calls just before this one are counted.
         await self._ledger.flush()
         totals = await self._ledger.totals(caller.id, since, until)
+        limits = caller.limits
+        if (
+            limits.requests_per_minute is None
+            and limits.tokens_per_minute is None
+            and limits.usd_per_day is None
+        ):
+            # Nothing to report, and no reason to depend on the quota store being up.
+            return since, until, totals, QuotaStatus(caller.id, None, None, None)
         return since, until, totals, await self._quotas.status(caller)
 
     def finish(self, record: CallRecord, status: str, ended_at: float) -> None:

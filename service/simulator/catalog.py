@@ -90,6 +90,11 @@ class ModelInfo:
             float(self.completion_price * completion_tokens),
         )
 
+    def total_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """The whole cost, summed exactly before becoming a float, as OpenRouter's short
+        decimals (0.0000594, never 5.9399999999999994e-05) are."""
+        return float(self.prompt_price * prompt_tokens + self.completion_price * completion_tokens)
+
     def to_json(self) -> dict[str, Any]:
         """The entry as `GET /api/v1/models` lists it."""
         return {

@@ -544,9 +544,6 @@ def _record_generation(
     # Zero-completion insurance: nothing is billed for an empty or failed generation.
     if completion == 0 and finish_reason is None:
         charged = False
-    prompt_cost, completion_cost = (
-        call.model.cost(call.prompt_tokens, completion) if charged else (0.0, 0.0)
-    )
     ctx.state.record_generation(
         GenerationRecord(
             id=call.generation_id,
@@ -562,7 +559,7 @@ def _record_generation(
             tokens_prompt=call.prompt_tokens,
             tokens_completion=completion,
             tokens_reasoning=progress.reasoning_sent,
-            total_cost=prompt_cost + completion_cost,
+            total_cost=call.model.total_cost(call.prompt_tokens, completion) if charged else 0.0,
             external_user=call.external_user,
         )
     )

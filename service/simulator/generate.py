@@ -153,15 +153,16 @@ def usage_json(
 ) -> dict[str, Any]:
     """The `usage` object; `charged=False` applies zero-completion insurance (cost 0)."""
     prompt_cost, completion_cost = model.cost(prompt, completion) if charged else (0.0, 0.0)
+    total = model.total_cost(prompt, completion) if charged else 0.0
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "cost": prompt_cost + completion_cost,
+        "cost": total,
         "is_byok": False,
         "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "cost_details": {
-            "upstream_inference_cost": prompt_cost + completion_cost,
+            "upstream_inference_cost": total,
             "upstream_inference_prompt_cost": prompt_cost,
             "upstream_inference_completions_cost": completion_cost,
         },
