@@ -14,10 +14,11 @@ from contextlib import AsyncExitStack
 from pydantic import AnyHttpUrl, SecretStr, ValidationError
 
 from service.callers_file import ConfigError
-from service.config import GatewaySettings, OpenRouterSettings
+from service.config import GatewaySettings, OpenRouterSettings, TelemetrySettings
 from service.domain.callers import Caller, hash_key
 from service.logs import configure_logging
 from service.server import GatewayServer, load_caller_list
+from service.telemetry import Telemetry, build_telemetry
 
 DEMO_KEY = "demo-key"
 _SIMULATOR_KEY = "sk-or-v1-simulator"
@@ -26,6 +27,9 @@ _SIMULATOR_KEY = "sk-or-v1-simulator"
 def _banner(server: GatewayServer, simulator: bool) -> str:
     address = server.address
     lines = [f"LLM Gateway serving on {address}"]
+    if server.telemetry.prometheus_port is not None:
+        host = address.rsplit(":", 1)[0]
+        lines.append(f"  metrics: http://{host}:{server.telemetry.prometheus_port}/metrics")
     if simulator:
         lines += [
             "  upstream: built-in OpenRouter simulator (no OPENROUTER_API_KEY set)",
@@ -38,11 +42,26 @@ def _banner(server: GatewayServer, simulator: bool) -> str:
     return "\n".join(lines)
 
 
-async def serve(settings: GatewaySettings, openrouter: OpenRouterSettings) -> int:
+async def serve(
+    settings: GatewaySettings,
+    openrouter: OpenRouterSettings,
+    telemetry_settings: TelemetrySettings | None = None,
+) -> int:
     simulator = settings.simulator if settings.simulator is not None else not openrouter.api_key
     if not simulator and openrouter.api_key is None:
         raise ConfigError("OPENROUTER_API_KEY is not set (and GATEWAY_SIMULATOR is false)")
+    telemetry = (
+        Telemetry()
+        if telemetry_settings is None
+        else build_telemetry(
+            telemetry_settings,
+            prometheus_host=settings.listen.rsplit(":", 1)[0],
+            prometheus_port=settings.prometheus_port,
+        )
+    )
     async with AsyncExitStack() as stack:
+        # Pushed first, so run last: the spans and metrics of the drained calls are exported.
+        stack.push_async_callback(asyncio.to_thread, telemetry.shutdown)
         if simulator:
             # Imported here: production never loads the simulator's code.
             from service.simulator import SimulatorConfig, run_simulator
@@ -58,7 +77,7 @@ async def serve(settings: GatewaySettings, openrouter: OpenRouterSettings) -> in
             )
         else:
             callers = load_caller_list(settings)
-        server = GatewayServer(settings, openrouter, callers)
+        server = GatewayServer(settings, openrouter, callers, telemetry=telemetry)
         await server.start()
         print(_banner(server, simulator), file=sys.stderr, flush=True)
         stopping = asyncio.Event()
@@ -75,6 +94,7 @@ def main() -> int:
     try:
         settings = GatewaySettings()
         openrouter = OpenRouterSettings()
+        telemetry = TelemetrySettings()
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
@@ -82,7 +102,7 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level)
     try:
-        return asyncio.run(serve(settings, openrouter))
+        return asyncio.run(serve(settings, openrouter, telemetry))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

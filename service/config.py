@@ -82,6 +82,8 @@ class GatewaySettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     simulator: bool | None = None
     """Serve against the built-in simulator; by default, exactly when no API key is set."""
+    prometheus_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve Prometheus metrics on this port (on the GATEWAY_LISTEN host); unset: no endpoint."""
 
     @field_validator("allowed_models", mode="before")
     @classmethod
@@ -89,3 +91,28 @@ class GatewaySettings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+
+class TelemetrySettings(BaseSettings):
+    """OpenTelemetry's standard ``OTEL_*`` variables that decide what the gateway exports.
+
+    Unlike the SDK's own defaults, nothing is exported unless asked for: an exporter is named
+    in ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``, or an OTLP endpoint is set. The
+    exporters read their details (headers, certificates, timeouts, export interval, sampler,
+    ``OTEL_RESOURCE_ATTRIBUTES``) from the environment themselves, so those are not copied here
+    and OTLP headers, which may hold a key, pass through no object of ours.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore", frozen=True)
+
+    sdk_disabled: bool = False
+    service_name: str = "llm-gateway"
+    traces_exporter: str = ""
+    """Comma-separated ``otlp``, ``console``, ``none``; empty: ``otlp`` if an endpoint is set."""
+    metrics_exporter: str = ""
+    """Comma-separated: ``otlp``, ``prometheus``, ``console`` or ``none``; empty as above."""
+    exporter_otlp_endpoint: str = ""
+    exporter_otlp_traces_endpoint: str = ""
+    exporter_otlp_metrics_endpoint: str = ""
+    exporter_otlp_protocol: str = "grpc"
+    """Only ``grpc`` is installed (``opentelemetry-exporter-otlp-proto-grpc``)."""

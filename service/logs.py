@@ -14,6 +14,7 @@ ALLOWED_FIELDS = frozenset(
     {
         "request_id",
         "trace_id",
+        "span_id",
         "caller_id",
         "rpc",
         "model",

@@ -6,7 +6,9 @@ tests exercise exactly what production runs.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -15,11 +17,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from llmgateway.v1 import completion_service_pb2 as pb
 from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
 
 from service.api.auth import Authenticator
-from service.api.servicer import CompletionServicer, FinishHook
+from service.api.servicer import SERVICE_NAME, CompletionServicer, FinishHook
 from service.callers_file import ConfigError, load_callers
 from service.config import GatewaySettings, OpenRouterSettings
 from service.domain.callers import Caller, CallerRegistry
@@ -27,14 +28,16 @@ from service.domain.gateway import Gateway, GatewayPolicy
 from service.domain.limits import RequestLimits
 from service.domain.quotas import FailurePolicy
 from service.domain.schemas import SchemaLoadError, SchemaRegistry
+from service.errors import GatewayError
 from service.ledger import open_ledger
 from service.ledger.reconcile import Reconciler
 from service.quotas import open_quota_store
+from service.telemetry import Telemetry, UpstreamTelemetry
 from service.upstream.openrouter import OpenRouterClient
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompletionService"].full_name
+_REFUSAL_GRACE_S = 0.5
 
 
 def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
@@ -79,15 +82,20 @@ def request_limits(settings: GatewaySettings) -> RequestLimits:
 
 @dataclass
 class GatewayServer:
-    """One running gateway. ``start()`` it, read ``port``, ``stop()`` it."""
+    """One running gateway. ``start()`` it, read ``port``, ``stop()`` it.
+
+    ``telemetry`` is its owner's to shut down, after ``stop()``.
+    """
 
     settings: GatewaySettings
     openrouter: OpenRouterSettings
     callers: Sequence[Caller]
     on_finish: FinishHook | None = None
+    telemetry: Telemetry = field(default_factory=Telemetry)
     port: int = 0
     health: HealthServicer = field(default_factory=HealthServicer)
     _server: grpc.aio.Server | None = None
+    _servicer: CompletionServicer | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _on_stopped: list[Callable[[], None]] = field(default_factory=list)
 
@@ -99,15 +107,27 @@ class GatewayServer:
             raise
 
     async def _start(self) -> None:
-        client = OpenRouterClient(self.openrouter)
+        client = OpenRouterClient(
+            self.openrouter, observer=UpstreamTelemetry.create(self.telemetry)
+        )
         await client.start()
         self._stack.push_async_callback(client.close)
         self.client = client
-        models = await client.list_models()
+        try:
+            models = await client.list_models()
+        except GatewayError as exc:
+            raise ConfigError(
+                f"cannot load OpenRouter's model list from {self.openrouter.base}: {exc.message}"
+            ) from None
         default = self.openrouter.default_model
         if not any(m.id == default for m in models):
             raise ConfigError(
                 f"OPENROUTER_DEFAULT_MODEL '{default}' is not in OpenRouter's model list"
+            )
+        allowed = self.settings.allowed_models
+        if allowed and not any(fnmatch.fnmatchcase(default, pattern) for pattern in allowed):
+            raise ConfigError(
+                f"OPENROUTER_DEFAULT_MODEL '{default}' is not allowed by GATEWAY_ALLOWED_MODELS"
             )
         try:
             schemas = SchemaRegistry.load(self.settings.schemas_dir)
@@ -149,15 +169,29 @@ class GatewayServer:
             ledger=ledger,
         )
         credentials = _credentials(self.settings)
-        servicer = CompletionServicer(
+        server = grpc.aio.server(options=server_options(self.settings))
+        # Bound before the servicer is made, so that its spans can name the port.
+        _check_listen_address(self.settings.listen)
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(self.settings.listen)
+            else:
+                self.port = server.add_secure_port(self.settings.listen, credentials)
+        except RuntimeError:
+            # grpcio raises a bare RuntimeError for a busy or unresolvable address.
+            self.port = 0
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {self.settings.listen} (in use or invalid)")
+        self._servicer = servicer = CompletionServicer(
             gateway,
             Authenticator(
                 CallerRegistry(self.callers),
                 trust_client_certificates=self.settings.tls_client_ca_file is not None,
             ),
             on_finish=self.on_finish,
+            telemetry=self.telemetry,
+            address=(_listen_host(self.settings.listen), self.port),
         )
-        server = grpc.aio.server(options=server_options(self.settings))
         pb_grpc.add_CompletionServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -168,12 +202,6 @@ class GatewayServer:
             ),
             server,
         )
-        if credentials is None:
-            self.port = server.add_insecure_port(self.settings.listen)
-        else:
-            self.port = server.add_secure_port(self.settings.listen, credentials)
-        if self.port == 0:
-            raise ConfigError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self._server = server
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -184,8 +212,13 @@ class GatewayServer:
         ``grace_s`` (default from settings), cancel the rest, then close the upstream."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
-        if self._server is not None:
-            await self._server.stop(grace)
+        if self._server is not None and self._servicer is not None:
+            # While draining, the listener stays open and new calls get UNAVAILABLE with
+            # ErrorInfo (retryable elsewhere) instead of being cut by the transport.
+            drained = await self._servicer.drain(grace)
+            # A short grace lets calls refused in the meantime send their status; if the
+            # grace ran out, the calls still running are cancelled (upstream requests closed).
+            await self._server.stop(_REFUSAL_GRACE_S if drained else 0)
             self._server = None
         await self._stack.aclose()
 
@@ -201,10 +234,33 @@ class GatewayServer:
         return f"{host}:{self.port}"
 
 
+def _check_listen_address(listen: str) -> None:
+    """Fail with one clear line when the address is taken, before grpc core logs its own."""
+    host, _, port_text = listen.rpartition(":")
+    if not port_text.isdigit() or int(port_text) == 0:
+        return  # grpc resolves the rest (unix sockets, names, port 0)
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - probing the address we will serve on
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, int(port_text)))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror}") from None
+
+
+def _listen_host(listen: str) -> str | None:
+    """The host of ``GATEWAY_LISTEN``, or None for a wildcard (which names no server)."""
+    host = listen.rsplit(":", 1)[0]
+    if host in ("0.0.0.0", "[::]", ""):  # noqa: S104 - naming the wildcard, not binding it
+        return None
+    return host.strip("[]")
+
+
 def load_caller_list(settings: GatewaySettings) -> list[Caller]:
     if settings.callers_file is None:
         raise ConfigError("GATEWAY_CALLERS_FILE is not set: no caller could authenticate")
     return load_callers(settings.callers_file)
 
 
-__all__ = ["GatewayServer", "load_caller_list", "server_options"]
+__all__ = ["SERVICE_NAME", "GatewayServer", "load_caller_list", "server_options"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from service.domain.accounting import CallRecord
 from service.domain.callers import Caller, CallerLimits, hash_key
 from service.server import GatewayServer
 from service.simulator import RunningSimulator, SimulatorConfig, run_simulator
+from service.telemetry import Telemetry
 
 # Recognisable so tests can prove it never leaks into statuses, logs or records.
 UPSTREAM_KEY = "sk-or-v1-TESTSECRET-0123456789abcdef"
@@ -48,6 +50,22 @@ class Harness:
     channel: grpc.aio.Channel
     stub: pb_grpc.CompletionServiceStub
     finished: list[tuple[CallRecord, grpc.StatusCode]] = field(default_factory=list)
+    finish_signal: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set whenever a call is appended to ``finished``."""
+
+    async def wait_finished(
+        self,
+        count: int = 1,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - one line per test, like the simulator's waits
+    ) -> list[tuple[CallRecord, grpc.StatusCode]]:
+        """``finished`` once it holds ``count`` calls: a call is booked as its handler unwinds,
+        which can be just after the client saw it end."""
+        async with asyncio.timeout(timeout):
+            while len(self.finished) < count:
+                self.finish_signal.clear()
+                await self.finish_signal.wait()
+        return self.finished
 
 
 @asynccontextmanager
@@ -57,10 +75,13 @@ async def start_gateway(
     callers: Sequence[Caller] | None = None,
     gateway: dict[str, Any] | None = None,
     openrouter: dict[str, Any] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Harness]:
     async with (
         run_simulator(sim_config or SimulatorConfig(keepalive_comments=2)) as sim,
-        serve_gateway(sim, callers=callers, gateway=gateway, openrouter=openrouter) as harness,
+        serve_gateway(
+            sim, callers=callers, gateway=gateway, openrouter=openrouter, telemetry=telemetry
+        ) as harness,
     ):
         yield harness
 
@@ -72,8 +93,11 @@ async def serve_gateway(
     callers: Sequence[Caller] | None = None,
     gateway: dict[str, Any] | None = None,
     openrouter: dict[str, Any] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Harness]:
-    """A gateway in front of a simulator the caller runs, so a test can stop the upstream."""
+    """A gateway in front of a simulator the caller runs, so a test can stop the upstream.
+
+    ``telemetry`` (e.g. with in-memory exporters) is the test's to read and shut down."""
     # Overrides replace the defaults (a plain **-merge would raise on a repeated name).
     or_values: dict[str, Any] = {
         "api_key": SecretStr(UPSTREAM_KEY),
@@ -89,11 +113,18 @@ async def serve_gateway(
     or_settings = OpenRouterSettings(**or_values)
     gw_settings = GatewaySettings(**{"listen": "127.0.0.1:0", **(gateway or {})})
     finished: list[tuple[CallRecord, grpc.StatusCode]] = []
+    finish_signal = asyncio.Event()
+
+    def on_finish(record: CallRecord, code: grpc.StatusCode) -> None:
+        finished.append((record, code))
+        finish_signal.set()
+
     server = GatewayServer(
         gw_settings,
         or_settings,
         list(callers if callers is not None else default_callers()),
-        on_finish=lambda record, code: finished.append((record, code)),
+        on_finish=on_finish,
+        telemetry=telemetry if telemetry is not None else Telemetry(),
     )
     await server.start()
     try:
@@ -104,6 +135,7 @@ async def serve_gateway(
                 channel=channel,
                 stub=pb_grpc.CompletionServiceStub(channel),
                 finished=finished,
+                finish_signal=finish_signal,
             )
     finally:
         await server.stop(0)

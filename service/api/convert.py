@@ -32,7 +32,7 @@ from service.domain.models import ModelInfo
 from service.domain.quotas import LimitUsage, QuotaStatus
 from service.domain.structured import StructuredMode, StructuredResult
 from service.domain.usage import UsageTotals
-from service.errors import FieldViolation, InvalidRequestError
+from service.errors import FieldViolation
 
 _ROLES: dict[int, Role] = {
     pb.ROLE_SYSTEM: Role.SYSTEM,
@@ -84,7 +84,8 @@ def _messages(messages: Sequence[pb.Message], violations: list[FieldViolation]) 
         role = _ROLES.get(message.role)
         if role is None:
             violations.append(FieldViolation(f"messages[{i}].role", "must be set"))
-            continue
+            # Kept in place (never sent: the request is refused) so later indices stay true.
+            role = Role.USER
         result.append(
             Message(
                 role=role,
@@ -153,8 +154,6 @@ def completion_request(
             for t in message.tools
         )
         tool_choice = _tool_choice(message, violations)
-    if violations:
-        raise InvalidRequestError(f"{violations[0].field}: {violations[0].description}", violations)
     return CompletionRequest(
         model=message.model,
         messages=tuple(messages),
@@ -162,6 +161,7 @@ def completion_request(
         fallback_models=tuple(message.fallback_models),
         tools=tools,
         tool_choice=tool_choice,
+        decode_violations=tuple(violations),
     )
 
 

@@ -1,13 +1,15 @@
 """The async gRPC servicer: identity, conversion, error mapping and per-call accounting.
 
-Each RPC runs the same frame: open a ``CallRecord``, authenticate, convert, call the domain,
-convert back; any ``GatewayError`` ends the call with its rich status; the record is finished
-with the final status code whatever happens (success, error, cancel, deadline).
+Each RPC runs the same frame: open a ``CallRecord`` (and its telemetry), authenticate,
+convert, call the domain, convert back; any ``GatewayError`` ends the call with its rich
+status; the record is finished with the final status code whatever happens (success, error,
+cancel, deadline), which also ends the RPC's span, records its metrics and logs it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import uuid
@@ -25,9 +27,16 @@ from service.api.auth import Authenticator
 from service.api.status import internal_status, status_code_for, to_rpc_status
 from service.domain.accounting import CallRecord
 from service.domain.callers import Caller
-from service.domain.completion import StreamFinished
+from service.domain.completion import CompletionRequest, StreamFinished
 from service.domain.gateway import Gateway
-from service.errors import GatewayError, StreamTruncatedError, UpstreamAuthError
+from service.errors import (
+    GatewayError,
+    ServiceUnavailableError,
+    StreamTruncatedError,
+    UpstreamAuthError,
+)
+from service.telemetry.core import TRACEPARENT, TRACESTATE, Telemetry
+from service.telemetry.rpc import RpcCall, RpcTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +46,35 @@ REQUEST_ID_KEY = "x-request-id"
 # Where grpcio-status clients (rpc_status.from_call) look for the rich status.
 GRPC_DETAILS_KEY = "grpc-status-details-bin"
 _MAX_REQUEST_ID = 128
+# The gateway gives up this much before the caller's deadline (at most), so the caller gets
+# the gateway's DEADLINE_EXCEEDED with its ErrorInfo and the ledger records it, rather than a
+# bare status from the caller's own timer racing ours.
+_DEADLINE_MARGIN_S = 0.05
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompletionService"].full_name
 T = TypeVar("T")
 
 
-def _request_id(metadata: object) -> str:
+def _scan_metadata(metadata: object) -> tuple[str, str | None, str | None]:
+    """The request id (the caller's, or a new one) and the caller's W3C trace context."""
+    request_id = traceparent = tracestate = None
     for key, value in metadata or ():  # type: ignore[attr-defined]
-        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= _MAX_REQUEST_ID:
-            return value
-    return uuid.uuid4().hex
+        if not isinstance(value, str):
+            continue
+        if key == REQUEST_ID_KEY:
+            if request_id is None and 0 < len(value) <= _MAX_REQUEST_ID:
+                request_id = value
+        elif key == TRACEPARENT:
+            traceparent = value
+        elif key == TRACESTATE:
+            tracestate = value
+    return request_id or uuid.uuid4().hex, traceparent, tracestate
+
+
+def _traced(request: CompletionRequest, observed: RpcCall) -> CompletionRequest:
+    """``request`` carrying the RPC's trace context to OpenRouter."""
+    if not observed.trace:
+        return request
+    return dataclasses.replace(request, trace_headers=observed.trace)
 
 
 class CompletionServicer(pb_grpc.CompletionServiceServicer):
@@ -54,22 +84,62 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
         authenticator: Authenticator,
         *,
         on_finish: FinishHook | None = None,
+        telemetry: Telemetry | None = None,
+        address: tuple[str | None, int | None] = (None, None),
     ) -> None:
+        """``address`` (host, port) is where this servicer is served, for span attributes."""
         self._gateway = gateway
         self._auth = authenticator
         self._on_finish = on_finish
+        self._draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        host, port = address
+        self._telemetry = RpcTelemetry(
+            telemetry if telemetry is not None else Telemetry(), SERVICE_NAME, host=host, port=port
+        )
+
+    # --- draining ----------------------------------------------------------------------
+
+    async def drain(self, grace_s: float) -> bool:
+        """Refuse new calls with UNAVAILABLE (a status clients may retry elsewhere) and wait
+        up to ``grace_s`` for the calls in flight; True when none is left."""
+        self._draining = True
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _enter(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    def _check_open(self) -> None:
+        if self._draining:
+            raise ServiceUnavailableError(
+                "the gateway is shutting down; retry the call",
+                metadata={"cause": "draining"},
+            )
 
     # --- the frame shared by every RPC -------------------------------------------------
 
-    def _open(self, context: Context, rpc: str) -> CallRecord:
-        metadata = context.invocation_metadata()
+    def _open(self, context: Context, rpc: str) -> tuple[CallRecord, RpcCall]:
+        request_id, traceparent, tracestate = _scan_metadata(context.invocation_metadata())
         record = CallRecord(
-            request_id=_request_id(metadata),
+            request_id=request_id,
             rpc=rpc,
             started_at=asyncio.get_running_loop().time(),
         )
         context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id),))
-        return record
+        return record, self._telemetry.start(rpc, request_id, traceparent, tracestate)
 
     def _caller(self, context: Context, record: CallRecord) -> Caller:
         caller = self._auth.authenticate(
@@ -84,24 +154,36 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
         remaining = context.time_remaining()
         if remaining is None:
             return math.inf
-        return asyncio.get_running_loop().time() + remaining
+        margin = min(_DEADLINE_MARGIN_S, remaining * 0.1)
+        return asyncio.get_running_loop().time() + remaining - margin
 
-    async def _fail(self, context: Context, record: CallRecord, error: GatewayError) -> None:
+    async def _fail(
+        self, context: Context, record: CallRecord, observed: RpcCall, error: GatewayError
+    ) -> None:
+        observed.error_type = error.reason
         if isinstance(error, UpstreamAuthError):
             # The gateway's own OpenRouter key is wrong: the operator must act, loudly.
             log.error(
                 "OpenRouter rejected the gateway's API key; check OPENROUTER_API_KEY",
                 extra={"request_id": record.request_id, "reason": error.reason},
             )
+        code = status_code_for(error)
+        # Accounted before the status goes out: a caller that reads GetUsage right after an
+        # error must find the failed call's row.
+        self._close(context, record, observed, code)
         status = to_rpc_status(error, request_id=record.request_id)
         await context.abort(
-            status_code_for(error),
+            code,
             status.message,
             ((REQUEST_ID_KEY, record.request_id), (GRPC_DETAILS_KEY, status.SerializeToString())),
         )
 
-    async def _crash(self, context: Context, record: CallRecord) -> None:
+    async def _crash(
+        self, context: Context, record: CallRecord, observed: RpcCall, error: Exception
+    ) -> None:
+        observed.error_type = type(error).__name__
         log.exception("unexpected error", extra={"request_id": record.request_id})
+        self._close(context, record, observed, grpc.StatusCode.INTERNAL)
         status = internal_status(record.request_id)
         await context.abort(
             grpc.StatusCode.INTERNAL,
@@ -109,12 +191,19 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
             ((REQUEST_ID_KEY, record.request_id), (GRPC_DETAILS_KEY, status.SerializeToString())),
         )
 
-    def _close(self, context: Context, record: CallRecord, code: grpc.StatusCode) -> None:
+    def _close(
+        self, context: Context, record: CallRecord, observed: RpcCall, code: grpc.StatusCode
+    ) -> None:
+        if record.finished:
+            return
+        record.finished = True
         if code is grpc.StatusCode.CANCELLED:
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
-        self._gateway.finish(record, code.name, asyncio.get_running_loop().time())
+        ended_at = asyncio.get_running_loop().time()
+        self._gateway.finish(record, code.name, ended_at)
+        observed.end(record, code, ended_at)
         if self._on_finish is not None:
             self._on_finish(record, code)
 
@@ -122,39 +211,48 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
         self,
         context: Context,
         rpc: str,
-        handler: Callable[[Caller, CallRecord], Awaitable[T]],
+        handler: Callable[[Caller, CallRecord, RpcCall], Awaitable[T]],
     ) -> T:
-        record = self._open(context, rpc)
+        record, observed = self._open(context, rpc)
         code = grpc.StatusCode.OK
+        self._enter()
         try:
-            return await handler(self._caller(context, record), record)
+            caller = self._caller(context, record)
+            # After authentication, so a refused call is accounted to its caller.
+            self._check_open()
+            return await handler(caller, record, observed)
         except GatewayError as error:
             code = status_code_for(error)
-            await self._fail(context, record, error)
+            await self._fail(context, record, observed, error)
             raise  # unreachable: abort raises
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
-        except Exception:
+        except Exception as error:
             code = grpc.StatusCode.INTERNAL
-            await self._crash(context, record)
+            await self._crash(context, record, observed, error)
             raise
         finally:
-            self._close(context, record, code)
+            self._close(context, record, observed, code)
+            self._leave()
 
     # --- RPCs ------------------------------------------------------------------------
 
     async def Complete(self, request: pb.CompleteRequest, context: Context) -> pb.CompleteResponse:  # type: ignore[override]
-        async def handle(caller: Caller, record: CallRecord) -> pb.CompleteResponse:
+        async def handle(
+            caller: Caller, record: CallRecord, observed: RpcCall
+        ) -> pb.CompleteResponse:
             call = await self._gateway.prepare(
                 caller,
-                convert.completion_request(request),
+                _traced(convert.completion_request(request), observed),
                 end_user_id=request.end_user_id,
                 record=record,
             )
+            observed.model = call.model.id
             completion = await self._gateway.complete(
                 call, deadline=self._deadline(context), record=record
             )
+            observed.finish_reason = completion.finish_reason.value
             return convert.complete_response(completion)
 
         return await self._unary(context, "Complete", handle)
@@ -162,42 +260,58 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
     async def StreamComplete(  # type: ignore[override]
         self, request: pb.StreamCompleteRequest, context: Context
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
-        record = self._open(context, "StreamComplete")
+        record, observed = self._open(context, "StreamComplete")
         code = grpc.StatusCode.OK
+        self._enter()
         try:
             caller = self._caller(context, record)
+            self._check_open()
             call = await self._gateway.prepare(
                 caller,
-                convert.completion_request(request),
+                _traced(convert.completion_request(request), observed),
                 end_user_id=request.end_user_id,
                 record=record,
             )
+            observed.model = call.model.id
             finished = False
+            headers_sent = False
             events = self._gateway.stream(call, deadline=self._deadline(context), record=record)
             async with aclosing(events):
                 async for event in events:
+                    if not headers_sent:
+                        # The request id in the headers, so a caller has it while it reads;
+                        # a stream that fails before its first message has it in the trailers.
+                        await context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
+                        headers_sent = True
                     # Each message is awaited onto the wire before the next upstream read: a
                     # slow reader holds back the upstream read instead of growing a buffer.
                     yield convert.stream_response(event)
-                    finished = isinstance(event, StreamFinished)
+                    if isinstance(event, StreamFinished):
+                        finished = True
+                        observed.finish_reason = event.finish_reason.value
+                    else:
+                        finished = False
             if not finished:
                 raise StreamTruncatedError("the upstream stream ended without a finish")
         except GatewayError as error:
             code = status_code_for(error)
-            await self._fail(context, record, error)
+            await self._fail(context, record, observed, error)
         except (asyncio.CancelledError, GeneratorExit):
             code = grpc.StatusCode.CANCELLED
             raise
-        except Exception:
+        except Exception as error:
             code = grpc.StatusCode.INTERNAL
-            await self._crash(context, record)
+            await self._crash(context, record, observed, error)
         finally:
-            self._close(context, record, code)
+            self._close(context, record, observed, code)
+            self._leave()
 
     async def ListModels(  # type: ignore[override]
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
-        async def handle(caller: Caller, record: CallRecord) -> pb.ListModelsResponse:
+        async def handle(
+            caller: Caller, record: CallRecord, observed: RpcCall
+        ) -> pb.ListModelsResponse:
             models = await self._gateway.models_for(caller)
             return pb.ListModelsResponse(
                 models=[convert.model(m) for m in models],
@@ -209,8 +323,10 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
     async def CompleteStructured(  # type: ignore[override]
         self, request: pb.CompleteStructuredRequest, context: Context
     ) -> pb.CompleteStructuredResponse:
-        async def handle(caller: Caller, record: CallRecord) -> pb.CompleteStructuredResponse:
-            base = convert.completion_request(request)
+        async def handle(
+            caller: Caller, record: CallRecord, observed: RpcCall
+        ) -> pb.CompleteStructuredResponse:
+            base = _traced(convert.completion_request(request), observed)
             if request.WhichOneof("schema") == "inline_schema":
                 inline = request.inline_schema
                 strict = inline.strict if inline.HasField("strict") else True
@@ -220,9 +336,11 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
             call = await self._gateway.prepare(
                 caller, base, end_user_id=request.end_user_id, record=record
             )
+            observed.model = call.model.id
             result = await self._gateway.complete_structured(
                 call, schema, deadline=self._deadline(context), record=record
             )
+            observed.finish_reason = result.completion.finish_reason.value
             return convert.structured_response(result)
 
         return await self._unary(context, "CompleteStructured", handle)
@@ -230,7 +348,9 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
     async def GetUsage(  # type: ignore[override]
         self, request: pb.GetUsageRequest, context: Context
     ) -> pb.GetUsageResponse:
-        async def handle(caller: Caller, record: CallRecord) -> pb.GetUsageResponse:
+        async def handle(
+            caller: Caller, record: CallRecord, observed: RpcCall
+        ) -> pb.GetUsageResponse:
             since = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
             until = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
             # The caller is the authenticated one: there is no way to name another caller.

@@ -38,6 +38,8 @@ class CallRecord:
     stats: CallStats = field(default_factory=CallStats)
     fallback_used: bool = False
     repair_used: bool = False
+    finished: bool = False
+    """Set once the RPC's outcome is accounted, so it is accounted exactly once."""
 
 
 def estimate_prompt_tokens(request: CompletionRequest) -> int:

@@ -12,6 +12,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from service.errors import FieldViolation
+
 
 class Role(StrEnum):
     SYSTEM = "system"
@@ -128,6 +130,9 @@ class CompletionRequest:
     require_parameters: bool = False
     plugins: tuple[str, ...] = ()
     trace_headers: Mapping[str, str] = field(default_factory=dict)
+    decode_violations: tuple[FieldViolation, ...] = ()
+    """Problems found while decoding the caller's message (an unset enum, say), reported
+    together with the domain's own checks so the caller sees every bad field at once."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,7 +179,7 @@ def prepare(
 
     Raises ``InvalidRequestError`` listing every bad field at once.
     """
-    violations: list[FieldViolation] = []
+    violations: list[FieldViolation] = list(request.decode_violations)
     _check_messages(request.messages, limits, violations)
     _check_sampling(request.sampling, limits, violations)
     _check_tools(request, violations)

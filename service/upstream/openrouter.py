@@ -4,10 +4,12 @@
 concerns only (connections, timeouts, retries, cancellation); JSON shapes live in ``wire``,
 SSE framing in ``sse``, stream semantics in ``streaming`` and the error table in ``errors``.
 
-Timing model: ``deadline`` is an absolute ``loop.time()``. A unary call (all attempts and
-backoff waits) must end by ``min(deadline, start + timeout_ms)``. A stream must be *opened*
-within that same budget, but its body may run until ``deadline`` itself, bounded meanwhile
-by ``read_timeout_ms`` of silence (keep-alive comments count as data).
+Timing model: ``deadline`` is an absolute ``loop.time()``, infinite when the caller set
+none. The budget is the caller's deadline, or ``start + timeout_ms`` without one. A unary
+call (all attempts and backoff waits) must end within the budget. A stream must deliver its
+first event within the budget; after that its body may run until ``deadline`` itself (no
+limit without one), bounded meanwhile by ``read_timeout_ms`` of silence (keep-alive
+comments count as data), so a long, healthy stream is never cut.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Final, Protocol, TypeVar
 
 import aiohttp
 
@@ -62,6 +64,56 @@ _PROTECTED_HEADERS: Final = frozenset(
 )
 
 
+class UpstreamAttempt(Protocol):
+    """One attempt of a chat call, as an observer follows it (for telemetry, a client span).
+
+    Exactly one of ``succeeded``, ``retrying`` or ``failed`` is called per attempt.
+    """
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Trace context to send with this attempt; it overrides the request's."""
+        ...
+
+    def succeeded(self, stats: CallStats, finish_reason: str) -> None: ...
+
+    def retrying(self, error: UpstreamError, delay_s: float) -> None:
+        """The attempt failed with ``error`` and another follows after ``delay_s``."""
+        ...
+
+    def failed(self, error: BaseException) -> None:
+        """The attempt failed and the call with it (or the caller left: ``CancelledError``)."""
+        ...
+
+
+class AttemptObserver(Protocol):
+    """Watches chat attempts. Defined here so that the upstream layer imports no observer:
+    ``service.telemetry`` implements it and ``service.server`` plugs it in."""
+
+    def attempt(
+        self, request: CompletionRequest, number: int, *, url: str, stream: bool
+    ) -> UpstreamAttempt: ...
+
+
+class _Unwatched:
+    """The attempt of a client with no observer: adds nothing, records nothing."""
+
+    __slots__ = ()
+    headers: Mapping[str, str] = {}
+
+    def succeeded(self, stats: CallStats, finish_reason: str) -> None:
+        pass
+
+    def retrying(self, error: UpstreamError, delay_s: float) -> None:
+        pass
+
+    def failed(self, error: BaseException) -> None:
+        pass
+
+
+_UNWATCHED: Final = _Unwatched()
+
+
 @dataclass(frozen=True, slots=True)
 class _Reply:
     status: int
@@ -73,12 +125,20 @@ class OpenRouterClient:
     """Talks to OpenRouter's ``/chat/completions``, ``/models`` and ``/generation``.
 
     ``rng`` drives backoff jitter; pass a seeded ``random.Random`` for repeatable tests.
+    ``observer`` (telemetry) sees every chat completion attempt.
     Use ``async with OpenRouterClient(settings) as client`` or ``start()``/``close()``.
     """
 
-    def __init__(self, settings: OpenRouterSettings, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: OpenRouterSettings,
+        *,
+        rng: random.Random | None = None,
+        observer: AttemptObserver | None = None,
+    ) -> None:
         self._settings = settings
         self._rng = rng if rng is not None else random.Random()
+        self._observer = observer
         self._base = settings.base
         self._session: aiohttp.ClientSession | None = None
         self._models: tuple[ModelInfo, ...] | None = None
@@ -164,8 +224,12 @@ class OpenRouterClient:
         body = wire.encode_body(request, stream=False)
         headers = self._headers(request.trace_headers, accept="application/json")
 
-        async def attempt() -> Completion:
-            reply = await self._exchange("POST", url, headers, budget_end, data=body)
+        def watch(number: int) -> UpstreamAttempt:
+            return self._watch(request, number, url=url, stream=False)
+
+        async def attempt(watched: UpstreamAttempt) -> Completion:
+            send = {**headers, **watched.headers} if watched.headers else headers
+            reply = await self._exchange("POST", url, send, budget_end, data=body)
             if reply.status != 200:
                 raise error_from_response(reply.status, reply.body, reply.headers)
             data = wire.load_object(reply.body, "the answer")
@@ -180,10 +244,11 @@ class OpenRouterClient:
             completion = wire.parse_completion(data)
             if completion.content or completion.reasoning or completion.tool_calls:
                 stats.first_token_at = loop.time()
+            watched.succeeded(stats, completion.finish_reason.value)
             return completion
 
         try:
-            return await self._with_retries(attempt, budget_end, stats)
+            return await self._with_retries(attempt, budget_end, stats, watch)
         finally:
             stats.upstream_seconds = loop.time() - started
 
@@ -209,16 +274,22 @@ class OpenRouterClient:
         try:
             while True:
                 stats.attempts += 1
+                watched = self._watch(request, stats.attempts, url=url, stream=True)
+                send = {**headers, **watched.headers} if watched.headers else headers
                 response: aiohttp.ClientResponse | None = None
                 clean = False
                 try:
-                    response = await self._open_stream(url, headers, body, budget_end)
+                    response = await self._open_stream(url, send, body, budget_end)
                     decoder = SSEDecoder()
                     assembler = StreamAssembler(loop.time)
                     reader = response.content.iter_any()
                     finished: StreamFinished | None = None
                     while finished is None:
-                        chunk = await self._next_chunk(reader, read_deadline, assembler)
+                        # Until the first event reaches the caller, the budget bounds the wait:
+                        # a stream that opens but never starts must not outlive timeout_ms.
+                        chunk = await self._next_chunk(
+                            reader, read_deadline if stats.relayed else budget_end, assembler
+                        )
                         events = decoder.feed(chunk) if chunk else decoder.close()
                         for sse in events:
                             try:
@@ -235,12 +306,11 @@ class OpenRouterClient:
                             finished = assembler.finish()
                     clean = assembler.done
                 except UpstreamError as exc:
-                    self._scrub(exc)
-                    if stats.relayed:
-                        raise
-                    delay = self._retry_delay(exc, retries, budget_end)
-                    if delay is None:
-                        raise
+                    # Never retried once an event went out: the caller would see it twice.
+                    delay = self._next_delay(exc, retries, budget_end, watched, not stats.relayed)
+                except BaseException as exc:
+                    watched.failed(exc)
+                    raise
                 else:
                     # Close before handing over the last event: a caller that stops iterating
                     # after StreamFinished must not leave the connection held open.
@@ -249,6 +319,7 @@ class OpenRouterClient:
                     else:
                         response.close()
                     response = None
+                    watched.succeeded(stats, finished.finish_reason.value)
                     yield finished
                     return
                 finally:
@@ -300,7 +371,7 @@ class OpenRouterClient:
         url = f"{self._base}/generation"
         headers = self._headers({}, accept="application/json", has_body=False)
 
-        async def attempt() -> GenerationStats | None:
+        async def attempt(_: UpstreamAttempt) -> GenerationStats | None:
             reply = await self._exchange(
                 "GET", url, headers, budget_end, params={"id": generation_id}
             )
@@ -318,7 +389,7 @@ class OpenRouterClient:
         url = f"{self._base}/models"
         headers = self._headers({}, accept="application/json", has_body=False)
 
-        async def attempt() -> list[ModelInfo]:
+        async def attempt(_: UpstreamAttempt) -> list[ModelInfo]:
             reply = await self._exchange("GET", url, headers, budget_end)
             if reply.status != 200:
                 raise error_from_response(reply.status, reply.body, reply.headers)
@@ -332,7 +403,7 @@ class OpenRouterClient:
         self._models_expire_at = now + ttl
         self._models_refresh_at = now + ttl * _REFRESH_AT_FRACTION
         self._models_loaded.set()
-        logger.info("model catalog loaded: %d models", len(models))
+        logger.debug("model catalog loaded: %d models", len(models))
         return models
 
     async def _refresh_models_forever(self) -> None:
@@ -473,22 +544,55 @@ class OpenRouterClient:
             # StreamTruncatedError unless a finish reason already came.
             return b""
 
+    def _watch(
+        self, request: CompletionRequest, number: int, *, url: str, stream: bool
+    ) -> UpstreamAttempt:
+        if self._observer is None:
+            return _UNWATCHED
+        return self._observer.attempt(request, number, url=url, stream=stream)
+
     async def _with_retries(
-        self, attempt: Callable[[], Awaitable[_T]], budget_end: float, stats: CallStats
+        self,
+        attempt: Callable[[UpstreamAttempt], Awaitable[_T]],
+        budget_end: float,
+        stats: CallStats,
+        watch: Callable[[int], UpstreamAttempt] | None = None,
     ) -> _T:
         retries = 0
         while True:
             stats.attempts += 1
+            watched = _UNWATCHED if watch is None else watch(stats.attempts)
             try:
-                return await attempt()
+                return await attempt(watched)
             except UpstreamError as exc:
-                self._scrub(exc)
-                delay = self._retry_delay(exc, retries, budget_end)
-                if delay is None:
-                    raise
+                delay = self._next_delay(exc, retries, budget_end, watched)
+            except BaseException as exc:
+                watched.failed(exc)
+                raise
             retries += 1
             stats.retries = retries
             await asyncio.sleep(delay)
+
+    def _next_delay(
+        self,
+        error: UpstreamError,
+        retries: int,
+        budget_end: float,
+        watched: UpstreamAttempt,
+        may_retry: bool = True,
+    ) -> float:
+        """The wait before retrying ``error``; raises it (or a deadline error) when it is final."""
+        self._scrub(error)
+        try:
+            delay = self._retry_delay(error, retries, budget_end) if may_retry else None
+        except BaseException:
+            watched.failed(error)
+            raise
+        if delay is None:
+            watched.failed(error)
+            raise error
+        watched.retrying(error, delay)
+        return delay
 
     def _retry_delay(self, error: UpstreamError, retries: int, budget_end: float) -> float | None:
         """The wait before retrying ``error``, or None to raise it as is.
