@@ -10,6 +10,7 @@ import asyncio
 import signal
 import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 from pydantic import AnyHttpUrl, SecretStr, ValidationError
 
@@ -24,6 +25,17 @@ DEMO_KEY = "demo-key"
 _SIMULATOR_KEY = "sk-or-v1-simulator"
 
 
+def _grpcurl() -> str:
+    """The grpcurl beside this interpreter (the project's venv ships one), else from PATH."""
+    beside = Path(sys.executable).parent / "grpcurl"
+    if beside.exists():
+        try:
+            return str(beside.relative_to(Path.cwd()))
+        except ValueError:
+            return str(beside)
+    return "grpcurl"
+
+
 def _banner(server: GatewayServer, simulator: bool) -> str:
     address = server.address
     lines = [f"LLM Gateway serving on {address}"]
@@ -35,7 +47,7 @@ def _banner(server: GatewayServer, simulator: bool) -> str:
             "  upstream: built-in OpenRouter simulator (no OPENROUTER_API_KEY set)",
             f"  demo caller key: {DEMO_KEY}",
             "  try:",
-            f"    grpcurl -plaintext -H 'authorization: Bearer {DEMO_KEY}' "
+            f"    {_grpcurl()} -plaintext -H 'authorization: Bearer {DEMO_KEY}' "
             f'-d \'{{"messages":[{{"role":"ROLE_USER","content":"Hello"}}]}}\' '
             f"{address} llmgateway.v1.CompletionService/Complete",
         ]
