@@ -1,0 +1,65 @@
+"""Runs ``python -m service`` unchanged, after applying the benchmark's prototype switches.
+
+``GATEWAY_EVENT_LOOP=uvloop`` installs uvloop first (unless the service already reads that
+setting itself), ``BENCH_GRPC_SERVER_OPTIONS`` (a JSON list of ``[name, value]`` pairs) is
+appended to the gateway's gRPC server options, and ``BENCH_ABLATE=ledger`` turns the usage
+ledger's ``record`` into a no-op, to measure what the ledger costs. Used only for
+experiments: the default benchmark runs ``python -m service`` itself.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+from typing import Any
+
+import orjson
+
+
+def _service_reads_event_loop() -> bool:
+    from service.config import GatewaySettings
+
+    return "event_loop" in GatewaySettings.model_fields
+
+
+def _extend_server_options(extra: list[tuple[str, Any]]) -> None:
+    import service.server as server_module
+    from service.config import GatewaySettings
+
+    original = server_module.server_options
+
+    def server_options(settings: GatewaySettings) -> list[tuple[str, Any]]:
+        return [*original(settings), *extra]
+
+    server_module.server_options = server_options
+
+
+def _ablate(parts: set[str]) -> None:
+    if "ledger" in parts:
+        from service.ledger.batching import BatchingLedger
+
+        def record(self: BatchingLedger, record: object) -> None:
+            return None
+
+        BatchingLedger.record = record  # type: ignore[method-assign]
+        parts.discard("ledger")
+    if parts:
+        raise SystemExit(f"BENCH_ABLATE: unknown part(s) {sorted(parts)}")
+
+
+def main() -> None:
+    if os.environ.get("GATEWAY_EVENT_LOOP") == "uvloop" and not _service_reads_event_loop():
+        import uvloop
+
+        uvloop.install()
+    extra = os.environ.get("BENCH_GRPC_SERVER_OPTIONS")
+    if extra:
+        _extend_server_options([(str(name), value) for name, value in orjson.loads(extra)])
+    ablate = os.environ.get("BENCH_ABLATE", "")
+    if ablate:
+        _ablate({part.strip() for part in ablate.split(",") if part.strip()})
+    runpy.run_module("service", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
