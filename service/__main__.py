@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -102,6 +103,19 @@ async def serve(
     return 0
 
 
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("GATEWAY_EVENT_LOOP=uvloop but uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def main() -> int:
     try:
         settings = GatewaySettings()
@@ -114,7 +128,8 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level)
     try:
-        return asyncio.run(serve(settings, openrouter, telemetry))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+            return runner.run(serve(settings, openrouter, telemetry))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

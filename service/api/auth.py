@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from service.domain.callers import Caller, CallerRegistry
 from service.errors import UnauthenticatedError
@@ -10,13 +10,10 @@ from service.errors import UnauthenticatedError
 _BEARER = "bearer "
 
 
-def bearer_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
-    for key, value in metadata or ():
-        if key == "authorization":
-            text = value.decode("latin-1") if isinstance(value, bytes) else value
-            if text[: len(_BEARER)].lower() == _BEARER:
-                return text[len(_BEARER) :].strip()
-            return None
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an ``authorization: Bearer <key>`` value; None for any other scheme."""
+    if authorization and authorization[: len(_BEARER)].lower() == _BEARER:
+        return authorization[len(_BEARER) :].strip()
     return None
 
 
@@ -33,17 +30,20 @@ class Authenticator:
 
     def authenticate(
         self,
-        metadata: Iterable[tuple[str, str | bytes]] | None,
-        peer_common_names: Iterable[bytes] | None = None,
+        authorization: str | None,
+        peer_common_names: Callable[[], Iterable[bytes] | None] | None = None,
     ) -> Caller:
-        key = bearer_key(metadata)
+        """``authorization`` is the metadata value; ``peer_common_names`` is asked only when
+        there is no bearer key and certificates are trusted (reading it is not free)."""
+        key = bearer_key(authorization)
         if key:
             caller = self._registry.authenticate(key)
             if caller is None:
                 raise UnauthenticatedError("the caller key is not known", reason="API_KEY_INVALID")
             return caller
-        if self._trust_certs and peer_common_names:
-            for name in peer_common_names:
+        names = peer_common_names() if self._trust_certs and peer_common_names else None
+        if names:
+            for name in names:
                 caller = self._registry.get(name.decode("utf-8", "replace"))
                 if caller is not None:
                     return caller

@@ -9,12 +9,12 @@ cancel, deadline), which also ends the RPC's span, records its metrics and logs 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
-import uuid
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from datetime import UTC
 from typing import TypeVar
 
@@ -27,7 +27,7 @@ from service.api.auth import Authenticator
 from service.api.status import internal_status, status_code_for, to_rpc_status
 from service.domain.accounting import CallRecord
 from service.domain.callers import Caller
-from service.domain.completion import CompletionRequest, StreamFinished
+from service.domain.completion import StreamFinished
 from service.domain.gateway import Gateway
 from service.errors import (
     GatewayError,
@@ -54,27 +54,33 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompletionService"].full_name
 T = TypeVar("T")
 
 
-def _scan_metadata(metadata: object) -> tuple[str, str | None, str | None]:
-    """The request id (the caller's, or a new one) and the caller's W3C trace context."""
-    request_id = traceparent = tracestate = None
+@dataclass(slots=True)
+class _Incoming:
+    """What the frame needs from the call's metadata, read in one pass."""
+
+    request_id: str
+    authorization: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+
+def _scan_metadata(metadata: object) -> _Incoming:
+    request_id = authorization = traceparent = tracestate = None
     for key, value in metadata or ():  # type: ignore[attr-defined]
         if not isinstance(value, str):
             continue
-        if key == REQUEST_ID_KEY:
+        if key == "authorization":
+            if authorization is None:
+                authorization = value
+        elif key == REQUEST_ID_KEY:
             if request_id is None and 0 < len(value) <= _MAX_REQUEST_ID:
                 request_id = value
         elif key == TRACEPARENT:
             traceparent = value
         elif key == TRACESTATE:
             tracestate = value
-    return request_id or uuid.uuid4().hex, traceparent, tracestate
-
-
-def _traced(request: CompletionRequest, observed: RpcCall) -> CompletionRequest:
-    """``request`` carrying the RPC's trace context to OpenRouter."""
-    if not observed.trace:
-        return request
-    return dataclasses.replace(request, trace_headers=observed.trace)
+    # os.urandom(16).hex(): as unique as uuid4().hex at a fifth of its cost.
+    return _Incoming(request_id or os.urandom(16).hex(), authorization, traceparent, tracestate)
 
 
 class CompletionServicer(pb_grpc.CompletionServiceServicer):
@@ -131,19 +137,22 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
 
     # --- the frame shared by every RPC -------------------------------------------------
 
-    def _open(self, context: Context, rpc: str) -> tuple[CallRecord, RpcCall]:
-        request_id, traceparent, tracestate = _scan_metadata(context.invocation_metadata())
+    def _open(self, context: Context, rpc: str) -> tuple[CallRecord, RpcCall, _Incoming]:
+        incoming = _scan_metadata(context.invocation_metadata())
         record = CallRecord(
-            request_id=request_id,
+            request_id=incoming.request_id,
             rpc=rpc,
             started_at=asyncio.get_running_loop().time(),
         )
         context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id),))
-        return record, self._telemetry.start(rpc, request_id, traceparent, tracestate)
+        observed = self._telemetry.start(
+            rpc, incoming.request_id, incoming.traceparent, incoming.tracestate
+        )
+        return record, observed, incoming
 
-    def _caller(self, context: Context, record: CallRecord) -> Caller:
+    def _caller(self, context: Context, record: CallRecord, incoming: _Incoming) -> Caller:
         caller = self._auth.authenticate(
-            context.invocation_metadata(), context.auth_context().get("x509_common_name")
+            incoming.authorization, lambda: context.auth_context().get("x509_common_name")
         )
         record.caller_id = caller.id
         return caller
@@ -213,11 +222,11 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
         rpc: str,
         handler: Callable[[Caller, CallRecord, RpcCall], Awaitable[T]],
     ) -> T:
-        record, observed = self._open(context, rpc)
+        record, observed, incoming = self._open(context, rpc)
         code = grpc.StatusCode.OK
         self._enter()
         try:
-            caller = self._caller(context, record)
+            caller = self._caller(context, record, incoming)
             # After authentication, so a refused call is accounted to its caller.
             self._check_open()
             return await handler(caller, record, observed)
@@ -244,9 +253,10 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
         ) -> pb.CompleteResponse:
             call = await self._gateway.prepare(
                 caller,
-                _traced(convert.completion_request(request), observed),
+                convert.completion_request(request),
                 end_user_id=request.end_user_id,
                 record=record,
+                trace_headers=observed.trace,
             )
             observed.model = call.model.id
             completion = await self._gateway.complete(
@@ -260,17 +270,18 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
     async def StreamComplete(  # type: ignore[override]
         self, request: pb.StreamCompleteRequest, context: Context
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
-        record, observed = self._open(context, "StreamComplete")
+        record, observed, incoming = self._open(context, "StreamComplete")
         code = grpc.StatusCode.OK
         self._enter()
         try:
-            caller = self._caller(context, record)
+            caller = self._caller(context, record, incoming)
             self._check_open()
             call = await self._gateway.prepare(
                 caller,
-                _traced(convert.completion_request(request), observed),
+                convert.completion_request(request),
                 end_user_id=request.end_user_id,
                 record=record,
+                trace_headers=observed.trace,
             )
             observed.model = call.model.id
             finished = False
@@ -326,7 +337,7 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
         async def handle(
             caller: Caller, record: CallRecord, observed: RpcCall
         ) -> pb.CompleteStructuredResponse:
-            base = _traced(convert.completion_request(request), observed)
+            base = convert.completion_request(request)
             if request.WhichOneof("schema") == "inline_schema":
                 inline = request.inline_schema
                 strict = inline.strict if inline.HasField("strict") else True
@@ -334,7 +345,11 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
             else:
                 schema = self._gateway.schema(name=request.schema_name)
             call = await self._gateway.prepare(
-                caller, base, end_user_id=request.end_user_id, record=record
+                caller,
+                base,
+                end_user_id=request.end_user_id,
+                record=record,
+                trace_headers=observed.trace,
             )
             observed.model = call.model.id
             result = await self._gateway.complete_structured(

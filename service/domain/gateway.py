@@ -7,7 +7,6 @@ accounting of each call. Transport-free: the gRPC servicer calls in, the backend
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import fnmatch
 import hashlib
 import logging
@@ -36,6 +35,8 @@ from service.domain.usage import LedgerStore, UsageTotals
 from service.errors import InvalidRequestError, PermissionDeniedError
 
 log = logging.getLogger(__name__)
+
+_ALLOWED_CACHE_SIZE = 4096
 
 
 def end_user_token(caller_id: str, end_user_id: str) -> str:
@@ -107,6 +108,8 @@ class Gateway:
         self._quotas = quotas
         self._ledger = ledger
         self._structured = structured or StructuredCompleter()
+        # Glob matching per call adds up; callers and policy are fixed for the process.
+        self._allowed_cache: dict[tuple[str, str], bool] = {}
 
     @property
     def default_model(self) -> str:
@@ -117,7 +120,14 @@ class Gateway:
         return not patterns or any(fnmatch.fnmatchcase(model, p) for p in patterns)
 
     def allowed_for(self, caller: Caller, model: str) -> bool:
-        return self.globally_allowed(model) and caller.may_use(model)
+        key = (caller.id, model)
+        allowed = self._allowed_cache.get(key)
+        if allowed is None:
+            allowed = self.globally_allowed(model) and caller.may_use(model)
+            if len(self._allowed_cache) >= _ALLOWED_CACHE_SIZE:
+                self._allowed_cache.clear()  # bounded: callers may send any model name
+            self._allowed_cache[key] = allowed
+        return allowed
 
     async def prepare(
         self,
@@ -126,13 +136,22 @@ class Gateway:
         *,
         end_user_id: str,
         record: CallRecord,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> PreparedCall:
-        """Validate, authorise and complete ``request`` (model, user, max_tokens, trimming)."""
+        """Validate, authorise and complete ``request`` (model, user, max_tokens, trimming,
+        the trace context to send upstream)."""
         model = request.model or self._policy.default_model
         record.caller_id = caller.id
         record.end_user_id = end_user_id
         record.requested_model = model
-        prepared = prepare(request, self._policy.limits, end_user_id=end_user_id)
+        prepared = prepare(
+            request,
+            self._policy.limits,
+            end_user_id=end_user_id,
+            model=model,
+            user=end_user_token(caller.id, end_user_id),
+            trace_headers=trace_headers or request.trace_headers,
+        )
         for field_name, candidate in [
             ("model", model),
             *((f"fallback_models[{i}]", m) for i, m in enumerate(request.fallback_models)),
@@ -153,9 +172,6 @@ class Gateway:
                     f"fallback_models[{i}]", f"unknown model '{fallback}'"
                 )
             candidates.append(fallback_info)
-        prepared = dataclasses.replace(
-            prepared, model=model, user=end_user_token(caller.id, end_user_id)
-        )
         return PreparedCall(caller, prepared, info, tuple(candidates))
 
     # --- quotas ---------------------------------------------------------------------------
@@ -202,9 +218,11 @@ class Gateway:
             completion = await self._backend.complete(
                 request, deadline=deadline, stats=record.stats
             )
-        finally:
+        except BaseException:
             # Shielded: a caller's cancel must not leave the reservation booked.
             await asyncio.shield(self._settle(reservation, call, record))
+            raise
+        await self._settle(reservation, call, record)
         record.fallback_used = bool(request.fallback_models) and completion.model != request.model
         return completion
 

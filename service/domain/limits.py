@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from service.domain.completion import CompletionRequest, Message, Role, SamplingParams
 from service.errors import FieldViolation, InvalidRequestError
@@ -174,8 +175,10 @@ def prepare(
     limits: RequestLimits,
     *,
     end_user_id: str = "",
+    **updates: Any,
 ) -> CompletionRequest:
-    """Validate ``request`` and return it ready to send: history trimmed, max_tokens set.
+    """Validate ``request`` and return it ready to send: history trimmed, max_tokens set,
+    and ``updates`` (model, user, trace headers…) applied in the same, single copy.
 
     Raises ``InvalidRequestError`` listing every bad field at once.
     """
@@ -207,4 +210,5 @@ def prepare(
         request,
         messages=trim_history(request.messages, limits.max_history_turns),
         sampling=sampling,
+        **updates,
     )
