@@ -18,20 +18,27 @@ def open_ledger(
     *,
     max_pending: int = 100_000,
     batch_size: int = 500,
+    linger_s: float = 0.05,
     close_timeout_s: float = 10.0,
 ) -> LedgerStore:
     """A ledger store, not yet started (``await store.start()``).
 
     ``target`` is a PostgreSQL DSN (``postgresql://…`` or ``postgres://…``) or else the path
-    of a SQLite file, created with its directory if missing.
+    of a SQLite file, created with its directory if missing. ``linger_s`` is how long the
+    writer waits for a batch to fill before writing what it has (``flush`` never waits).
     """
     if isinstance(target, str) and target.startswith(_POSTGRES_SCHEMES):
         return PostgresLedger(
             target,
             max_pending=max_pending,
             batch_size=batch_size,
+            linger_s=linger_s,
             close_timeout_s=close_timeout_s,
         )
     return SqliteLedger(
-        target, max_pending=max_pending, batch_size=batch_size, close_timeout_s=close_timeout_s
+        target,
+        max_pending=max_pending,
+        batch_size=batch_size,
+        linger_s=linger_s,
+        close_timeout_s=close_timeout_s,
     )

@@ -153,6 +153,7 @@ class PostgresLedger(BatchingLedger):
         *,
         max_pending: int = 100_000,
         batch_size: int = 500,
+        linger_s: float = 0.05,
         close_timeout_s: float = 10.0,
         retry_max_s: float = 5.0,
         pool_size: int = 4,
@@ -161,6 +162,7 @@ class PostgresLedger(BatchingLedger):
         super().__init__(
             max_pending=max_pending,
             batch_size=batch_size,
+            linger_s=linger_s,
             close_timeout_s=close_timeout_s,
             retry_max_s=retry_max_s,
         )

@@ -174,6 +174,7 @@ class SqliteLedger(BatchingLedger):
         *,
         max_pending: int = 100_000,
         batch_size: int = 500,
+        linger_s: float = 0.05,
         close_timeout_s: float = 10.0,
         retry_max_s: float = 5.0,
         busy_timeout_s: float = 5.0,
@@ -181,6 +182,7 @@ class SqliteLedger(BatchingLedger):
         super().__init__(
             max_pending=max_pending,
             batch_size=batch_size,
+            linger_s=linger_s,
             close_timeout_s=close_timeout_s,
             retry_max_s=retry_max_s,
         )

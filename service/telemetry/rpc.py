@@ -19,6 +19,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from service.domain.accounting import CallRecord
+from service.logs import log_fields
 from service.telemetry.core import (
     CALLER_ID,
     ERROR_TYPE,
@@ -327,4 +328,5 @@ class RpcCall:
                 fields["cost_usd"] = usage.cost_usd
         if stats.first_token_at is not None:
             fields["ttft_ms"] = round((stats.first_token_at - record.started_at) * 1000, 1)
-        log.info("rpc finished", extra=fields)
+        # Not log.info(..., extra=fields): that costs ~10 µs more per RPC (see log_fields).
+        log_fields(log, logging.INFO, "rpc finished", fields)
