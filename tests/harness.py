@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -111,7 +113,28 @@ async def serve_gateway(
         **(openrouter or {}),
     }
     or_settings = OpenRouterSettings(**or_values)
-    gw_settings = GatewaySettings(**{"listen": "127.0.0.1:0", **(gateway or {})})
+    with tempfile.TemporaryDirectory(prefix="llmgw-test-") as ledger_dir:
+        async with _serve(sim, ledger_dir, callers, gateway, or_settings, telemetry) as harness:
+            yield harness
+
+
+@asynccontextmanager
+async def _serve(
+    sim: RunningSimulator,
+    ledger_dir: str,
+    callers: Sequence[Caller] | None,
+    gateway: dict[str, Any] | None,
+    or_settings: OpenRouterSettings,
+    telemetry: Telemetry | None,
+) -> AsyncIterator[Harness]:
+    # Each gateway its own ledger: tests must not share rows, nor touch `make run`'s file.
+    gw_settings = GatewaySettings(
+        **{
+            "listen": "127.0.0.1:0",
+            "ledger_path": Path(ledger_dir) / "usage.sqlite3",
+            **(gateway or {}),
+        }
+    )
     finished: list[tuple[CallRecord, grpc.StatusCode]] = []
     finish_signal = asyncio.Event()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,8 @@ def service_env(**overrides: str) -> dict[str, str]:
     """The environment for ``python -m service``: no inherited GATEWAY_*/OPENROUTER_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENROUTER_"))}
     env["GATEWAY_LISTEN"] = "127.0.0.1:0"
+    # Each process its own ledger, never the checkout's var/usage.sqlite3 that `make run` uses.
+    env["GATEWAY_LEDGER_PATH"] = str(Path(tempfile.mkdtemp(prefix="llmgw-proc-")) / "usage.sqlite3")
     env.update(overrides)
     return env
 
