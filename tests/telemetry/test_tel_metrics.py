@@ -74,7 +74,8 @@ async def test_a_unary_call_records_every_rpc_metric_once(otel: Captured) -> Non
 async def test_a_stream_counts_as_active_while_it_runs(otel: Captured) -> None:
     async with start_gateway(telemetry=otel.telemetry) as gw:
         call = gw.stub.StreamComplete(
-            pb.StreamCompleteRequest(messages=[user("Hi [[sim:tokens=4]]")]), metadata=auth()
+            pb.StreamCompleteRequest(messages=[user("Hi [[sim:tokens=4]] [[sim:pace=100]]")]),
+            metadata=auth(),
         )
         first = await call.read()
         assert isinstance(first, pb.StreamCompleteResponse)
