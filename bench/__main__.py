@@ -178,7 +178,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
 
 
 def _variant_text(options: Options) -> str:
-    changes = [f"loop={options.variant_loop}"] if options.variant_loop != "asyncio" else []
+    changes = [f"loop={options.variant_loop}"] if options.variant_loop else []
     changes += [f"{name}={value}" for name, value in options.variant_env]
     return ", ".join(changes) or "no change"
 

@@ -3,7 +3,8 @@
 ``GATEWAY_EVENT_LOOP=uvloop`` installs uvloop first (unless the service already reads that
 setting itself), ``BENCH_GRPC_SERVER_OPTIONS`` (a JSON list of ``[name, value]`` pairs) is
 appended to the gateway's gRPC server options, and ``BENCH_ABLATE=ledger`` turns the usage
-ledger's ``record`` into a no-op, to measure what the ledger costs. Used only for
+ledger's ``record`` into a no-op, to measure what the ledger costs; ``BENCH_GC_STATS=1``
+prints the time spent in each garbage-collector generation every two seconds. Used only for
 experiments: the default benchmark runs ``python -m service`` itself.
 """
 
@@ -47,6 +48,41 @@ def _ablate(parts: set[str]) -> None:
         raise SystemExit(f"BENCH_ABLATE: unknown part(s) {sorted(parts)}")
 
 
+def _report_gc() -> None:
+    """Time spent in each generation's collections, printed to stderr every two seconds."""
+    import gc
+    import sys
+    import threading
+    import time
+
+    spent = [0.0, 0.0, 0.0]
+    runs = [0, 0, 0]
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            spent[info["generation"]] += time.perf_counter() - started[0]
+            runs[info["generation"]] += 1
+
+    gc.callbacks.append(callback)
+
+    def report() -> None:
+        print(
+            f"gc: threshold {gc.get_threshold()} runs {runs} "
+            f"seconds {[round(s, 3) for s in spent]} frozen {gc.get_freeze_count()}",
+            file=sys.stderr,
+        )
+
+    def every_two_seconds() -> None:
+        while True:
+            time.sleep(2)
+            report()
+
+    threading.Thread(target=every_two_seconds, daemon=True).start()
+
+
 def main() -> None:
     if os.environ.get("GATEWAY_EVENT_LOOP") == "uvloop" and not _service_reads_event_loop():
         import uvloop
@@ -58,6 +94,8 @@ def main() -> None:
     ablate = os.environ.get("BENCH_ABLATE", "")
     if ablate:
         _ablate({part.strip() for part in ablate.split(",") if part.strip()})
+    if os.environ.get("BENCH_GC_STATS"):
+        _report_gc()
     runpy.run_module("service", run_name="__main__", alter_sys=True)
 
 

@@ -27,8 +27,18 @@ from bench.report import render_table_generic
 
 # name -> (flags, A/B base or "" for a run of its own)
 VARIATIONS: dict[str, tuple[list[str], str]] = {
-    "floor on uvloop": (["--variant-of", "floor", "--variant-loop", "uvloop"], "floor"),
-    "gateway on uvloop": (["--variant-of", "gateway", "--variant-loop", "uvloop"], "gateway"),
+    "floor on asyncio's own loop": (
+        ["--variant-of", "floor", "--variant-loop", "asyncio"],
+        "floor",
+    ),
+    "gateway on asyncio's own loop (GATEWAY_EVENT_LOOP=asyncio)": (
+        ["--variant-of", "gateway", "--variant-loop", "asyncio"],
+        "gateway",
+    ),
+    "gateway: GC at CPython's default threshold (GATEWAY_GC_THRESHOLD=0)": (
+        ["--variant-of", "gateway", "--variant-env", "GATEWAY_GC_THRESHOLD=0"],
+        "gateway",
+    ),
     "gateway: gRPC grpc.http2.bdp_probe=0": (
         [
             "--variant-of",
@@ -69,9 +79,9 @@ VARIATIONS: dict[str, tuple[list[str], str]] = {
         ["--variant-of", "gateway", "--variant-env", "BENCH_ABLATE=ledger"],
         "gateway",
     ),
-    "gateway: all three off + uvloop": (
+    "gateway: all three off": (
         [
-            *("--variant-of", "gateway", "--variant-loop", "uvloop"),
+            *("--variant-of", "gateway"),
             *("--variant-env", "GATEWAY_LOG_LEVEL=WARNING"),
             *("--variant-env", "OTEL_SDK_DISABLED=true"),
             *("--variant-env", "BENCH_ABLATE=ledger"),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import AnyHttpUrl, SecretStr, ValidationError
 
+from service import gc_tuning
 from service.callers_file import ConfigError
 from service.config import GatewaySettings, OpenRouterSettings, TelemetrySettings
 from service.domain.callers import Caller, hash_key
@@ -92,6 +93,7 @@ async def serve(
             callers = load_caller_list(settings)
         server = GatewayServer(settings, openrouter, callers, telemetry=telemetry)
         await server.start()
+        gc_tuning.freeze_startup_objects()
         print(_banner(server, simulator), file=sys.stderr, flush=True)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -127,6 +129,7 @@ def main() -> int:
         print(f"configuration error: {where}: {first['msg']}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    gc_tuning.tune(settings.gc_threshold)
     try:
         with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
             return runner.run(serve(settings, openrouter, telemetry))

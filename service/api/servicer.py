@@ -64,6 +64,10 @@ class _Incoming:
     tracestate: str | None = None
 
 
+def _request(record: CallRecord) -> dict[str, str]:
+    return {"request_id": record.request_id}
+
+
 def _scan_metadata(metadata: object) -> _Incoming:
     request_id = authorization = traceparent = tracestate = None
     for key, value in metadata or ():  # type: ignore[attr-defined]
@@ -210,11 +214,38 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
-        ended_at = asyncio.get_running_loop().time()
+        self._account(record, observed, code, asyncio.get_running_loop().time())
+
+    def _account(
+        self, record: CallRecord, observed: RpcCall, code: grpc.StatusCode, ended_at: float
+    ) -> None:
+        """The ledger row, the span's end, the metrics and the log line of a finished RPC."""
         self._gateway.finish(record, code.name, ended_at)
         observed.end(record, code, ended_at)
         if self._on_finish is not None:
             self._on_finish(record, code)
+
+    def _close_after_answer(self, record: CallRecord, observed: RpcCall) -> None:
+        """Account a successful RPC once its answer is on its way, and only then count it
+        out of the calls in flight (a drain must not stop the ledger before its row).
+
+        The bookkeeping (~0.3 ms of CPU with tracing on) is no part of the answer, so the
+        caller does not wait for it: it runs as the next loop callback, after gRPC has taken
+        the response. A caller cannot observe the difference: its next RPC (a GetUsage, say)
+        is read by a later loop iteration, after this callback.
+        """
+        record.finished = True
+        ended_at = asyncio.get_running_loop().time()
+
+        def account() -> None:
+            try:
+                self._account(record, observed, grpc.StatusCode.OK, ended_at)
+            except Exception:
+                log.exception("accounting a finished call failed", extra=_request(record))
+            finally:
+                self._leave()
+
+        asyncio.get_running_loop().call_soon(account)
 
     async def _unary(
         self,
@@ -242,8 +273,11 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
             await self._crash(context, record, observed, error)
             raise
         finally:
-            self._close(context, record, observed, code)
-            self._leave()
+            if code is grpc.StatusCode.OK and not record.finished:
+                self._close_after_answer(record, observed)
+            else:
+                self._close(context, record, observed, code)
+                self._leave()
 
     # --- RPCs ------------------------------------------------------------------------
 
@@ -314,8 +348,11 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
             code = grpc.StatusCode.INTERNAL
             await self._crash(context, record, observed, error)
         finally:
-            self._close(context, record, observed, code)
-            self._leave()
+            if code is grpc.StatusCode.OK and not record.finished:
+                self._close_after_answer(record, observed)
+            else:
+                self._close(context, record, observed, code)
+                self._leave()
 
     async def ListModels(  # type: ignore[override]
         self, request: pb.ListModelsRequest, context: Context
