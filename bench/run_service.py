@@ -3,8 +3,11 @@
 ``GATEWAY_EVENT_LOOP=uvloop`` installs uvloop first (unless the service already reads that
 setting itself), ``BENCH_GRPC_SERVER_OPTIONS`` (a JSON list of ``[name, value]`` pairs) is
 appended to the gateway's gRPC server options, and ``BENCH_ABLATE=ledger`` turns the usage
-ledger's ``record`` into a no-op, to measure what the ledger costs; ``BENCH_GC_STATS=1``
-prints the time spent in each garbage-collector generation every two seconds. Used only for
+ledger's ``record`` into a no-op, to measure what the ledger costs (``otlp_encoder``: the
+OpenTelemetry SDK's span encoder instead of ours); ``BENCH_GC_STATS=1``
+prints the time spent in each garbage-collector generation every two seconds,
+``BENCH_SWITCH_INTERVAL_S`` sets ``sys.setswitchinterval`` (how long another thread may hold
+the GIL while the event loop waits; CPython's default is 5 ms). Used only for
 experiments: the default benchmark runs ``python -m service`` itself.
 """
 
@@ -44,6 +47,16 @@ def _ablate(parts: set[str]) -> None:
 
         BatchingLedger.record = record  # type: ignore[method-assign]
         parts.discard("ledger")
+    if "otlp_encoder" in parts:
+        # The SDK's own span encoder instead of service.telemetry.otlp_spans'.
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        from service.telemetry.otlp_spans import FastOTLPSpanExporter
+
+        FastOTLPSpanExporter._translate_data = (  # type: ignore[method-assign]
+            lambda self, data: encode_spans(data)
+        )
+        parts.discard("otlp_encoder")
     if parts:
         raise SystemExit(f"BENCH_ABLATE: unknown part(s) {sorted(parts)}")
 
@@ -94,6 +107,11 @@ def main() -> None:
     ablate = os.environ.get("BENCH_ABLATE", "")
     if ablate:
         _ablate({part.strip() for part in ablate.split(",") if part.strip()})
+    switch = os.environ.get("BENCH_SWITCH_INTERVAL_S")
+    if switch:
+        import sys
+
+        sys.setswitchinterval(float(switch))
     if os.environ.get("BENCH_GC_STATS"):
         _report_gc()
     runpy.run_module("service", run_name="__main__", alter_sys=True)

@@ -118,11 +118,12 @@ def _span_exporter(name: str, settings: TelemetrySettings) -> SpanExporter:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         return ConsoleSpanExporter()
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    # The SDK's OTLP/gRPC exporter with a faster, equivalent span encoder.
+    from service.telemetry.otlp_spans import FastOTLPSpanExporter
 
     # Headers, certificates, compression and timeouts come from OTEL_EXPORTER_OTLP_* directly.
     endpoint = settings.exporter_otlp_traces_endpoint or settings.exporter_otlp_endpoint
-    return OTLPSpanExporter(endpoint=endpoint or None)
+    return FastOTLPSpanExporter(endpoint=endpoint or None)
 
 
 def _periodic_reader(name: str, settings: TelemetrySettings) -> MetricReader:
