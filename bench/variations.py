@@ -79,6 +79,14 @@ VARIATIONS: dict[str, tuple[list[str], str]] = {
         ["--variant-of", "gateway", "--variant-env", "BENCH_ABLATE=ledger"],
         "gateway",
     ),
+    "gateway: the SDK's OTLP span encoder instead of ours (BENCH_ABLATE=otlp_encoder)": (
+        ["--variant-of", "gateway", "--variant-env", "BENCH_ABLATE=otlp_encoder"],
+        "gateway",
+    ),
+    "gateway: GIL switch interval 0.5 ms instead of 5 ms": (
+        ["--variant-of", "gateway", "--variant-env", "BENCH_SWITCH_INTERVAL_S=0.0005"],
+        "gateway",
+    ),
     "gateway: all three off": (
         [
             *("--variant-of", "gateway"),
