@@ -4,7 +4,8 @@
 setting itself), ``BENCH_GRPC_SERVER_OPTIONS`` (a JSON list of ``[name, value]`` pairs) is
 appended to the gateway's gRPC server options, and ``BENCH_ABLATE=ledger`` turns the usage
 ledger's ``record`` into a no-op, to measure what the ledger costs (``otlp_encoder``: the
-OpenTelemetry SDK's span encoder instead of ours); ``BENCH_GC_STATS=1``
+OpenTelemetry SDK's span encoder instead of ours, ``span_recorder``: the SDK's
+``Tracer.start_span`` instead of ``service.telemetry.spans``); ``BENCH_GC_STATS=1``
 prints the time spent in each garbage-collector generation every two seconds,
 ``BENCH_SWITCH_INTERVAL_S`` sets ``sys.setswitchinterval`` (how long another thread may hold
 the GIL while the event loop waits; CPython's default is 5 ms). Used only for
@@ -57,6 +58,18 @@ def _ablate(parts: set[str]) -> None:
             lambda self, data: encode_spans(data)
         )
         parts.discard("otlp_encoder")
+    if "span_recorder" in parts:
+        # Spans through the SDK's Tracer.start_span instead of service.telemetry.spans'.
+        from opentelemetry import trace as trace_api
+
+        from service.telemetry.spans import SpanRecorder
+
+        def sdk_only(self: SpanRecorder, tracer: trace_api.Tracer) -> None:
+            self._tracer = tracer
+            self._scope = None
+
+        SpanRecorder.__init__ = sdk_only  # type: ignore[method-assign]
+        parts.discard("span_recorder")
     if parts:
         raise SystemExit(f"BENCH_ABLATE: unknown part(s) {sorted(parts)}")
 

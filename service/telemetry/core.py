@@ -15,6 +15,8 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvid
 from opentelemetry.trace import SpanContext, Tracer, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
+from service.telemetry.spans import SpanRecorder
+
 SCOPE: Final = "llmgateway"
 SCOPE_VERSION: Final = "0.1.0"
 
@@ -203,6 +205,10 @@ class Telemetry:
         self.tracer: Tracer | None = (
             tracer_provider.get_tracer(SCOPE, SCOPE_VERSION) if tracer_provider else None
         )
+        self.spans: SpanRecorder | None = (
+            SpanRecorder(self.tracer) if self.tracer is not None else None
+        )
+        """How the gateway starts its spans (``service.telemetry.spans``)."""
         self.instruments: Instruments | None = (
             Instruments(meter_provider.get_meter(SCOPE, SCOPE_VERSION)) if meter_provider else None
         )

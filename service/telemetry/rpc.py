@@ -101,7 +101,7 @@ class RpcTelemetry:
         host: str | None = None,
         port: int | None = None,
     ) -> None:
-        self.tracer = telemetry.tracer
+        self.spans = telemetry.spans
         self.metrics = telemetry.instruments
         self._service = service
         self._server: dict[str, AttributeValue] = {}
@@ -168,16 +168,16 @@ class RpcTelemetry:
         method = self._method(rpc)
         incoming = incoming_trace(traceparent, tracestate)
         span: Span | None = None
-        if self.tracer is None:
+        if self.spans is None:
             # Not tracing: a caller's trace still reaches OpenRouter, unchanged.
             headers = incoming or _NO_HEADERS
         else:
             parent = _PROPAGATOR.extract(incoming, _ROOT, _GETTER) if incoming else _ROOT
-            span = self.tracer.start_span(
+            span = self.spans.start(
                 method.span_name,
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes={**method.span_attributes, REQUEST_ID: request_id},
+                parent,
+                SpanKind.SERVER,
+                {**method.span_attributes, REQUEST_ID: request_id},
             )
             headers = (
                 TraceHeaders(

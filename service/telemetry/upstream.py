@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import DefaultGetter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
@@ -46,6 +46,7 @@ from service.telemetry.core import (
     TraceHeaders,
     trace_headers,
 )
+from service.telemetry.spans import SpanRecorder
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 _GETTER: Final = DefaultGetter()
@@ -68,8 +69,8 @@ def safe_url(url: str) -> str:
 class UpstreamTelemetry:
     """Client spans and attempt metrics for chat calls; ``None`` from ``create`` when off."""
 
-    def __init__(self, tracer: Tracer | None, metrics: Instruments | None) -> None:
-        self._tracer = tracer
+    def __init__(self, spans: SpanRecorder | None, metrics: Instruments | None) -> None:
+        self._spans = spans
         self.metrics = metrics
         self._by_url: dict[str, Mapping[str, AttributeValue]] = {}
 
@@ -78,12 +79,12 @@ class UpstreamTelemetry:
         """The observer for ``telemetry``, or None so that a disabled client does no work."""
         if not telemetry.enabled:
             return None
-        return cls(telemetry.tracer, telemetry.instruments)
+        return cls(telemetry.spans, telemetry.instruments)
 
     def attempt(
         self, request: CompletionRequest, number: int, *, url: str, stream: bool
     ) -> Attempt:
-        if self._tracer is None:
+        if self._spans is None:
             return Attempt(self, None, number, _NO_HEADERS)
         trace = request.trace_headers
         if isinstance(trace, TraceHeaders):
@@ -95,11 +96,11 @@ class UpstreamTelemetry:
             parent = _PROPAGATOR.extract(trace, _ROOT, _GETTER)
         else:
             parent = _ROOT
-        span = self._tracer.start_span(
+        span = self._spans.start(
             f"{OPERATION_CHAT} {request.model}",
-            context=parent,
-            kind=SpanKind.CLIENT,
-            attributes={
+            parent,
+            SpanKind.CLIENT,
+            {
                 **self._static(url),
                 GEN_AI_REQUEST_MODEL: request.model,
                 GEN_AI_REQUEST_STREAM: stream,
