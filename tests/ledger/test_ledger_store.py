@@ -88,6 +88,17 @@ async def test_a_request_id_is_written_once(ledger: LedgerStore) -> None:
     assert (totals.requests, totals.prompt_tokens) == (1, 10)
 
 
+async def test_a_large_batch_with_a_repeated_id_lands_whole(ledger: LedgerStore) -> None:
+    # 301 records queued at once, one of them twice: every row lands once.
+    for n in range(300):
+        ledger.record(make_record(n, prompt_tokens=n))
+    ledger.record(make_record(7, prompt_tokens=10_000))
+    await ledger.flush()
+
+    totals = await ledger.totals("billing", T0 - HOUR, T0 + HOUR)
+    assert (totals.requests, totals.prompt_tokens) == (300, sum(range(300)))
+
+
 async def test_close_writes_everything_queued(open_store: Callable[..., LedgerStore]) -> None:
     store = open_store()
     await store.start()
