@@ -116,6 +116,37 @@ def epoch_to_datetime(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, tz=UTC)
 
 
+def quota_status(
+    caller: Caller,
+    *,
+    requests: int,
+    tokens: int,
+    window_reset: datetime,
+    spent: Decimal,
+    day: int,
+) -> QuotaStatus:
+    """What a store knows (calls and tokens in the current minute window, USD spent on UTC
+    ``day``) set against each limit the caller has; every store reports through this."""
+    limits = caller.limits
+    rpm, tpm, budget = limits.requests_per_minute, limits.tokens_per_minute, limits.usd_per_day
+    return QuotaStatus(
+        caller_id=caller.id,
+        requests_per_minute=(
+            None if rpm is None else LimitUsage(rpm, requests, max(rpm - requests, 0), window_reset)
+        ),
+        tokens_per_minute=(
+            None if tpm is None else LimitUsage(tpm, tokens, max(tpm - tokens, 0), window_reset)
+        ),
+        usd_per_day=(
+            None
+            if budget is None
+            else LimitUsage(
+                budget, spent, max(budget - spent, Decimal(0)), epoch_to_datetime(day_end(day))
+            )
+        ),
+    )
+
+
 def check_reservation_args(tokens: int, usd: Decimal) -> None:
     if tokens < 0:
         raise ValueError("tokens must not be negative")

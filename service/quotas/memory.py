@@ -19,7 +19,6 @@ from service.domain.callers import Caller
 from service.domain.quotas import (
     MINUTE_S,
     Breach,
-    LimitUsage,
     QuotaLimit,
     QuotaStatus,
     Reservation,
@@ -27,6 +26,7 @@ from service.domain.quotas import (
     day_end,
     epoch_to_datetime,
     quota_exceeded,
+    quota_status,
     utc_day,
 )
 
@@ -122,34 +122,18 @@ class MemoryQuotaStore:
         await self.settle(reservation, tokens=0, usd=Decimal(0))
 
     async def status(self, caller: Caller) -> QuotaStatus:
-        limits = caller.limits
         state = self._callers.setdefault(caller.id, _CallerState())
         now = max(self._clock(), state.latest)
         self._trim(state, now)
-        count, used = len(state.order), state.window_tokens
         newest = state.entries[state.order[-1]].at if state.order else None
-        window_reset = epoch_to_datetime(now if newest is None else newest + MINUTE_S)
         day = utc_day(now)
-        spent = state.spent.get(day, Decimal(0))
-        rpm, tpm, budget = limits.requests_per_minute, limits.tokens_per_minute, limits.usd_per_day
-        return QuotaStatus(
-            caller_id=caller.id,
-            requests_per_minute=(
-                None if rpm is None else LimitUsage(rpm, count, max(rpm - count, 0), window_reset)
-            ),
-            tokens_per_minute=(
-                None if tpm is None else LimitUsage(tpm, used, max(tpm - used, 0), window_reset)
-            ),
-            usd_per_day=(
-                None
-                if budget is None
-                else LimitUsage(
-                    budget,
-                    spent,
-                    max(budget - spent, Decimal(0)),
-                    epoch_to_datetime(day_end(day)),
-                )
-            ),
+        return quota_status(
+            caller,
+            requests=len(state.order),
+            tokens=state.window_tokens,
+            window_reset=epoch_to_datetime(now if newest is None else newest + MINUTE_S),
+            spent=state.spent.get(day, Decimal(0)),
+            day=day,
         )
 
     async def close(self) -> None:

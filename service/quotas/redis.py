@@ -52,7 +52,6 @@ from service.domain.quotas import (
     MINUTE_S,
     Breach,
     FailurePolicy,
-    LimitUsage,
     QuotaLimit,
     QuotaStatus,
     Reservation,
@@ -60,6 +59,7 @@ from service.domain.quotas import (
     day_end,
     epoch_to_datetime,
     quota_exceeded,
+    quota_status,
     utc_day,
 )
 from service.errors import ServiceUnavailableError
@@ -348,28 +348,13 @@ class RedisQuotaStore:
         except _StoreDownError as exc:
             raise self._unavailable() from exc
         count, used, newest_ms, spent_nano = (int(v) for v in reply[:4])
-        window_reset = epoch_to_datetime(now if newest_ms < 0 else newest_ms / 1000 + MINUTE_S)
-        spent = _from_nano(spent_nano)
-        limits = caller.limits
-        rpm, tpm, budget = limits.requests_per_minute, limits.tokens_per_minute, limits.usd_per_day
-        return QuotaStatus(
-            caller_id=caller.id,
-            requests_per_minute=(
-                None if rpm is None else LimitUsage(rpm, count, max(rpm - count, 0), window_reset)
-            ),
-            tokens_per_minute=(
-                None if tpm is None else LimitUsage(tpm, used, max(tpm - used, 0), window_reset)
-            ),
-            usd_per_day=(
-                None
-                if budget is None
-                else LimitUsage(
-                    budget,
-                    spent,
-                    max(budget - spent, Decimal(0)),
-                    epoch_to_datetime(day_end(day)),
-                )
-            ),
+        return quota_status(
+            caller,
+            requests=count,
+            tokens=used,
+            window_reset=epoch_to_datetime(now if newest_ms < 0 else newest_ms / 1000 + MINUTE_S),
+            spent=_from_nano(spent_nano),
+            day=day,
         )
 
     async def close(self) -> None:
