@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TypedDict
 
 from service.domain.ports import GenerationStats
 from service.domain.usage import LedgerCounters, UsageRecord, UsageTotals
@@ -65,6 +66,18 @@ RECORD_COLUMNS = (
     "reconciled",
 )
 """A usage record's columns in both SQL stores, in the order of their row tuples."""
+
+
+class QueuePolicy(TypedDict, total=False):
+    """``BatchingLedger``'s queueing knobs, passed through by each backend's constructor (the
+    defaults live in ``BatchingLedger.__init__`` only)."""
+
+    max_pending: int
+    batch_size: int
+    linger_s: float
+    close_timeout_s: float
+    retry_max_s: float
+    warn_interval_s: float
 
 
 class BatchingLedger(abc.ABC):

@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Unpack
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from service.domain.ports import GenerationStats
 from service.domain.usage import UsageRecord, UsageTotals, cost_from_stats
-from service.ledger.batching import RECORD_COLUMNS, BatchingLedger
+from service.ledger.batching import RECORD_COLUMNS, BatchingLedger, QueuePolicy
 
 _MIGRATION_LOCK = 0x4C4C4D47_4C454447  # "LLMGLEDG": any constant unique to this schema
 """Advisory lock key that serialises schema migrations between replicas."""
@@ -151,21 +152,11 @@ class PostgresLedger(BatchingLedger):
         self,
         dsn: str,
         *,
-        max_pending: int = 100_000,
-        batch_size: int = 500,
-        linger_s: float = 0.05,
-        close_timeout_s: float = 10.0,
-        retry_max_s: float = 5.0,
         pool_size: int = 4,
         command_timeout_s: float = 10.0,
+        **policy: Unpack[QueuePolicy],
     ) -> None:
-        super().__init__(
-            max_pending=max_pending,
-            batch_size=batch_size,
-            linger_s=linger_s,
-            close_timeout_s=close_timeout_s,
-            retry_max_s=retry_max_s,
-        )
+        super().__init__(**policy)
         self._dsn = dsn
         self._pool_size = pool_size
         self._command_timeout_s = command_timeout_s

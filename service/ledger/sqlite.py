@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, Unpack, cast
 
 from service.domain.ports import GenerationStats
 from service.domain.usage import UsageRecord, UsageTotals, cost_from_stats
-from service.ledger.batching import RECORD_COLUMNS, BatchingLedger
+from service.ledger.batching import RECORD_COLUMNS, BatchingLedger, QueuePolicy
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -172,20 +172,10 @@ class SqliteLedger(BatchingLedger):
         self,
         path: str | Path,
         *,
-        max_pending: int = 100_000,
-        batch_size: int = 500,
-        linger_s: float = 0.05,
-        close_timeout_s: float = 10.0,
-        retry_max_s: float = 5.0,
         busy_timeout_s: float = 5.0,
+        **policy: Unpack[QueuePolicy],
     ) -> None:
-        super().__init__(
-            max_pending=max_pending,
-            batch_size=batch_size,
-            linger_s=linger_s,
-            close_timeout_s=close_timeout_s,
-            retry_max_s=retry_max_s,
-        )
+        super().__init__(**policy)
         self._path = Path(path)
         self._busy_timeout_s = busy_timeout_s
         self._executor: ThreadPoolExecutor | None = None
