@@ -225,6 +225,17 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
         if self._on_finish is not None:
             self._on_finish(record, code)
 
+    def _end(
+        self, context: Context, record: CallRecord, observed: RpcCall, code: grpc.StatusCode
+    ) -> None:
+        """The last step of every RPC's frame: account it (unless a failure already did) and
+        count it out of the calls in flight."""
+        if code is grpc.StatusCode.OK and not record.finished:
+            self._close_after_answer(record, observed)
+        else:
+            self._close(context, record, observed, code)
+            self._leave()
+
     def _close_after_answer(self, record: CallRecord, observed: RpcCall) -> None:
         """Account a successful RPC once its answer is on its way, and only then count it
         out of the calls in flight (a drain must not stop the ledger before its row).
@@ -273,11 +284,7 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
             await self._crash(context, record, observed, error)
             raise
         finally:
-            if code is grpc.StatusCode.OK and not record.finished:
-                self._close_after_answer(record, observed)
-            else:
-                self._close(context, record, observed, code)
-                self._leave()
+            self._end(context, record, observed, code)
 
     # --- RPCs ------------------------------------------------------------------------
 
@@ -348,11 +355,7 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
             code = grpc.StatusCode.INTERNAL
             await self._crash(context, record, observed, error)
         finally:
-            if code is grpc.StatusCode.OK and not record.finished:
-                self._close_after_answer(record, observed)
-            else:
-                self._close(context, record, observed, code)
-                self._leave()
+            self._end(context, record, observed, code)
 
     async def ListModels(  # type: ignore[override]
         self, request: pb.ListModelsRequest, context: Context
