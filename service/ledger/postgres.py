@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import Unpack
 
 import asyncpg
@@ -89,31 +90,14 @@ _RECONCILE = """
 _MISS = "UPDATE usage_records SET reconcile_attempts = reconcile_attempts + 1 WHERE request_id = $1"
 
 
+# asyncpg binds every field as is (timestamptz, numeric, boolean): the row is the record's
+# fields in RECORD_COLUMNS order, the same list _from_row reads back by name.
+_FIELDS = attrgetter(*RECORD_COLUMNS)
+
+
 def _to_row(record: UsageRecord) -> tuple[object, ...]:
-    return (
-        record.request_id,
-        record.time,
-        record.caller_id,
-        record.rpc,
-        record.requested_model,
-        record.status,
-        record.end_user_id,
-        record.served_model,
-        record.provider,
-        record.generation_id,
-        record.prompt_tokens,
-        record.completion_tokens,
-        record.reasoning_tokens,
-        record.cached_tokens,
-        record.cost_usd,
-        record.latency_ms,
-        record.ttft_ms,
-        record.retries,
-        record.fallback_used,
-        record.repair_used,
-        record.cancelled,
-        record.reconciled,
-    )
+    row: tuple[object, ...] = _FIELDS(record)
+    return row
 
 
 def _from_row(row: asyncpg.Record) -> UsageRecord:
