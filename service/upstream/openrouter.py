@@ -474,12 +474,8 @@ class OpenRouterClient:
                 body = await response.read()
             clean = True
             return _Reply(response.status, body, response.headers)
-        except TimeoutError as exc:
-            if timer.expired():
-                raise deadline_error() from exc
-            raise _transport_error(exc) from exc
-        except aiohttp.ClientError as exc:
-            raise _transport_error(exc) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _attempt_failure(exc, timer) from exc
         finally:
             if response is not None:
                 if clean:
@@ -508,12 +504,8 @@ class OpenRouterClient:
                     raise protocol_error(f"expected an event stream, got {response.content_type}")
             opened, response = response, None
             return opened
-        except TimeoutError as exc:
-            if timer.expired():
-                raise deadline_error() from exc
-            raise _transport_error(exc) from exc
-        except aiohttp.ClientError as exc:
-            raise _transport_error(exc) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _attempt_failure(exc, timer) from exc
         finally:
             if response is not None:
                 response.close()
@@ -648,6 +640,13 @@ def _copy_stream_stats(assembler: StreamAssembler, stats: CallStats) -> None:
         stats.usage = assembler.usage
     if stats.first_token_at is None:
         stats.first_token_at = assembler.first_token_at
+
+
+def _attempt_failure(exc: BaseException, timer: asyncio.Timeout) -> GatewayError:
+    """Our own deadline when it is the timer that expired, else the transport's failure."""
+    if isinstance(exc, TimeoutError) and timer.expired():
+        return deadline_error()
+    return _transport_error(exc)
 
 
 def _transport_error(exc: BaseException) -> UpstreamError:
