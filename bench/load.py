@@ -276,18 +276,36 @@ async def _http(job: Job, tally: Tally, *, stream: bool) -> None:
         await _run_workers(job, tally, worker)
 
 
+def _sync_channels(job: Job) -> list[grpc.Channel]:
+    """The synchronous API's channels, each its own connection (own subchannel pool)."""
+    return [
+        grpc.insecure_channel(
+            job.address, options=[("grpc.use_local_subchannel_pool", 1), ("bench.channel", i)]
+        )
+        for i in range(_channel_count(job))
+    ]
+
+
+def _run_threads(job: Job, worker: Callable[[int], None], channels: Sequence[grpc.Channel]) -> None:
+    """One thread per caller until the job's window is over, then close the channels."""
+    import threading
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(job.concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=job.warmup_s + job.duration_s + _DRAIN_S)
+    for channel in channels:
+        channel.close()
+
+
 def _grpc_unary_sync(job: Job, tally: Tally) -> None:
     """The synchronous API, one thread per caller: to compare the generator's cost."""
     import threading
 
     request = _request_bytes(job, stream=False)
     metadata = (("authorization", f"Bearer {job.caller_key}"),)
-    channels = [
-        grpc.insecure_channel(
-            job.address, options=[("grpc.use_local_subchannel_pool", 1), ("bench.channel", i)]
-        )
-        for i in range(_channel_count(job))
-    ]
+    channels = _sync_channels(job)
     calls: list[grpc.UnaryUnaryMultiCallable[bytes, bytes]] = [
         channel.unary_unary(COMPLETE) for channel in channels
     ]
@@ -309,13 +327,7 @@ def _grpc_unary_sync(job: Job, tally: Tally) -> None:
             with lock:
                 tally.record(started, ended)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(job.concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=job.warmup_s + job.duration_s + _DRAIN_S)
-    for channel in channels:
-        channel.close()
+    _run_threads(job, worker, channels)
 
 
 def _grpc_stream_sync(job: Job, tally: Tally) -> None:
@@ -324,12 +336,7 @@ def _grpc_stream_sync(job: Job, tally: Tally) -> None:
 
     request = _request_bytes(job, stream=True)
     metadata = (("authorization", f"Bearer {job.caller_key}"),)
-    channels = [
-        grpc.insecure_channel(
-            job.address, options=[("grpc.use_local_subchannel_pool", 1), ("bench.channel", i)]
-        )
-        for i in range(_channel_count(job))
-    ]
+    channels = _sync_channels(job)
     calls: list[grpc.UnaryStreamMultiCallable[bytes, bytes]] = [
         channel.unary_stream(STREAM) for channel in channels
     ]
@@ -367,13 +374,7 @@ def _grpc_stream_sync(job: Job, tally: Tally) -> None:
                 else:
                     tally.record(started, ended, first)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(job.concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=job.warmup_s + job.duration_s + _DRAIN_S)
-    for channel in channels:
-        channel.close()
+    _run_threads(job, worker, channels)
 
 
 def read_rss_kb(pid: int) -> int:
