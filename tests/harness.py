@@ -55,6 +55,15 @@ class Harness:
     finish_signal: asyncio.Event = field(default_factory=asyncio.Event)
     """Set whenever a call is appended to ``finished``."""
 
+    async def rows_written(self, rpcs: int) -> None:
+        """Return once the server has finished ``rpcs`` RPCs and their rows are written.
+
+        A failed RPC's status reaches the client before its row is queued (``context.abort``
+        sends it; the servicer accounts the call as it unwinds), so a client that has seen the
+        error cannot just flush the ledger: it waits for the finish hook first."""
+        await self.wait_finished(rpcs)
+        await self.server.ledger.flush()
+
     async def wait_finished(
         self,
         count: int = 1,
@@ -100,40 +109,47 @@ async def serve_gateway(
     """A gateway in front of a simulator the caller runs, so a test can stop the upstream.
 
     ``telemetry`` (e.g. with in-memory exporters) is the test's to read and shut down."""
-    # Overrides replace the defaults (a plain **-merge would raise on a repeated name).
-    or_values: dict[str, Any] = {
-        "api_key": SecretStr(UPSTREAM_KEY),
-        "base_url": AnyHttpUrl(sim.base_url),
-        "default_model": "openai/gpt-4o-mini",
-        "timeout_ms": 10_000,
-        "max_retries": 2,
-        "backoff_base_ms": 10,
-        "backoff_max_ms": 50,
-        "retry_after_cap_ms": 2_000,
-        **(openrouter or {}),
-    }
-    or_settings = OpenRouterSettings(**or_values)
     with tempfile.TemporaryDirectory(prefix="llmgw-test-") as ledger_dir:
-        async with _serve(sim, ledger_dir, callers, gateway, or_settings, telemetry) as harness:
+        async with serve_gateway_with_ledger(
+            sim,
+            Path(ledger_dir) / "usage.sqlite3",
+            callers=callers,
+            gateway=gateway,
+            openrouter=openrouter,
+            telemetry=telemetry,
+        ) as harness:
             yield harness
 
 
 @asynccontextmanager
-async def _serve(
+async def serve_gateway_with_ledger(
     sim: RunningSimulator,
-    ledger_dir: str,
-    callers: Sequence[Caller] | None,
-    gateway: dict[str, Any] | None,
-    or_settings: OpenRouterSettings,
-    telemetry: Telemetry | None,
+    ledger_path: Path,
+    *,
+    callers: Sequence[Caller] | None = None,
+    gateway: dict[str, Any] | None = None,
+    openrouter: dict[str, Any] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Harness]:
+    """``serve_gateway`` with its SQLite ledger at ``ledger_path``, for a test that reads the
+    rows back or shares the file between two gateways."""
+    # Overrides replace the defaults (a plain **-merge would raise on a repeated name).
+    or_settings = OpenRouterSettings(
+        **{
+            "api_key": SecretStr(UPSTREAM_KEY),
+            "base_url": AnyHttpUrl(sim.base_url),
+            "default_model": "openai/gpt-4o-mini",
+            "timeout_ms": 10_000,
+            "max_retries": 2,
+            "backoff_base_ms": 10,
+            "backoff_max_ms": 50,
+            "retry_after_cap_ms": 2_000,
+            **(openrouter or {}),
+        }
+    )
     # Each gateway its own ledger: tests must not share rows, nor touch `make run`'s file.
     gw_settings = GatewaySettings(
-        **{
-            "listen": "127.0.0.1:0",
-            "ledger_path": Path(ledger_dir) / "usage.sqlite3",
-            **(gateway or {}),
-        }
+        **{"listen": "127.0.0.1:0", "ledger_path": ledger_path, **(gateway or {})}
     )
     finished: list[tuple[CallRecord, grpc.StatusCode]] = []
     finish_signal = asyncio.Event()

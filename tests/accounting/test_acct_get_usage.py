@@ -61,7 +61,7 @@ async def test_each_caller_sees_only_its_own_usage_and_quotas(tmp_path: Path) ->
         )
         # The refused call's status goes out before its row is queued: wait for the row, so
         # the counts below do not depend on that race.
-        await gw.log.wait_for(4)
+        await gw.wait_finished(4)
         request = pb.GetUsageRequest(start_time=since)
         alpha_first = await gw.stub.GetUsage(request, metadata=auth(ALPHA_KEY))
         alpha_second = await gw.stub.GetUsage(request, metadata=auth(ALPHA_KEY))

@@ -18,7 +18,6 @@ from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.simulator import GenerationRecord
 from tests.accounting.support import (
-    AcctHarness,
     Row,
     acct_gateway,
     assert_files_free_of,
@@ -27,7 +26,7 @@ from tests.accounting.support import (
     postgres_rows,
     sqlite_rows,
 )
-from tests.harness import ALPHA_KEY, BETA_KEY, UPSTREAM_KEY, auth, rich_error, user
+from tests.harness import ALPHA_KEY, BETA_KEY, UPSTREAM_KEY, Harness, auth, rich_error, user
 
 CHAT_PATH = "/api/v1/chat/completions"
 # Recognisable prompt text: it must never reach a ledger column.
@@ -67,7 +66,7 @@ class Window:
         assert self.start <= started <= datetime.now(UTC)
 
 
-async def rows_of(gw: AcctHarness, path: Path, rpcs: int = 1) -> dict[str, Row]:
+async def rows_of(gw: Harness, path: Path, rpcs: int = 1) -> dict[str, Row]:
     """The ledger's rows once ``rpcs`` RPCs have finished, checked for secrets."""
     await gw.rows_written(rpcs)
     rows = sqlite_rows(path)
@@ -344,7 +343,7 @@ async def test_a_stream_the_client_cancels_writes_a_cancelled_row_with_its_gener
         assert isinstance(delta, pb.StreamCompleteResponse)
         assert delta.HasField("delta")
         call.cancel()
-        [(_, code)] = await gw.log.wait_for(1)
+        [(_, code)] = await gw.wait_finished(1)
         disconnect = await gw.sim.state.wait_for_disconnect()
         rows = await rows_of(gw, path)
         generation = await gw.sim.state.wait_for_generation(start.start.id)
@@ -373,7 +372,7 @@ async def test_a_client_deadline_on_a_hang_writes_a_deadline_exceeded_row(
     window = Window.open()
     messages = [user(f"{PROMPT} [[sim:hang]]")]
 
-    async def call_with_deadline(gw: AcctHarness) -> None:
+    async def call_with_deadline(gw: Harness) -> None:
         if rpc == "Complete":
             await gw.stub.Complete(
                 pb.CompleteRequest(messages=messages),
@@ -391,7 +390,7 @@ async def test_a_client_deadline_on_a_hang_writes_a_deadline_exceeded_row(
     async with acct_gateway(path) as gw:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call_with_deadline(gw)
-        [(_, code)] = await gw.log.wait_for(1)
+        [(_, code)] = await gw.wait_finished(1)
         rows = await rows_of(gw, path)
 
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -22,13 +22,17 @@ from llmgateway.v1 import completion_service_pb2 as pb
 from service.domain.callers import Caller, CallerLimits, hash_key
 from service.simulator import run_simulator
 from service.simulator.config import SimulatorConfig
-from tests.accounting.support import (
-    AcctHarness,
-    acct_gateway,
-    serve_acct_gateway,
-    sqlite_rows,
+from tests.accounting.support import acct_gateway, sqlite_rows
+from tests.harness import (
+    ALPHA_KEY,
+    BETA_KEY,
+    Harness,
+    RichError,
+    auth,
+    rich_error,
+    serve_gateway_with_ledger,
+    user,
 )
-from tests.harness import ALPHA_KEY, BETA_KEY, RichError, auth, rich_error, user
 
 T = TypeVar("T")
 CHAT_PATH = "/api/v1/chat/completions"
@@ -80,7 +84,7 @@ def quota_violation(error: RichError) -> error_details_pb2.QuotaFailure.Violatio
     return violation
 
 
-def chat_calls(gw: AcctHarness) -> int:
+def chat_calls(gw: Harness) -> int:
     return sum(r.path == CHAT_PATH for r in gw.sim.state.requests)
 
 
@@ -234,10 +238,10 @@ async def test_two_gateways_on_one_redis_share_the_callers_requests_per_minute(
     request = pb.CompleteRequest(messages=[user("Hi [[sim:tokens=2]]")])
     async with (
         run_simulator(SimulatorConfig(keepalive_comments=2)) as sim,
-        serve_acct_gateway(
+        serve_gateway_with_ledger(
             sim, tmp_path / "a.db", callers=callers, gateway={"redis_url": redis_url}
         ) as one,
-        serve_acct_gateway(
+        serve_gateway_with_ledger(
             sim, tmp_path / "b.db", callers=callers, gateway={"redis_url": redis_url}
         ) as two,
     ):

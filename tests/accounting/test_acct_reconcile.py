@@ -35,7 +35,7 @@ async def test_reconciler_replaces_a_cancelled_streams_unknown_cost_by_the_gener
             assert isinstance(delta, pb.StreamCompleteResponse)
             assert delta.HasField("delta")
         call.cancel()
-        [(_, code)] = await gw.log.wait_for(1)
+        [(_, code)] = await gw.wait_finished(1)
         # The simulator records a lost stream's generation (billed for the tokens it sent).
         generation = await gw.sim.state.wait_for_generation(start.start.id)
         await gw.rows_written(1)
