@@ -146,3 +146,26 @@ async def test_an_end_time_not_after_the_start_time_is_invalid(
     [violation] = error.detail(error_details_pb2.BadRequest).field_violations
     assert violation.field == "end_time"
     assert "start_time" in violation.description
+
+
+@pytest.mark.parametrize("rpc", ["Complete", "StreamComplete"])
+async def test_a_successful_call_is_counted_by_the_next_get_usage_without_waiting(
+    tmp_path: Path, rpc: str
+) -> None:
+    # A successful call is accounted just after its answer goes out (not before): the
+    # caller's very next RPC must still find it.
+    async with acct_gateway(tmp_path / "usage.db", callers=CALLERS) as gw:
+        for n in range(3):
+            text = f"Call {n} [[sim:tokens=3]]"
+            if rpc == "Complete":
+                await gw.stub.Complete(
+                    pb.CompleteRequest(messages=[user(text)]), metadata=auth(BETA_KEY)
+                )
+            else:
+                stream = gw.stub.StreamComplete(
+                    pb.StreamCompleteRequest(messages=[user(text)]), metadata=auth(BETA_KEY)
+                )
+                assert [m.WhichOneof("event") async for m in stream][-1] == "end"
+            usage = await gw.stub.GetUsage(pb.GetUsageRequest(), metadata=auth(BETA_KEY))
+            # Every RPC is a row: the n + 1 calls so far and the n GetUsage calls before this.
+            assert usage.request_count == 2 * n + 1
