@@ -10,8 +10,10 @@ BIN := $(VENV)/bin
 BUF := tools/node_modules/.bin/buf
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := tools/node_modules/.installed
+# The Google protos the contract imports, copied from googleapis-common-protos for buf.
+PROTO_INCLUDE := build/proto-include/.installed
 
-.PHONY: help run test lint typecheck proto-lint generate check-generated pytest fmt bench image lock clean
+.PHONY: help run test lint typecheck proto-lint proto-breaking generate check-generated pytest fmt bench image lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -26,10 +28,14 @@ $(NODE_STAMP): tools/package.json tools/package-lock.json
 	cd tools && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+$(PROTO_INCLUDE): $(PY_STAMP) scripts/proto-include.sh
+	rm -rf $(@D) && ./scripts/proto-include.sh $(@D)
+	@touch $@
+
 run: $(PY_STAMP) ## Serve on :50051 (against the built-in OpenRouter simulator when OPENROUTER_API_KEY is unset)
 	$(BIN)/python -m service
 
-test: lint typecheck proto-lint check-generated pytest ## Every check: ruff, mypy, buf, generated code, tests
+test: lint typecheck proto-lint proto-breaking check-generated pytest ## Every check: ruff, mypy, buf lint + breaking, generated code, tests
 
 lint: $(PY_STAMP)
 	$(BIN)/ruff check .
@@ -38,9 +44,12 @@ lint: $(PY_STAMP)
 typecheck: $(PY_STAMP)
 	$(BIN)/mypy
 
-proto-lint: $(NODE_STAMP)
+proto-lint: $(NODE_STAMP) $(PROTO_INCLUDE)
 	$(BUF) lint
-	$(BUF) format --diff --exit-code
+	$(BUF) format --diff --exit-code proto
+
+proto-breaking: $(NODE_STAMP) $(PROTO_INCLUDE) ## buf breaking against the last release tag (v*)
+	BUF=$(BUF) ./scripts/buf-breaking.sh
 
 generate: $(PY_STAMP) ## Regenerate generated/ from proto/
 	./scripts/generate.sh
@@ -54,10 +63,10 @@ pytest: $(PY_STAMP) $(NODE_STAMP)
 	./scripts/ensure-redis.sh
 	$(BIN)/pytest -q
 
-fmt: $(PY_STAMP) $(NODE_STAMP) ## Format Python and proto files
+fmt: $(PY_STAMP) $(NODE_STAMP) $(PROTO_INCLUDE) ## Format Python and proto files
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
-	$(BUF) format -w
+	$(BUF) format -w proto
 
 bench: $(PY_STAMP) ## Benchmarks against the simulator (minutes; not part of make test)
 	$(BIN)/python -m bench
@@ -71,4 +80,4 @@ lock: ## Re-pin requirements.lock from a fresh resolve of pyproject.toml
 	/tmp/llmgw-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 
 clean: ## Remove the virtual environment and installed tools
-	rm -rf $(VENV) tools/node_modules .mypy_cache .ruff_cache
+	rm -rf $(VENV) tools/node_modules .mypy_cache .ruff_cache build/proto-include

@@ -7,8 +7,14 @@ out="${1:-generated}"
 venv_bin=".venv/bin"
 mkdir -p "$out"
 find "$out" -name '*_pb2*' -delete
+# google/api/field_behavior.proto comes from googleapis-common-protos; only our own files are
+# compiled, so the generated code imports google.api.field_behavior_pb2 from that wheel.
+include=$(mktemp -d)
+trap 'rm -rf "$include"' EXIT
+./scripts/proto-include.sh "$include"
 "$venv_bin/python" -m grpc_tools.protoc \
   -Iproto \
+  -I"$include" \
   --python_out="$out" \
   --grpc_python_out="$out" \
   --plugin=protoc-gen-mypy="$venv_bin/protoc-gen-mypy" \

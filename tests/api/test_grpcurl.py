@@ -42,8 +42,16 @@ async def test_grpcurl_lists_and_describes_the_service_by_reflection() -> None:
             "rpc StreamComplete ( .llmgateway.v1.StreamCompleteRequest ) returns "
             "( stream .llmgateway.v1.StreamCompleteResponse );"
         ) in described.stdout
+        # The field behaviours travel with the descriptors (google/api/field_behavior.proto is
+        # served by reflection too, or grpcurl could not print them).
         message = await grpcurl(gw.server.address, "describe", "llmgateway.v1.SamplingParams")
-        assert "optional double temperature = 1;" in message.stdout
+        assert (
+            "optional double temperature = 1 [(.google.api.field_behavior) = OPTIONAL];"
+        ) in message.stdout
+        request = await grpcurl(gw.server.address, "describe", "llmgateway.v1.CompleteRequest")
+        assert (
+            "repeated .llmgateway.v1.Message messages = 3 [(.google.api.field_behavior) = REQUIRED];"
+        ) in request.stdout
 
 
 async def test_grpcurl_calls_complete_and_stream_complete() -> None:

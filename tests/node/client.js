@@ -14,9 +14,12 @@ const protoLoader = require('@grpc/proto-loader');
 const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'proto');
 
 // proto-loader resolves google/protobuf/*.proto (Struct, Timestamp) from the copies bundled
-// with protobufjs, so only our own proto root is needed as an include dir.
+// with protobufjs; google/api/field_behavior.proto comes from PROTO_INCLUDE, a folder written by
+// scripts/proto-include.sh.
+const PROTO_INCLUDE = process.env.PROTO_INCLUDE;
+if (!PROTO_INCLUDE) throw new Error('set PROTO_INCLUDE (see scripts/proto-include.sh)');
 const definition = protoLoader.loadSync('llmgateway/v1/completion_service.proto', {
-  includeDirs: [PROTO_ROOT],
+  includeDirs: [PROTO_ROOT, PROTO_INCLUDE],
   keepCase: true,
   longs: String,
   enums: String,

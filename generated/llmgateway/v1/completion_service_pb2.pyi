@@ -195,13 +195,16 @@ class Message(_message.Message):
     role: Global___Role.ValueType
     """Required. Who wrote this message."""
     content: _builtins.str
-    """Required for every role except an assistant message that carries `tool_calls`. The text of
-    the message. At most `GATEWAY_MAX_MESSAGE_CHARS` characters (default 200,000).
+    """Optional for an assistant message that carries `tool_calls`; required for every other
+    message. The text of the message. At most `GATEWAY_MAX_MESSAGE_CHARS` characters (default
+    200,000).
     """
     name: _builtins.str
     """Optional. A name that tells apart participants of the same role. At most 64 characters."""
     tool_call_id: _builtins.str
-    """Required for `ROLE_TOOL`, empty otherwise. The id of the tool call this message answers."""
+    """Optional; required for `ROLE_TOOL`, empty for every other role. The id of the tool call
+    this message answers.
+    """
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Optional, only for `ROLE_ASSISTANT`. The tool calls the model made in that turn."""
@@ -233,14 +236,14 @@ class ToolCall(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Output only in responses; required in an assistant message of the history. The call's id,
-    which the matching `ROLE_TOOL` message repeats in `tool_call_id`.
+    """Required when sent back in an assistant message of the history; set by the gateway in
+    responses. The call's id, which the matching `ROLE_TOOL` message repeats in `tool_call_id`.
     """
     name: _builtins.str
-    """Output only in responses; required in history. The function's name."""
+    """Required in the history; set by the gateway in responses. The function's name."""
     arguments_json: _builtins.str
-    """Output only in responses; required in history. The arguments as a JSON object in text, as
-    the model wrote them: validate them before use.
+    """Required in the history; set by the gateway in responses. The arguments as a JSON object in
+    text, as the model wrote them: validate them before use.
     """
     def __init__(
         self,
@@ -475,8 +478,9 @@ class CompleteRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Optional. The OpenRouter model id, e.g. `openai/gpt-4o-mini`. Empty: the gateway's
-    default model (see ListModels). Must be allowed for the caller.
+    """Optional. The OpenRouter model id, e.g. `openai/gpt-4o-mini`. Empty: the gateway's default
+    model (see [ListModels][llmgateway.v1.CompletionService.ListModels]). Must be allowed for the
+    caller.
     """
     end_user_id: _builtins.str
     """Optional. The caller's own end user (an opaque id, at most 128 characters). Sent to
@@ -634,22 +638,26 @@ class CompleteStructuredRequest(_message.Message):
     SCHEMA_NAME_FIELD_NUMBER: _builtins.int
     INLINE_SCHEMA_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Optional. As in CompleteRequest.model."""
+    """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
     end_user_id: _builtins.str
-    """Optional. As in CompleteRequest.end_user_id."""
+    """Optional. As in [CompleteRequest.end_user_id][llmgateway.v1.CompleteRequest.end_user_id]."""
     schema_name: _builtins.str
     """A registered, versioned schema, e.g. `chat_reply_v1`. A published version never changes."""
     @_builtins.property
     def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Optional. As in CompleteRequest.fallback_models."""
+        """Optional. As in
+        [CompleteRequest.fallback_models][llmgateway.v1.CompleteRequest.fallback_models].
+        """
 
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
-        """Required. As in CompleteRequest.messages."""
+        """Required. As in [CompleteRequest.messages][llmgateway.v1.CompleteRequest.messages]."""
 
     @_builtins.property
     def sampling(self) -> Global___SamplingParams:
-        """Optional. As in CompleteRequest.sampling; `temperature` defaults to 0 here."""
+        """Optional. As in [CompleteRequest.sampling][llmgateway.v1.CompleteRequest.sampling];
+        `temperature` defaults to 0 here.
+        """
 
     @_builtins.property
     def inline_schema(self) -> Global___InlineJsonSchema:
@@ -768,28 +776,30 @@ class StreamCompleteRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Optional. As in CompleteRequest.model."""
+    """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
     end_user_id: _builtins.str
-    """Optional. As in CompleteRequest.end_user_id."""
+    """Optional. As in [CompleteRequest.end_user_id][llmgateway.v1.CompleteRequest.end_user_id]."""
     @_builtins.property
     def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Optional. As in CompleteRequest.fallback_models."""
+        """Optional. As in
+        [CompleteRequest.fallback_models][llmgateway.v1.CompleteRequest.fallback_models].
+        """
 
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
-        """Required. As in CompleteRequest.messages."""
+        """Required. As in [CompleteRequest.messages][llmgateway.v1.CompleteRequest.messages]."""
 
     @_builtins.property
     def sampling(self) -> Global___SamplingParams:
-        """Optional. As in CompleteRequest.sampling."""
+        """Optional. As in [CompleteRequest.sampling][llmgateway.v1.CompleteRequest.sampling]."""
 
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
-        """Optional. As in CompleteRequest.tools."""
+        """Optional. As in [CompleteRequest.tools][llmgateway.v1.CompleteRequest.tools]."""
 
     @_builtins.property
     def tool_choice(self) -> Global___ToolChoice:
-        """Optional. As in CompleteRequest.tool_choice."""
+        """Optional. As in [CompleteRequest.tool_choice][llmgateway.v1.CompleteRequest.tool_choice]."""
 
     def __init__(
         self,

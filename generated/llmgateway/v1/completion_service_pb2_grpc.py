@@ -33,38 +33,16 @@ class CompletionServiceStub:
     `x-request-id` metadata is echoed back in the response metadata (one is generated when absent)
     and recorded in logs and the usage ledger.
 
-    Error model. Every error carries a `google.rpc.Status` in the `grpc-status-details-bin`
-    trailer with a `google.rpc.ErrorInfo` (domain `llmgateway.v1`, an UPPER_SNAKE `reason`, and
-    metadata such as `upstream_status`, `model`, `request_id`), plus, where they apply,
+    Errors. Every error carries a `google.rpc.Status` in the `grpc-status-details-bin` trailer
+    with a `google.rpc.ErrorInfo` (domain `llmgateway.v1`, an UPPER_SNAKE `reason`, and metadata
+    such as `upstream_status`, `model`, `request_id`), plus, where they apply,
     `google.rpc.BadRequest` (which fields are wrong), `google.rpc.QuotaFailure` (which limit ran
     out) and `google.rpc.RetryInfo` (how long to wait). Only UNAVAILABLE (and RESOURCE_EXHAUSTED
-    after the RetryInfo delay) is safe to retry automatically.
-
-    | failure                                            | code                | ErrorInfo reason               |
-    |----------------------------------------------------|---------------------|--------------------------------|
-    | request invalid (BadRequest names the field)       | INVALID_ARGUMENT    | INVALID_ARGUMENT               |
-    | unknown schema name                                | INVALID_ARGUMENT    | UNKNOWN_SCHEMA                 |
-    | upstream rejected the request (400, 413, 422)      | INVALID_ARGUMENT    | UPSTREAM_BAD_REQUEST, UPSTREAM_PAYLOAD_TOO_LARGE, UPSTREAM_UNPROCESSABLE |
-    | missing caller key / unknown caller key            | UNAUTHENTICATED     | API_KEY_MISSING, API_KEY_INVALID |
-    | model not allowed for this caller or globally      | PERMISSION_DENIED   | MODEL_NOT_ALLOWED              |
-    | input flagged by moderation or a guardrail (403)   | PERMISSION_DENIED   | CONTENT_FLAGGED                |
-    | model not in the gateway's catalog                 | INVALID_ARGUMENT    | INVALID_ARGUMENT (BadRequest: model) |
-    | model unknown upstream or without endpoints (404)  | NOT_FOUND           | UPSTREAM_MODEL_NOT_FOUND       |
-    | caller's own quota or budget used up               | RESOURCE_EXHAUSTED  | QUOTA_EXCEEDED (+ QuotaFailure, RetryInfo) |
-    | upstream rate limit (429)                          | RESOURCE_EXHAUSTED  | UPSTREAM_RATE_LIMITED (+ RetryInfo when known) |
-    | gateway's OpenRouter credits exhausted (402)       | FAILED_PRECONDITION | UPSTREAM_INSUFFICIENT_CREDITS  |
-    | feature the model does not support                 | FAILED_PRECONDITION | UNSUPPORTED_FEATURE            |
-    | structured output invalid after one repair         | FAILED_PRECONDITION | SCHEMA_VALIDATION_FAILED       |
-    | gateway's own OpenRouter key rejected (401, 403)   | INTERNAL            | UPSTREAM_AUTH_FAILED, UPSTREAM_PERMISSION_DENIED |
-    | upstream 5xx, 502, 503, 529, connection failure    | UNAVAILABLE         | UPSTREAM_UNAVAILABLE, UPSTREAM_OVERLOADED, UPSTREAM_CONNECTION_FAILED |
-    | upstream timeout (408, 504, 524, read timeout)     | UNAVAILABLE         | UPSTREAM_TIMEOUT               |
-    | upstream answer not understood                     | UNAVAILABLE         | UPSTREAM_BAD_RESPONSE          |
-    | stream cut before its end                          | UNAVAILABLE         | UPSTREAM_STREAM_TRUNCATED      |
-    | gateway draining or a required store unreachable   | UNAVAILABLE         | SERVICE_UNAVAILABLE, QUOTA_STORE_UNAVAILABLE |
-    | the caller's deadline (or the default timeout)     | DEADLINE_EXCEEDED   | DEADLINE_EXCEEDED              |
+    after the RetryInfo delay) is safe to retry automatically. Which failure maps to which code and
+    reason is listed once, in the "Errors" table of the gateway's README.
 
     A stream that fails after it started ends with the mapped status, never with OK: a stream
-    that ends with OK always delivered its final `StreamEnd` message.
+    that ends with OK always delivered its final [StreamEnd][llmgateway.v1.StreamEnd] message.
     """
 
     def __init__(self, channel):
@@ -108,38 +86,16 @@ class CompletionServiceServicer:
     `x-request-id` metadata is echoed back in the response metadata (one is generated when absent)
     and recorded in logs and the usage ledger.
 
-    Error model. Every error carries a `google.rpc.Status` in the `grpc-status-details-bin`
-    trailer with a `google.rpc.ErrorInfo` (domain `llmgateway.v1`, an UPPER_SNAKE `reason`, and
-    metadata such as `upstream_status`, `model`, `request_id`), plus, where they apply,
+    Errors. Every error carries a `google.rpc.Status` in the `grpc-status-details-bin` trailer
+    with a `google.rpc.ErrorInfo` (domain `llmgateway.v1`, an UPPER_SNAKE `reason`, and metadata
+    such as `upstream_status`, `model`, `request_id`), plus, where they apply,
     `google.rpc.BadRequest` (which fields are wrong), `google.rpc.QuotaFailure` (which limit ran
     out) and `google.rpc.RetryInfo` (how long to wait). Only UNAVAILABLE (and RESOURCE_EXHAUSTED
-    after the RetryInfo delay) is safe to retry automatically.
-
-    | failure                                            | code                | ErrorInfo reason               |
-    |----------------------------------------------------|---------------------|--------------------------------|
-    | request invalid (BadRequest names the field)       | INVALID_ARGUMENT    | INVALID_ARGUMENT               |
-    | unknown schema name                                | INVALID_ARGUMENT    | UNKNOWN_SCHEMA                 |
-    | upstream rejected the request (400, 413, 422)      | INVALID_ARGUMENT    | UPSTREAM_BAD_REQUEST, UPSTREAM_PAYLOAD_TOO_LARGE, UPSTREAM_UNPROCESSABLE |
-    | missing caller key / unknown caller key            | UNAUTHENTICATED     | API_KEY_MISSING, API_KEY_INVALID |
-    | model not allowed for this caller or globally      | PERMISSION_DENIED   | MODEL_NOT_ALLOWED              |
-    | input flagged by moderation or a guardrail (403)   | PERMISSION_DENIED   | CONTENT_FLAGGED                |
-    | model not in the gateway's catalog                 | INVALID_ARGUMENT    | INVALID_ARGUMENT (BadRequest: model) |
-    | model unknown upstream or without endpoints (404)  | NOT_FOUND           | UPSTREAM_MODEL_NOT_FOUND       |
-    | caller's own quota or budget used up               | RESOURCE_EXHAUSTED  | QUOTA_EXCEEDED (+ QuotaFailure, RetryInfo) |
-    | upstream rate limit (429)                          | RESOURCE_EXHAUSTED  | UPSTREAM_RATE_LIMITED (+ RetryInfo when known) |
-    | gateway's OpenRouter credits exhausted (402)       | FAILED_PRECONDITION | UPSTREAM_INSUFFICIENT_CREDITS  |
-    | feature the model does not support                 | FAILED_PRECONDITION | UNSUPPORTED_FEATURE            |
-    | structured output invalid after one repair         | FAILED_PRECONDITION | SCHEMA_VALIDATION_FAILED       |
-    | gateway's own OpenRouter key rejected (401, 403)   | INTERNAL            | UPSTREAM_AUTH_FAILED, UPSTREAM_PERMISSION_DENIED |
-    | upstream 5xx, 502, 503, 529, connection failure    | UNAVAILABLE         | UPSTREAM_UNAVAILABLE, UPSTREAM_OVERLOADED, UPSTREAM_CONNECTION_FAILED |
-    | upstream timeout (408, 504, 524, read timeout)     | UNAVAILABLE         | UPSTREAM_TIMEOUT               |
-    | upstream answer not understood                     | UNAVAILABLE         | UPSTREAM_BAD_RESPONSE          |
-    | stream cut before its end                          | UNAVAILABLE         | UPSTREAM_STREAM_TRUNCATED      |
-    | gateway draining or a required store unreachable   | UNAVAILABLE         | SERVICE_UNAVAILABLE, QUOTA_STORE_UNAVAILABLE |
-    | the caller's deadline (or the default timeout)     | DEADLINE_EXCEEDED   | DEADLINE_EXCEEDED              |
+    after the RetryInfo delay) is safe to retry automatically. Which failure maps to which code and
+    reason is listed once, in the "Errors" table of the gateway's README.
 
     A stream that fails after it started ends with the mapped status, never with OK: a stream
-    that ends with OK always delivered its final `StreamEnd` message.
+    that ends with OK always delivered its final [StreamEnd][llmgateway.v1.StreamEnd] message.
     """
 
     def Complete(self, request, context):
@@ -226,38 +182,16 @@ class CompletionService:
     `x-request-id` metadata is echoed back in the response metadata (one is generated when absent)
     and recorded in logs and the usage ledger.
 
-    Error model. Every error carries a `google.rpc.Status` in the `grpc-status-details-bin`
-    trailer with a `google.rpc.ErrorInfo` (domain `llmgateway.v1`, an UPPER_SNAKE `reason`, and
-    metadata such as `upstream_status`, `model`, `request_id`), plus, where they apply,
+    Errors. Every error carries a `google.rpc.Status` in the `grpc-status-details-bin` trailer
+    with a `google.rpc.ErrorInfo` (domain `llmgateway.v1`, an UPPER_SNAKE `reason`, and metadata
+    such as `upstream_status`, `model`, `request_id`), plus, where they apply,
     `google.rpc.BadRequest` (which fields are wrong), `google.rpc.QuotaFailure` (which limit ran
     out) and `google.rpc.RetryInfo` (how long to wait). Only UNAVAILABLE (and RESOURCE_EXHAUSTED
-    after the RetryInfo delay) is safe to retry automatically.
-
-    | failure                                            | code                | ErrorInfo reason               |
-    |----------------------------------------------------|---------------------|--------------------------------|
-    | request invalid (BadRequest names the field)       | INVALID_ARGUMENT    | INVALID_ARGUMENT               |
-    | unknown schema name                                | INVALID_ARGUMENT    | UNKNOWN_SCHEMA                 |
-    | upstream rejected the request (400, 413, 422)      | INVALID_ARGUMENT    | UPSTREAM_BAD_REQUEST, UPSTREAM_PAYLOAD_TOO_LARGE, UPSTREAM_UNPROCESSABLE |
-    | missing caller key / unknown caller key            | UNAUTHENTICATED     | API_KEY_MISSING, API_KEY_INVALID |
-    | model not allowed for this caller or globally      | PERMISSION_DENIED   | MODEL_NOT_ALLOWED              |
-    | input flagged by moderation or a guardrail (403)   | PERMISSION_DENIED   | CONTENT_FLAGGED                |
-    | model not in the gateway's catalog                 | INVALID_ARGUMENT    | INVALID_ARGUMENT (BadRequest: model) |
-    | model unknown upstream or without endpoints (404)  | NOT_FOUND           | UPSTREAM_MODEL_NOT_FOUND       |
-    | caller's own quota or budget used up               | RESOURCE_EXHAUSTED  | QUOTA_EXCEEDED (+ QuotaFailure, RetryInfo) |
-    | upstream rate limit (429)                          | RESOURCE_EXHAUSTED  | UPSTREAM_RATE_LIMITED (+ RetryInfo when known) |
-    | gateway's OpenRouter credits exhausted (402)       | FAILED_PRECONDITION | UPSTREAM_INSUFFICIENT_CREDITS  |
-    | feature the model does not support                 | FAILED_PRECONDITION | UNSUPPORTED_FEATURE            |
-    | structured output invalid after one repair         | FAILED_PRECONDITION | SCHEMA_VALIDATION_FAILED       |
-    | gateway's own OpenRouter key rejected (401, 403)   | INTERNAL            | UPSTREAM_AUTH_FAILED, UPSTREAM_PERMISSION_DENIED |
-    | upstream 5xx, 502, 503, 529, connection failure    | UNAVAILABLE         | UPSTREAM_UNAVAILABLE, UPSTREAM_OVERLOADED, UPSTREAM_CONNECTION_FAILED |
-    | upstream timeout (408, 504, 524, read timeout)     | UNAVAILABLE         | UPSTREAM_TIMEOUT               |
-    | upstream answer not understood                     | UNAVAILABLE         | UPSTREAM_BAD_RESPONSE          |
-    | stream cut before its end                          | UNAVAILABLE         | UPSTREAM_STREAM_TRUNCATED      |
-    | gateway draining or a required store unreachable   | UNAVAILABLE         | SERVICE_UNAVAILABLE, QUOTA_STORE_UNAVAILABLE |
-    | the caller's deadline (or the default timeout)     | DEADLINE_EXCEEDED   | DEADLINE_EXCEEDED              |
+    after the RetryInfo delay) is safe to retry automatically. Which failure maps to which code and
+    reason is listed once, in the "Errors" table of the gateway's README.
 
     A stream that fails after it started ends with the mapped status, never with OK: a stream
-    that ends with OK always delivered its final `StreamEnd` message.
+    that ends with OK always delivered its final [StreamEnd][llmgateway.v1.StreamEnd] message.
     """
 
     @staticmethod
