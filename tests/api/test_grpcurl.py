@@ -50,7 +50,8 @@ async def test_grpcurl_lists_and_describes_the_service_by_reflection() -> None:
         ) in message.stdout
         request = await grpcurl(gw.server.address, "describe", "llmgateway.v1.CompleteRequest")
         assert (
-            "repeated .llmgateway.v1.Message messages = 3 [(.google.api.field_behavior) = REQUIRED];"
+            "repeated .llmgateway.v1.Message messages = 3 "
+            "[(.google.api.field_behavior) = REQUIRED];"
         ) in request.stdout
 
 
