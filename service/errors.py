@@ -156,9 +156,15 @@ class InternalError(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """OpenRouter (or the provider behind it) failed; ``status`` is the HTTP or error code."""
+    """OpenRouter (or the provider behind it) failed; ``status`` is the HTTP or error code.
+
+    ``resend`` says whether the OpenRouter client sends the failed attempt again itself
+    (with backoff, before anything reached the caller). It is narrower than ``retryable``:
+    an unreadable answer may already have been billed, so resending it is the caller's call.
+    """
 
     reason = "UPSTREAM_ERROR"
+    resend: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -201,11 +207,13 @@ class UpstreamModelNotFoundError(UpstreamError):
 class UpstreamRateLimitError(UpstreamError):
     reason = "UPSTREAM_RATE_LIMITED"
     retryable = True
+    resend = True
 
 
 class UpstreamUnavailableError(UpstreamError):
     reason = "UPSTREAM_UNAVAILABLE"
     retryable = True
+    resend = True
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -216,3 +224,4 @@ class UpstreamProtocolError(UpstreamError):
 class StreamTruncatedError(UpstreamError):
     reason = "UPSTREAM_STREAM_TRUNCATED"
     retryable = True
+    resend = True

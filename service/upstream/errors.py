@@ -1,9 +1,10 @@
 """The one table from OpenRouter failures (HTTP status, error body, transport) to domain errors.
 
 Everything that turns an upstream failure into a ``service.errors`` class goes through here,
-so the mapping is read (and tested) in one place::
+so the mapping is read (and tested) in one place. ``_BY_STATUS`` and ``_BY_EXCEPTION`` are
+that table as data::
 
-    status                      class                       reason
+    failure                     class                       reason
     400, other 4xx              UpstreamBadRequestError     UPSTREAM_BAD_REQUEST
     413                         UpstreamBadRequestError     UPSTREAM_PAYLOAD_TOO_LARGE
     422                         UpstreamBadRequestError     UPSTREAM_UNPROCESSABLE
@@ -23,6 +24,8 @@ so the mapping is read (and tested) in one place::
     budget/deadline exhausted   DeadlineExceededError       DEADLINE_EXCEEDED
     unparseable 200 answer      UpstreamProtocolError       UPSTREAM_BAD_RESPONSE
 
+Whether the client sends a failed attempt again is the class's ``resend`` flag, nothing else.
+
 The status comes from ``error.code`` (int, digit string, or a name such as ``server_error``),
 else ``error.http_status`` (the 2026 availability shape), else the HTTP status. Messages are
 our own words plus OpenRouter's short ``error.message``, scrubbed and capped; never the raw
@@ -36,12 +39,15 @@ import math
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
+import aiohttp
 import orjson
 
 from service.errors import (
     DeadlineExceededError,
+    GatewayError,
     ModerationError,
     StreamTruncatedError,
     UpstreamAuthError,
@@ -63,9 +69,6 @@ REASON_PERMISSION_DENIED: Final = "UPSTREAM_PERMISSION_DENIED"
 REASON_TIMEOUT: Final = "UPSTREAM_TIMEOUT"
 REASON_OVERLOADED: Final = "UPSTREAM_OVERLOADED"
 REASON_CONNECTION_FAILED: Final = "UPSTREAM_CONNECTION_FAILED"
-
-RETRYABLE_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 524, 529})
-"""Statuses an attempt is retried on (with backoff); 504 is added as a gateway timeout."""
 
 # Names seen in place of a numeric ``error.code`` (old docs) or in ``metadata.error_type``.
 _CODE_NAMES: Final[Mapping[str, int]] = {
@@ -155,13 +158,6 @@ def protocol_error(what: str, *, status: int | None = None) -> UpstreamProtocolE
 
 def truncated_error() -> StreamTruncatedError:
     return StreamTruncatedError("the OpenRouter stream ended before it was complete")
-
-
-def is_retryable(error: Exception) -> bool:
-    """Whether a failed attempt may be sent again (before anything was relayed)."""
-    return isinstance(
-        error, UpstreamRateLimitError | UpstreamUnavailableError | StreamTruncatedError
-    )
 
 
 def parse_retry_after(value: object) -> float | None:
@@ -309,6 +305,100 @@ def _moderation(error: Mapping[str, Any] | None) -> tuple[str, str] | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """One row of the table: the class to raise, its reason when it refines the class's own,
+    and our words for it."""
+
+    cls: type[UpstreamError]
+    message: str
+    reason: str | None = None
+
+
+_BAD_REQUEST: Final = _Failure(UpstreamBadRequestError, "OpenRouter rejected the request")
+_UNAVAILABLE: Final = _Failure(
+    UpstreamUnavailableError, "OpenRouter or its provider is unavailable"
+)
+_TIMED_OUT: Final = _Failure(UpstreamUnavailableError, "OpenRouter timed out", REASON_TIMEOUT)
+
+# HTTP statuses (or ``error.code``) with a row of their own; other 4xx and 5xx take the
+# rows above, and 403 is first checked for a moderation or guardrail block.
+_BY_STATUS: Final[Mapping[int, _Failure]] = {
+    401: _Failure(UpstreamAuthError, "OpenRouter rejected the gateway's API key"),
+    402: _Failure(UpstreamPaymentError, "the OpenRouter account has too few credits"),
+    403: _Failure(
+        UpstreamAuthError,
+        "OpenRouter denied the gateway's API key permission",
+        REASON_PERMISSION_DENIED,
+    ),
+    404: _Failure(UpstreamModelNotFoundError, "the model was not found upstream"),
+    408: _TIMED_OUT,
+    413: _Failure(
+        UpstreamBadRequestError,
+        "the request is too large for OpenRouter",
+        REASON_PAYLOAD_TOO_LARGE,
+    ),
+    422: _Failure(
+        UpstreamBadRequestError,
+        "OpenRouter could not process the request",
+        REASON_UNPROCESSABLE,
+    ),
+    429: _Failure(UpstreamRateLimitError, "OpenRouter rate limit reached"),
+    504: _TIMED_OUT,
+    524: _TIMED_OUT,
+    529: _Failure(
+        UpstreamUnavailableError, "the upstream provider is overloaded", REASON_OVERLOADED
+    ),
+}
+
+_READ_TIMEOUT: Final = _Failure(
+    UpstreamUnavailableError, "no data from OpenRouter within the read timeout", REASON_TIMEOUT
+)
+
+# Failures below HTTP, looked up along the exception's MRO (so the most specific row wins:
+# aiohttp's timeouts are also ClientErrors). A ClientError without a row of its own is a
+# connection failure named by its type.
+_BY_EXCEPTION: Final[Mapping[type[BaseException], _Failure]] = {
+    aiohttp.ConnectionTimeoutError: _Failure(
+        UpstreamUnavailableError,
+        "could not reach OpenRouter: connecting timed out",
+        REASON_CONNECTION_FAILED,
+    ),
+    aiohttp.ServerTimeoutError: _READ_TIMEOUT,
+    TimeoutError: _READ_TIMEOUT,
+    aiohttp.ClientConnectorError: _Failure(
+        UpstreamUnavailableError,
+        "could not reach OpenRouter: the connection was refused or could not be made",
+        REASON_CONNECTION_FAILED,
+    ),
+    aiohttp.ServerDisconnectedError: _Failure(
+        UpstreamUnavailableError,
+        "could not reach OpenRouter: the server closed the connection",
+        REASON_CONNECTION_FAILED,
+    ),
+    aiohttp.ClientPayloadError: _Failure(
+        UpstreamUnavailableError,
+        "could not reach OpenRouter: the connection closed mid-answer",
+        REASON_CONNECTION_FAILED,
+    ),
+}
+
+
+def attempt_failure(exc: BaseException, *, deadline_passed: bool) -> GatewayError:
+    """A failed attempt below HTTP (``TimeoutError`` or an aiohttp ``ClientError``).
+
+    ``deadline_passed`` says our own budget timer fired: then it is the caller's deadline,
+    not the transport's failure.
+    """
+    if deadline_passed and isinstance(exc, TimeoutError):
+        return deadline_error()
+    for cls in type(exc).__mro__:
+        row = _BY_EXCEPTION.get(cls)
+        if row is not None:
+            return row.cls(row.message, reason=row.reason)
+    return connection_error(type(exc).__name__)
+
+
 def _build(
     status: int,
     error: Mapping[str, Any] | None,
@@ -328,23 +418,6 @@ def _build(
     if retry_after is None:
         retry_after = _retry_after_from_body(error)
 
-    if status == 429:
-        return UpstreamRateLimitError(
-            message("OpenRouter rate limit reached"),
-            status=status,
-            metadata=metadata,
-            retry_after_s=retry_after,
-        )
-    if status == 401:
-        return UpstreamAuthError(
-            message("OpenRouter rejected the gateway's API key"), status=status, metadata=metadata
-        )
-    if status == 402:
-        return UpstreamPaymentError(
-            message("the OpenRouter account has too few credits"),
-            status=status,
-            metadata=metadata,
-        )
     if status == 403:
         flagged = _moderation(error)
         if flagged is not None:
@@ -357,55 +430,20 @@ def _build(
                 else "the request was blocked by a guardrail"
             )
             return ModerationError(message(ours), status=status, metadata=metadata)
-        return UpstreamAuthError(
-            message("OpenRouter denied the gateway's API key permission"),
-            status=status,
-            reason=REASON_PERMISSION_DENIED,
-            metadata=metadata,
-        )
-    if status == 404:
-        return UpstreamModelNotFoundError(
-            message("the model was not found upstream"), status=status, metadata=metadata
-        )
-    if status == 413:
-        return UpstreamBadRequestError(
-            message("the request is too large for OpenRouter"),
-            status=status,
-            reason=REASON_PAYLOAD_TOO_LARGE,
-            metadata=metadata,
-        )
-    if status == 422:
-        return UpstreamBadRequestError(
-            message("OpenRouter could not process the request"),
-            status=status,
-            reason=REASON_UNPROCESSABLE,
-            metadata=metadata,
-        )
-    if status in (408, 504, 524):
-        return UpstreamUnavailableError(
-            message("OpenRouter timed out"),
-            status=status,
-            reason=REASON_TIMEOUT,
-            metadata=metadata,
-            retry_after_s=retry_after,
-        )
-    if status == 529:
-        return UpstreamUnavailableError(
-            message("the upstream provider is overloaded"),
-            status=status,
-            reason=REASON_OVERLOADED,
-            metadata=metadata,
-            retry_after_s=retry_after,
-        )
-    if 400 <= status < 500:
-        return UpstreamBadRequestError(
-            message("OpenRouter rejected the request"), status=status, metadata=metadata
-        )
-    if 500 <= status < 600:
-        return UpstreamUnavailableError(
-            message("OpenRouter or its provider is unavailable"),
-            status=status,
-            metadata=metadata,
-            retry_after_s=retry_after,
-        )
-    return protocol_error(f"unexpected HTTP status {status}", status=status)
+    row = _BY_STATUS.get(status)
+    if row is None:
+        if 400 <= status < 500:
+            row = _BAD_REQUEST
+        elif 500 <= status < 600:
+            row = _UNAVAILABLE
+        else:
+            return protocol_error(f"unexpected HTTP status {status}", status=status)
+    # A delay is only worth passing on where waiting can help.
+    delay = retry_after if row.cls.resend else None
+    return row.cls(
+        message(row.message),
+        status=status,
+        reason=row.reason,
+        metadata=metadata,
+        retry_after_s=delay,
+    )

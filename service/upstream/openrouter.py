@@ -1,8 +1,9 @@
 """The OpenRouter HTTP client: one aiohttp session, retries with jittered backoff, SSE relay.
 
 ``OpenRouterClient`` implements ``service.domain.ports.CompletionBackend``. It owns transport
-concerns only (connections, timeouts, retries, cancellation); JSON shapes live in ``wire``,
-SSE framing in ``sse``, stream semantics in ``streaming`` and the error table in ``errors``.
+concerns only (connections, timeouts, cancellation); JSON shapes live in ``wire``, SSE
+framing in ``sse``, stream semantics in ``streaming``, the failure table in ``errors``, the
+retry loop in ``retries`` and the model cache in ``catalog``.
 
 Timing model: ``deadline`` is an absolute ``loop.time()``, infinite when the caller set
 none. The budget is the caller's deadline, or ``start + timeout_ms`` without one. A unary
@@ -18,10 +19,11 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, Protocol, TypeVar
+from typing import Final
 
 import aiohttp
 
@@ -35,83 +37,29 @@ from service.domain.completion import (
 )
 from service.domain.models import ModelInfo
 from service.domain.ports import GenerationStats
-from service.errors import GatewayError, InternalError, UpstreamError
+from service.errors import InternalError, UpstreamError
 from service.upstream import wire
+from service.upstream.catalog import ModelCatalog
 from service.upstream.errors import (
-    connection_error,
+    attempt_failure,
     deadline_error,
     error_from_payload,
     error_from_response,
-    is_retryable,
     protocol_error,
     read_timeout_error,
 )
-from service.upstream.sse import SSEDecoder
+from service.upstream.observer import UNWATCHED, AttemptObserver, UpstreamAttempt
+from service.upstream.retries import Retrier
+from service.upstream.sse import SSEDecoder, SSEEvent
 from service.upstream.streaming import StreamAssembler
 
 logger = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
 _KEEPALIVE_TIMEOUT_S: Final = 30.0
-# Refresh the catalog when this fraction of its TTL has passed, so readers never wait.
-_REFRESH_AT_FRACTION: Final = 0.8
-# After a failed refresh, try again after this fraction of the TTL (the stale list is served).
-_REFRESH_RETRY_FRACTION: Final = 0.1
 # Headers a caller's trace context may not override.
 _PROTECTED_HEADERS: Final = frozenset(
     {"authorization", "content-type", "accept", "http-referer", "x-openrouter-title", "x-title"}
 )
-
-
-class UpstreamAttempt(Protocol):
-    """One attempt of a chat call, as an observer follows it (for telemetry, a client span).
-
-    Exactly one of ``succeeded``, ``retrying`` or ``failed`` is called per attempt.
-    """
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        """Trace context to send with this attempt; it overrides the request's."""
-        ...
-
-    def succeeded(self, stats: CallStats, finish_reason: str) -> None: ...
-
-    def retrying(self, error: UpstreamError, delay_s: float) -> None:
-        """The attempt failed with ``error`` and another follows after ``delay_s``."""
-        ...
-
-    def failed(self, error: BaseException) -> None:
-        """The attempt failed and the call with it (or the caller left: ``CancelledError``)."""
-        ...
-
-
-class AttemptObserver(Protocol):
-    """Watches chat attempts. Defined here so that the upstream layer imports no observer:
-    ``service.telemetry`` implements it and ``service.server`` plugs it in."""
-
-    def attempt(
-        self, request: CompletionRequest, number: int, *, url: str, stream: bool
-    ) -> UpstreamAttempt: ...
-
-
-class _Unwatched:
-    """The attempt of a client with no observer: adds nothing, records nothing."""
-
-    __slots__ = ()
-    headers: Mapping[str, str] = {}
-
-    def succeeded(self, stats: CallStats, finish_reason: str) -> None:
-        pass
-
-    def retrying(self, error: UpstreamError, delay_s: float) -> None:
-        pass
-
-    def failed(self, error: BaseException) -> None:
-        pass
-
-
-_UNWATCHED: Final = _Unwatched()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,17 +85,11 @@ class OpenRouterClient:
         observer: AttemptObserver | None = None,
     ) -> None:
         self._settings = settings
-        self._rng = rng if rng is not None else random.Random()
+        self._retries = Retrier(settings, rng if rng is not None else random.Random())
         self._observer = observer
         self._base = settings.base
         self._session: aiohttp.ClientSession | None = None
-        self._models: tuple[ModelInfo, ...] | None = None
-        self._models_by_id: dict[str, ModelInfo] = {}
-        self._models_expire_at = 0.0
-        self._models_refresh_at = 0.0
-        self._models_lock = asyncio.Lock()
-        self._models_loaded = asyncio.Event()
-        self._refresh_task: asyncio.Task[None] | None = None
+        self._catalog = ModelCatalog(self._fetch_models, ttl_s=settings.models_ttl_s)
 
     def __repr__(self) -> str:
         state = "open" if self._session is not None else "closed"
@@ -179,21 +121,10 @@ class OpenRouterClient:
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, headers=headers, raise_for_status=False
         )
-        self._refresh_task = asyncio.create_task(
-            self._refresh_models_forever(), name="openrouter-models-refresh"
-        )
+        self._catalog.start()
 
     async def close(self) -> None:
-        task, self._refresh_task = self._refresh_task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                # Re-raise only if *we* are being cancelled, not because of task.cancel().
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+        await self._catalog.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -248,7 +179,7 @@ class OpenRouterClient:
             return completion
 
         try:
-            return await self._with_retries(attempt, budget_end, stats, watch)
+            return await self._retries.run(attempt, budget_end, stats, watch)
         finally:
             stats.upstream_seconds = loop.time() - started
 
@@ -270,66 +201,46 @@ class OpenRouterClient:
         url = f"{self._base}/chat/completions"
         body = wire.encode_body(request, stream=True)
         headers = self._headers(request.trace_headers, accept="text/event-stream")
-        retries = 0
+
+        def watch(number: int) -> UpstreamAttempt:
+            return self._watch(request, number, url=url, stream=True)
+
+        async def attempt(
+            watched: UpstreamAttempt,
+        ) -> tuple[UpstreamAttempt, _StreamBody, list[StreamEvent] | StreamFinished]:
+            # Opening, and reading until the first event: a stream that opens but never
+            # starts must not outlive the budget, and until then a failure may be retried.
+            send = {**headers, **watched.headers} if watched.headers else headers
+            response = await self._open_stream(url, send, body, budget_end)
+            opened = _StreamBody(response, loop.time, stats)
+            try:
+                return watched, opened, await opened.read(budget_end)
+            except BaseException:
+                opened.close()
+                raise
+
         try:
-            while True:
-                stats.attempts += 1
-                watched = self._watch(request, stats.attempts, url=url, stream=True)
-                send = {**headers, **watched.headers} if watched.headers else headers
-                response: aiohttp.ClientResponse | None = None
-                clean = False
-                try:
-                    response = await self._open_stream(url, send, body, budget_end)
-                    decoder = SSEDecoder()
-                    assembler = StreamAssembler(loop.time)
-                    reader = response.content.iter_any()
-                    finished: StreamFinished | None = None
-                    while finished is None:
-                        # Until the first event reaches the caller, the budget bounds the wait:
-                        # a stream that opens but never starts must not outlive timeout_ms.
-                        chunk = await self._next_chunk(
-                            reader, read_deadline if stats.relayed else budget_end, assembler
-                        )
-                        events = decoder.feed(chunk) if chunk else decoder.close()
-                        for sse in events:
-                            try:
-                                produced = assembler.on_event(sse)
-                            finally:
-                                _copy_stream_stats(assembler, stats)
-                            for event in produced:
-                                stats.relayed = True
-                                yield event
-                            if assembler.done:
-                                break
-                        if assembler.done or not chunk:
-                            # [DONE], or EOF: clean if a finish reason came, else truncated.
-                            finished = assembler.finish()
-                    clean = assembler.done
-                except UpstreamError as exc:
-                    # Never retried once an event went out: the caller would see it twice.
-                    delay = self._next_delay(exc, retries, budget_end, watched, not stats.relayed)
-                except BaseException as exc:
-                    watched.failed(exc)
-                    raise
-                else:
-                    # Close before handing over the last event: a caller that stops iterating
-                    # after StreamFinished must not leave the connection held open.
-                    if clean:
-                        response.release()
-                    else:
-                        response.close()
-                    response = None
-                    watched.succeeded(stats, finished.finish_reason.value)
-                    yield finished
-                    return
-                finally:
-                    if response is not None:
-                        # close(), not release(): a half-read body must not go back to the pool,
-                        # and dropping the connection is how OpenRouter learns to stop.
-                        response.close()
-                retries += 1
-                stats.retries = retries
-                await asyncio.sleep(delay)
+            watched, opened, first = await self._retries.run(attempt, budget_end, stats, watch)
+            try:
+                read = first
+                while not isinstance(read, StreamFinished):
+                    for event in read:
+                        stats.relayed = True
+                        yield event
+                    read = await opened.read(read_deadline)
+            except UpstreamError as exc:
+                # Never retried once an event went out: the caller would see it twice.
+                self._retries.fail(exc, watched)
+            except BaseException as exc:
+                watched.failed(exc)
+                raise
+            finally:
+                # close(), not release(): a half-read body must not go back to the pool, and
+                # dropping the connection is how OpenRouter learns to stop. (No-op once the
+                # body finished: it let go of its connection before handing over the end.)
+                opened.close()
+            watched.succeeded(stats, read.finish_reason.value)
+            yield read
         finally:
             stats.upstream_seconds = loop.time() - started
 
@@ -340,27 +251,7 @@ class OpenRouterClient:
 
         When a refresh fails the previous list keeps being served.
         """
-        models = self._models
-        loop = asyncio.get_running_loop()
-        refreshing = self._refresh_task is not None and not self._refresh_task.done()
-        if models is not None and (refreshing or loop.time() < self._models_expire_at):
-            return models
-        async with self._models_lock:
-            if self._models is not None and loop.time() < self._models_expire_at:
-                return self._models
-            try:
-                return await self._fetch_models()
-            except GatewayError as exc:
-                if self._models is None:
-                    raise
-                logger.warning(
-                    "model catalog refresh failed (%s); serving the cached list", exc.reason
-                )
-                return self._models
-
-    async def get_model(self, model_id: str) -> ModelInfo | None:
-        await self.list_models()
-        return self._models_by_id.get(model_id)
+        return await self._catalog.models()
 
     async def get_generation(
         self, generation_id: str, *, deadline: float
@@ -381,7 +272,7 @@ class OpenRouterClient:
                 raise error_from_response(reply.status, reply.body, reply.headers)
             return wire.parse_generation(wire.load_object(reply.body, "the generation record"))
 
-        return await self._with_retries(attempt, budget_end, CallStats())
+        return await self._retries.run(attempt, budget_end, CallStats())
 
     async def _fetch_models(self) -> tuple[ModelInfo, ...]:
         loop = asyncio.get_running_loop()
@@ -395,34 +286,7 @@ class OpenRouterClient:
                 raise error_from_response(reply.status, reply.body, reply.headers)
             return wire.parse_models(wire.load_object(reply.body, "the model list"))
 
-        models = tuple(await self._with_retries(attempt, budget_end, CallStats()))
-        now = loop.time()
-        ttl = self._settings.models_ttl_s
-        self._models = models
-        self._models_by_id = {m.id: m for m in models}
-        self._models_expire_at = now + ttl
-        self._models_refresh_at = now + ttl * _REFRESH_AT_FRACTION
-        self._models_loaded.set()
-        logger.debug("model catalog loaded: %d models", len(models))
-        return models
-
-    async def _refresh_models_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            # The first fetch is the first caller's; refreshing starts once there is a list.
-            await self._models_loaded.wait()
-            delay = self._models_refresh_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                async with self._models_lock:
-                    await self._fetch_models()
-            except Exception as exc:
-                reason = exc.reason if isinstance(exc, GatewayError) else type(exc).__name__
-                logger.warning("model catalog refresh failed (%s); serving the cached list", reason)
-                self._models_refresh_at = (
-                    loop.time() + self._settings.models_ttl_s * _REFRESH_RETRY_FRACTION
-                )
+        return tuple(await self._retries.run(attempt, budget_end, CallStats()))
 
     # --- transport -----------------------------------------------------------------------
 
@@ -475,7 +339,7 @@ class OpenRouterClient:
             clean = True
             return _Reply(response.status, body, response.headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _attempt_failure(exc, timer) from exc
+            raise attempt_failure(exc, deadline_passed=timer.expired()) from exc
         finally:
             if response is not None:
                 if clean:
@@ -505,127 +369,17 @@ class OpenRouterClient:
             opened, response = response, None
             return opened
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _attempt_failure(exc, timer) from exc
+            raise attempt_failure(exc, deadline_passed=timer.expired()) from exc
         finally:
             if response is not None:
                 response.close()
-
-    async def _next_chunk(
-        self,
-        reader: AsyncIterator[bytes],
-        read_deadline: float | None,
-        assembler: StreamAssembler,
-    ) -> bytes:
-        """The next raw chunk of a stream body; ``b""`` at EOF (or a cut after the finish)."""
-        timer = asyncio.timeout_at(read_deadline)
-        try:
-            async with timer:
-                return await anext(reader)
-        except StopAsyncIteration:
-            return b""
-        except TimeoutError as exc:
-            if timer.expired():
-                raise deadline_error() from exc
-            if assembler.finish_reason is not None:
-                # Silence after the finish chunk: finish with what we have (usage may be lost).
-                logger.debug("stream went silent after its finish reason; ending it")
-                return b""
-            raise read_timeout_error() from exc
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-            # The socket closed mid-body: treated as EOF, which ``finish()`` turns into
-            # StreamTruncatedError unless a finish reason already came.
-            return b""
 
     def _watch(
         self, request: CompletionRequest, number: int, *, url: str, stream: bool
     ) -> UpstreamAttempt:
         if self._observer is None:
-            return _UNWATCHED
+            return UNWATCHED
         return self._observer.attempt(request, number, url=url, stream=stream)
-
-    async def _with_retries(
-        self,
-        attempt: Callable[[UpstreamAttempt], Awaitable[_T]],
-        budget_end: float,
-        stats: CallStats,
-        watch: Callable[[int], UpstreamAttempt] | None = None,
-    ) -> _T:
-        retries = 0
-        while True:
-            stats.attempts += 1
-            watched = _UNWATCHED if watch is None else watch(stats.attempts)
-            try:
-                return await attempt(watched)
-            except UpstreamError as exc:
-                delay = self._next_delay(exc, retries, budget_end, watched)
-            except BaseException as exc:
-                watched.failed(exc)
-                raise
-            retries += 1
-            stats.retries = retries
-            await asyncio.sleep(delay)
-
-    def _next_delay(
-        self,
-        error: UpstreamError,
-        retries: int,
-        budget_end: float,
-        watched: UpstreamAttempt,
-        may_retry: bool = True,
-    ) -> float:
-        """The wait before retrying ``error``; raises it (or a deadline error) when it is final."""
-        self._scrub(error)
-        try:
-            delay = self._retry_delay(error, retries, budget_end) if may_retry else None
-        except BaseException:
-            watched.failed(error)
-            raise
-        if delay is None:
-            watched.failed(error)
-            raise error
-        watched.retrying(error, delay)
-        return delay
-
-    def _retry_delay(self, error: UpstreamError, retries: int, budget_end: float) -> float | None:
-        """The wait before retrying ``error``, or None to raise it as is.
-
-        Raises DeadlineExceededError when the budget is already gone.
-        """
-        if not is_retryable(error) or retries >= self._settings.max_retries:
-            return None
-        s = self._settings
-        if error.retry_after_s is not None:
-            delay = min(error.retry_after_s, s.retry_after_cap_ms / 1000)
-        else:
-            # Full jitter: spreads a burst of failing callers over the whole window.
-            ceiling = min(s.backoff_max_ms, s.backoff_base_ms * 2**retries) / 1000
-            delay = self._rng.uniform(0.0, ceiling)
-        now = asyncio.get_running_loop().time()
-        if now >= budget_end:
-            raise deadline_error() from error
-        if now + delay >= budget_end:
-            # Sleeping would cross the deadline; the caller learns the real cause now.
-            return None
-        logger.info(
-            "retrying OpenRouter call after %s (retry %d, wait %.3fs)",
-            error.reason,
-            retries + 1,
-            delay,
-        )
-        return delay
-
-    def _scrub(self, error: GatewayError) -> None:
-        """Last line of defence: our own key never leaves in a message or metadata value."""
-        key = self._settings.api_key
-        secret = key.get_secret_value() if key is not None else ""
-        if not secret:
-            return
-        if secret in error.message:
-            error.message = error.message.replace(secret, "[redacted]")
-            error.args = (error.message,)
-        for name, value in error.metadata.items():
-            if secret in value:
-                error.metadata[name] = value.replace(secret, "[redacted]")
 
 
 def _str_or_empty(value: object) -> str:
@@ -642,26 +396,87 @@ def _copy_stream_stats(assembler: StreamAssembler, stats: CallStats) -> None:
         stats.first_token_at = assembler.first_token_at
 
 
-def _attempt_failure(exc: BaseException, timer: asyncio.Timeout) -> GatewayError:
-    """Our own deadline when it is the timer that expired, else the transport's failure."""
-    if isinstance(exc, TimeoutError) and timer.expired():
-        return deadline_error()
-    return _transport_error(exc)
+class _StreamBody:
+    """The body of an opened stream, read as batches of domain events.
+
+    ``read`` returns the next non-empty batch, or the ``StreamFinished`` once the stream
+    ended (``[DONE]``, or EOF after a finish reason; EOF without one raises
+    ``StreamTruncatedError``). On finishing it lets go of its connection first, so a caller
+    that stops iterating after the end leaves nothing held open.
+    """
+
+    __slots__ = ("_assembler", "_decoder", "_eof", "_pending", "_reader", "_response", "_stats")
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, clock: Callable[[], float], stats: CallStats
+    ) -> None:
+        self._response: aiohttp.ClientResponse | None = response
+        self._reader = response.content.iter_any()
+        self._decoder = SSEDecoder()
+        self._assembler = StreamAssembler(clock)
+        self._pending: deque[SSEEvent] = deque()
+        self._eof = False
+        self._stats = stats
+
+    async def read(self, until: float | None) -> list[StreamEvent] | StreamFinished:
+        """The next events, waiting for data at most until ``until`` (None: no limit)."""
+        assembler = self._assembler
+        while True:
+            while self._pending and not assembler.done:
+                try:
+                    produced = assembler.on_event(self._pending.popleft())
+                finally:
+                    _copy_stream_stats(assembler, self._stats)
+                if produced:
+                    return produced
+            if assembler.done or self._eof:
+                finished = assembler.finish()
+                self._let_go(clean=assembler.done)
+                return finished
+            chunk = await _next_chunk(self._reader, until, assembler)
+            if chunk:
+                self._pending.extend(self._decoder.feed(chunk))
+            else:
+                # EOF, or a cut: clean if a finish reason came, else truncated.
+                self._pending.extend(self._decoder.close())
+                self._eof = True
+
+    def close(self) -> None:
+        """Drop the connection unless the body already let go of it."""
+        self._let_go(clean=False)
+
+    def _let_go(self, *, clean: bool) -> None:
+        response, self._response = self._response, None
+        if response is None:
+            return
+        if clean:
+            response.release()
+        else:
+            response.close()
 
 
-def _transport_error(exc: BaseException) -> UpstreamError:
-    """A failed attempt below HTTP: the connection, or a read timeout."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return connection_error("connecting timed out")
-    if isinstance(exc, TimeoutError):
-        return read_timeout_error()
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return connection_error("the connection was refused or could not be made")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return connection_error("the server closed the connection")
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return connection_error("the connection closed mid-answer")
-    return connection_error(type(exc).__name__)
+async def _next_chunk(
+    reader: AsyncIterator[bytes], until: float | None, assembler: StreamAssembler
+) -> bytes:
+    """The next raw chunk of a stream body; ``b""`` at EOF (or a cut after the finish)."""
+    timer = asyncio.timeout_at(until)
+    try:
+        async with timer:
+            return await anext(reader)
+    except StopAsyncIteration:
+        return b""
+    except TimeoutError as exc:
+        if timer.expired():
+            raise deadline_error() from exc
+        if assembler.finish_reason is not None:
+            # Silence after the finish chunk: finish with what we have (usage may be lost).
+            logger.debug("stream went silent after its finish reason; ending it")
+            return b""
+        raise read_timeout_error() from exc
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        # The socket closed mid-body: treated as EOF, which ``finish()`` turns into
+        # StreamTruncatedError unless a finish reason already came.
+        return b""
 
 
 __all__ = ["OpenRouterClient"]

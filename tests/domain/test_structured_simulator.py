@@ -70,7 +70,7 @@ class Harness:
         schema: str = "chat_reply_v1",
         stats: list[CallStats] | None = None,
     ) -> StructuredResult:
-        info = await self.client.get_model(model)
+        info = next((m for m in await self.client.list_models() if m.id == model), None)
         base = CompletionRequest(
             model=model,
             messages=(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
 from service.errors import (
+    DeadlineExceededError,
     ModerationError,
     UpstreamAuthError,
     UpstreamBadRequestError,
@@ -19,9 +21,9 @@ from service.errors import (
 )
 from service.upstream.errors import (
     MAX_MESSAGE_CHARS,
+    attempt_failure,
     error_from_payload,
     error_from_response,
-    is_retryable,
     parse_retry_after,
     safe_message,
 )
@@ -163,5 +165,33 @@ def test_retryability() -> None:
     retryable = {408, 429, 500, 502, 503, 524, 529}
     for status in (400, 401, 402, 403, 404, 408, 413, 422, 429, 500, 502, 503, 524, 529):
         error = error_from_response(status, b"", {})
-        assert is_retryable(error) is (status in retryable), status
+        assert error.resend is (status in retryable), status
         assert error.retryable is (status in retryable), status
+
+
+@pytest.mark.parametrize(
+    ("exc", "cls", "reason"),
+    [
+        (aiohttp.ConnectionTimeoutError(), UpstreamUnavailableError, "UPSTREAM_CONNECTION_FAILED"),
+        (aiohttp.SocketTimeoutError(), UpstreamUnavailableError, "UPSTREAM_TIMEOUT"),
+        (TimeoutError(), UpstreamUnavailableError, "UPSTREAM_TIMEOUT"),
+        (aiohttp.ServerDisconnectedError(), UpstreamUnavailableError, "UPSTREAM_CONNECTION_FAILED"),
+        (aiohttp.ClientPayloadError(), UpstreamUnavailableError, "UPSTREAM_CONNECTION_FAILED"),
+        (aiohttp.ClientOSError(), UpstreamUnavailableError, "UPSTREAM_CONNECTION_FAILED"),
+    ],
+)
+def test_transport_failures_share_the_table(
+    exc: BaseException, cls: type[UpstreamError], reason: str
+) -> None:
+    error = attempt_failure(exc, deadline_passed=False)
+    assert type(error) is cls
+    assert error.reason == reason
+    assert isinstance(error, UpstreamError)
+    assert error.resend
+
+
+def test_our_own_timer_is_the_deadline_not_the_transport() -> None:
+    assert type(attempt_failure(TimeoutError(), deadline_passed=True)) is DeadlineExceededError
+    # A transport failure stays one even when the budget ran out at the same moment.
+    refused = attempt_failure(aiohttp.ServerDisconnectedError(), deadline_passed=True)
+    assert refused.reason == "UPSTREAM_CONNECTION_FAILED"
