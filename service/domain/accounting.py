@@ -8,19 +8,41 @@ becomes one ledger row.
 
 from __future__ import annotations
 
+import json
 import math
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from service.domain.completion import CallStats, CompletionRequest, Usage
 from service.domain.models import ModelInfo
 from service.domain.usage import UsageRecord
 
-# Tokenizers average ~4 characters per token for English and fewer for other scripts and
-# code; 3 keeps the estimate an over-estimate for most text, as a reservation should be.
-_CHARS_PER_TOKEN = 3
+# The prompt estimate is an upper bound, not a guess: a reservation that under-counts lets
+# concurrent calls overshoot a budget. Without running the provider's tokenizer, the bound
+# is the UTF-8 size. A token always stands for at least one byte of the text it was cut from:
+# byte-level BPE (OpenAI's, Llama 3's, Qwen's, DeepSeek's) maps each token to one or more
+# bytes, and SentencePiece with byte fallback (Llama 2, Mistral, Gemma) to one or more
+# characters, or to one byte of a character outside its vocabulary. So bytes bound tokens in
+# every script: English runs ~4 bytes a token, a CJK character (3 bytes) is 1-2 tokens, an
+# emoji (4 bytes) 1-3, and a digit 1 byte for 1 token (Llama splits digits one a token),
+# where the bound is tight. Anything lower would need the tokenizer.
+# Normalisation can lengthen text before it is cut: Qwen's tokenizer applies NFC, and NFC
+# turns some characters into two (U+0958 is 3 bytes, 6 in NFC), so text not in NFC counts
+# as its NFC form. NFKC, which lengthens far more (U+FDFA: 3 bytes, 33), is not used by
+# chat models: it is lossy (full-width CJK punctuation becomes ASCII), and a model must be
+# able to write every character it reads.
 _TOKENS_PER_MESSAGE = 8
+"""The chat template's role markers and separators around each message (4-7 tokens in
+OpenAI's, Llama 3's and Gemma's templates), and SentencePiece's dummy prefix."""
+_TOKENS_PER_REQUEST = 8
+"""Begin-of-text and the assistant header that opens the answer."""
+_TOKENS_FOR_TOOLS = 512
+"""The tool-use instructions a provider adds to the prompt when tools are offered (Anthropic
+documents ~350 tokens for its current models), counted on top of the tools' own text."""
 
 
 @dataclass(slots=True)
@@ -43,16 +65,39 @@ class CallRecord:
 
 
 def estimate_prompt_tokens(request: CompletionRequest) -> int:
-    chars = 0
+    """At least as many tokens as any provider's tokenizer makes of the prompt (see above)."""
+    tokens = _TOKENS_PER_REQUEST + _TOKENS_PER_MESSAGE * len(request.messages)
     for message in request.messages:
-        chars += len(message.content)
+        tokens += _utf8_bound(message.content)
+        tokens += _utf8_bound(message.name or "") + _utf8_bound(message.tool_call_id or "")
         for call in message.tool_calls:
-            chars += len(call.name) + len(call.arguments)
+            tokens += _utf8_bound(call.id) + _utf8_bound(call.name) + _utf8_bound(call.arguments)
+    if request.tools:
+        tokens += _TOKENS_FOR_TOOLS
     for tool in request.tools:
-        chars += len(tool.name) + len(tool.description) + len(str(tool.parameters))
+        tokens += _utf8_bound(tool.name) + _utf8_bound(tool.description)
+        tokens += _utf8_bound(_json_text(tool.parameters))
     if request.response_format is not None and request.response_format.schema is not None:
-        chars += len(str(request.response_format.schema))
-    return math.ceil(chars / _CHARS_PER_TOKEN) + _TOKENS_PER_MESSAGE * len(request.messages)
+        tokens += _utf8_bound(request.response_format.name)
+        tokens += _utf8_bound(_json_text(request.response_format.schema))
+    return tokens
+
+
+def _utf8_bound(text: str) -> int:
+    """UTF-8 bytes of ``text``, or of its NFC form where that is longer."""
+    if text.isascii():  # most prompts: no encoding, no normalisation to pay for
+        return len(text)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if not unicodedata.is_normalized("NFC", text):
+        size = max(size, len(unicodedata.normalize("NFC", text).encode("utf-8", "surrogatepass")))
+    return size
+
+
+def _json_text(value: Mapping[str, Any]) -> str:
+    # JSON as a provider renders it into the prompt: control characters escaped in 6 bytes
+    # (repr() uses 4), each character at its UTF-8 size (ensure_ascii=False), and a space
+    # after each separator, where templates that indent put their whitespace.
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 @dataclass(frozen=True, slots=True)

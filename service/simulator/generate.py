@@ -53,9 +53,23 @@ def seed_for(text: str) -> int:
     return zlib.crc32(text.encode())
 
 
+_LEAD_BYTES = bytes(range(0xC0, 0x100))
+_LEAD_BYTES_4 = bytes(range(0xF0, 0x100))
+
+
 def estimate_tokens(text: str) -> int:
-    """Roughly one token per four characters, like English under common tokenizers."""
-    return max(1, (len(text) + 3) // 4)
+    """Roughly what common tokenizers (cl100k-like) make of ``text``: one token per four
+    ASCII characters, one per other character below U+10000 (CJK, Cyrillic, ...) and two per
+    character above it (emoji), so dense scripts cost what they would upstream."""
+    if text.isascii():
+        return max(1, (len(text) + 3) // 4)
+    data = text.encode("utf-8", "surrogatepass")
+    # Counted on the bytes in C: each non-ASCII character has one lead byte (>= 0xC0), and
+    # those of characters above U+FFFF are >= 0xF0.
+    others = len(data) - len(data.translate(None, _LEAD_BYTES))
+    astral = len(data) - len(data.translate(None, _LEAD_BYTES_4))
+    ascii_chars = len(text) - others
+    return max(1, (ascii_chars + 3) // 4 + others + astral)
 
 
 def prompt_tokens(messages: Sequence[Any], extra: Any = None) -> int:
