@@ -15,6 +15,7 @@ import orjson
 # lines get a stable field order.
 _ALLOWED: tuple[str, ...] = (
     "request_id",
+    "call_id",
     "trace_id",
     "span_id",
     "caller_id",

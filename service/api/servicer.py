@@ -58,7 +58,7 @@ T = TypeVar("T")
 class _Incoming:
     """What the frame needs from the call's metadata, read in one pass."""
 
-    request_id: str
+    request_id: str | None
     authorization: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
@@ -83,8 +83,7 @@ def _scan_metadata(metadata: object) -> _Incoming:
             traceparent = value
         elif key == TRACESTATE:
             tracestate = value
-    # os.urandom(16).hex(): as unique as uuid4().hex at a fifth of its cost.
-    return _Incoming(request_id or os.urandom(16).hex(), authorization, traceparent, tracestate)
+    return _Incoming(request_id, authorization, traceparent, tracestate)
 
 
 class CompletionServicer(pb_grpc.CompletionServiceServicer):
@@ -143,14 +142,18 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
 
     def _open(self, context: Context, rpc: str) -> tuple[CallRecord, RpcCall, _Incoming]:
         incoming = _scan_metadata(context.invocation_metadata())
+        # The row's key is the gateway's own: os.urandom(16).hex() is as unique as uuid4().hex
+        # at a fifth of its cost. A caller's x-request-id is only recorded beside it.
+        call_id = os.urandom(16).hex()
         record = CallRecord(
-            request_id=incoming.request_id,
+            call_id=call_id,
+            request_id=incoming.request_id or call_id,
             rpc=rpc,
             started_at=asyncio.get_running_loop().time(),
         )
         context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id),))
         observed = self._telemetry.start(
-            rpc, incoming.request_id, incoming.traceparent, incoming.tracestate
+            rpc, record.request_id, incoming.traceparent, incoming.tracestate
         )
         return record, observed, incoming
 

@@ -49,7 +49,10 @@ documents ~350 tokens for its current models), counted on top of the tools' own 
 class CallRecord:
     """What one RPC did, filled in as it goes; becomes a ledger row and log line at the end."""
 
+    call_id: str
+    """The gateway's own id of this RPC: the key of its ledger row."""
     request_id: str
+    """The caller's ``x-request-id`` (or ``call_id`` when it sent none): correlation only."""
     rpc: str
     started_at: float
     """``loop.time()`` at the start, for durations."""
@@ -134,6 +137,7 @@ def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecor
     if stats.first_token_at is not None:
         ttft_ms = max(0, round((stats.first_token_at - record.started_at) * 1000))
     return UsageRecord(
+        call_id=record.call_id,
         request_id=record.request_id,
         time=record.started_wall,
         caller_id=record.caller_id,

@@ -12,11 +12,12 @@ turns one transaction (and one thread hand-off, for SQLite) per RPC into one per
   ledger must not lose rows silently. ``record_async`` waits for room instead (backpressure).
 * **Database unreachable** (an error the backend calls transient: connection lost, database
   locked, disk full …): the same batch is retried with exponential backoff (50 ms doubling
-  to ``retry_max_s``); records keep queueing meanwhile. Inserts ignore a request id already
-  present, so a retry after an unknown commit outcome cannot count a request twice.
+  to ``retry_max_s``); records keep queueing meanwhile. Inserts ignore a call id already
+  present (the key the gateway gave the RPC, never a caller's request id), so a retry after
+  an unknown commit outcome cannot count a call twice.
 * **A bad row** (any other error, e.g. an integer out of range): the batch's transaction
   rolls back whole, then its rows are written one per transaction, so the good rows land
-  and only the bad one is rejected (counted, logged with its request id).
+  and only the bad one is rejected (counted, logged with its call id).
 * **close()** writes everything queued before it; if the database stays unreachable past
   ``close_timeout_s`` the rest is dropped, counted and logged.
 """
@@ -42,6 +43,7 @@ _log = logging.getLogger(__name__)
 _RETRY_INITIAL_S = 0.05
 
 RECORD_COLUMNS = (
+    "call_id",
     "request_id",
     "time",
     "caller_id",
@@ -205,10 +207,10 @@ class BatchingLedger(abc.ABC):
     async def unreconciled(self, limit: int, *, max_attempts: int = 10) -> list[UsageRecord]: ...
 
     @abc.abstractmethod
-    async def reconcile(self, request_id: str, stats: GenerationStats) -> bool: ...
+    async def reconcile(self, call_id: str, stats: GenerationStats) -> bool: ...
 
     @abc.abstractmethod
-    async def note_reconcile_miss(self, request_id: str) -> None: ...
+    async def note_reconcile_miss(self, call_id: str) -> None: ...
 
     # --- what a backend provides ---------------------------------------------------------
 
@@ -306,7 +308,7 @@ class BatchingLedger(abc.ABC):
             self._warn(
                 "rejected",
                 "ledger rejected usage record %s (%s: %s); %d rejected so far",
-                batch[0].request_id,
+                batch[0].call_id,
                 type(exc).__name__,
                 exc,
                 self._rejected,

@@ -61,6 +61,29 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             WHERE NOT reconciled AND generation_id <> '' AND (cancelled OR cost_usd IS NULL)
         """,
     ),
+    # 2: rows keyed by the gateway's call_id; the caller's request_id becomes a correlation
+    # column. Rows written before get a random call_id of the same shape as new ones.
+    (
+        "ALTER TABLE usage_records ADD COLUMN call_id text",
+        "UPDATE usage_records SET call_id = md5(random()::text || clock_timestamp()::text || "
+        "request_id)",
+        "ALTER TABLE usage_records ALTER COLUMN call_id SET NOT NULL",
+        "ALTER TABLE usage_records DROP CONSTRAINT usage_records_pkey",
+        "ALTER TABLE usage_records ADD PRIMARY KEY (call_id)",
+        "CREATE INDEX usage_records_request_id ON usage_records (request_id)",
+        # Calls refused before the caller was known, counted per minute, peer, RPC and reason
+        # rather than one row each, so a flood of bad keys adds a bounded number of rows.
+        """
+        CREATE TABLE rejected_calls (
+            minute  timestamptz NOT NULL,
+            peer    text NOT NULL,
+            rpc     text NOT NULL,
+            reason  text NOT NULL,
+            calls   bigint NOT NULL CHECK (calls > 0),
+            PRIMARY KEY (minute, peer, rpc, reason)
+        )
+        """,
+    ),
 )
 
 _COLUMNS = ", ".join(RECORD_COLUMNS)
@@ -68,7 +91,7 @@ _PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, len(RECORD_COLUMNS) + 1))
 # Queries are composed from the constants above only, never from input: hence the noqa.
 _INSERT = (
     f"INSERT INTO usage_records ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "  # noqa: S608
-    "ON CONFLICT (request_id) DO NOTHING"
+    "ON CONFLICT (call_id) DO NOTHING"
 )
 _TOTALS = """
     SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
@@ -85,9 +108,9 @@ _RECONCILE = """
     SET prompt_tokens = $1, completion_tokens = $2, reasoning_tokens = $3, cached_tokens = $4,
         cost_usd = $5, served_model = CASE WHEN served_model = '' THEN $6 ELSE served_model END,
         reconciled = true
-    WHERE request_id = $7
+    WHERE call_id = $7
 """
-_MISS = "UPDATE usage_records SET reconcile_attempts = reconcile_attempts + 1 WHERE request_id = $1"
+_MISS = "UPDATE usage_records SET reconcile_attempts = reconcile_attempts + 1 WHERE call_id = $1"
 
 
 # asyncpg binds every field as is (timestamptz, numeric, boolean): the row is the record's
@@ -156,7 +179,7 @@ class PostgresLedger(BatchingLedger):
         rows = await self._db().fetch(_UNRECONCILED, max_attempts, limit)
         return [_from_row(row) for row in rows]
 
-    async def reconcile(self, request_id: str, stats: GenerationStats) -> bool:
+    async def reconcile(self, call_id: str, stats: GenerationStats) -> bool:
         status = await self._db().execute(
             _RECONCILE,
             stats.prompt_tokens,
@@ -165,12 +188,12 @@ class PostgresLedger(BatchingLedger):
             stats.cached_tokens,
             cost_from_stats(stats),
             stats.model,
-            request_id,
+            call_id,
         )
         return status != "UPDATE 0"
 
-    async def note_reconcile_miss(self, request_id: str) -> None:
-        await self._db().execute(_MISS, request_id)
+    async def note_reconcile_miss(self, call_id: str) -> None:
+        await self._db().execute(_MISS, call_id)
 
     async def _open(self) -> None:
         self._pool = await asyncpg.create_pool(

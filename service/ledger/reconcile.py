@@ -94,13 +94,13 @@ class Reconciler:
                     _log.warning("generation %s cannot be looked up: %r", record.generation_id, exc)
                     stats = None
                 if stats is None:
-                    await self._ledger.note_reconcile_miss(record.request_id)
+                    await self._ledger.note_reconcile_miss(record.call_id)
                     continue
                 try:
-                    updated += await self._ledger.reconcile(record.request_id, stats)
+                    updated += await self._ledger.reconcile(record.call_id, stats)
                 except ValueError as exc:
                     _log.warning("generation %s: %s", record.generation_id, exc)
-                    await self._ledger.note_reconcile_miss(record.request_id)
+                    await self._ledger.note_reconcile_miss(record.call_id)
             return updated
 
     async def _run_periodically(self) -> None:

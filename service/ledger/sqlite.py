@@ -64,6 +64,73 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             WHERE reconciled = 0 AND generation_id <> '' AND (cancelled = 1 OR cost_usd IS NULL)
         """,
     ),
+    # 2: rows keyed by the gateway's call_id; the caller's request_id becomes a correlation
+    # column. SQLite cannot change a primary key in place, so the table is rebuilt; rows
+    # written before get a random call_id of the same shape as new ones.
+    (
+        """
+        CREATE TABLE usage_records_v2 (
+            call_id            TEXT PRIMARY KEY,
+            request_id         TEXT NOT NULL,
+            time               INTEGER NOT NULL,  -- microseconds since the epoch, UTC
+            caller_id          TEXT NOT NULL,
+            rpc                TEXT NOT NULL,
+            requested_model    TEXT NOT NULL,
+            status             TEXT NOT NULL,
+            end_user_id        TEXT NOT NULL,
+            served_model       TEXT NOT NULL,
+            provider           TEXT NOT NULL,
+            generation_id      TEXT NOT NULL,
+            prompt_tokens      INTEGER NOT NULL CHECK (prompt_tokens >= 0),
+            completion_tokens  INTEGER NOT NULL CHECK (completion_tokens >= 0),
+            reasoning_tokens   INTEGER NOT NULL CHECK (reasoning_tokens >= 0),
+            cached_tokens      INTEGER NOT NULL CHECK (cached_tokens >= 0),
+            cost_usd           TEXT,              -- exact decimal; NULL when unknown
+            latency_ms         INTEGER NOT NULL,
+            ttft_ms            INTEGER,
+            retries            INTEGER NOT NULL,
+            fallback_used      INTEGER NOT NULL,
+            repair_used        INTEGER NOT NULL,
+            cancelled          INTEGER NOT NULL,
+            reconciled         INTEGER NOT NULL,
+            reconcile_attempts INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        """
+        INSERT INTO usage_records_v2 (
+            call_id, request_id, time, caller_id, rpc, requested_model, status, end_user_id,
+            served_model, provider, generation_id, prompt_tokens, completion_tokens,
+            reasoning_tokens, cached_tokens, cost_usd, latency_ms, ttft_ms, retries,
+            fallback_used, repair_used, cancelled, reconciled, reconcile_attempts)
+        SELECT
+            lower(hex(randomblob(16))), request_id, time, caller_id, rpc, requested_model,
+            status, end_user_id, served_model, provider, generation_id, prompt_tokens,
+            completion_tokens, reasoning_tokens, cached_tokens, cost_usd, latency_ms, ttft_ms,
+            retries, fallback_used, repair_used, cancelled, reconciled, reconcile_attempts
+        FROM usage_records
+        """,
+        "DROP TABLE usage_records",
+        "ALTER TABLE usage_records_v2 RENAME TO usage_records",
+        "CREATE INDEX usage_records_caller_time ON usage_records (caller_id, time)",
+        """
+        CREATE INDEX usage_records_unreconciled
+            ON usage_records (reconcile_attempts, time)
+            WHERE reconciled = 0 AND generation_id <> '' AND (cancelled = 1 OR cost_usd IS NULL)
+        """,
+        "CREATE INDEX usage_records_request_id ON usage_records (request_id)",
+        # Calls refused before the caller was known, counted per minute, peer, RPC and reason
+        # rather than one row each, so a flood of bad keys adds a bounded number of rows.
+        """
+        CREATE TABLE rejected_calls (
+            minute  INTEGER NOT NULL,  -- the minute's start, microseconds since the epoch, UTC
+            peer    TEXT NOT NULL,     -- the peer's address without its port
+            rpc     TEXT NOT NULL,
+            reason  TEXT NOT NULL,     -- the ErrorInfo reason the calls got
+            calls   INTEGER NOT NULL CHECK (calls > 0),
+            PRIMARY KEY (minute, peer, rpc, reason)
+        )
+        """,
+    ),
 )
 
 _COLUMNS = ", ".join(RECORD_COLUMNS)
@@ -71,7 +138,7 @@ _PLACEHOLDERS = ", ".join("?" * len(RECORD_COLUMNS))
 # Queries are composed from the constants above only, never from input: hence the noqa.
 _INSERT = (
     f"INSERT INTO usage_records ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "  # noqa: S608
-    "ON CONFLICT (request_id) DO NOTHING"
+    "ON CONFLICT (call_id) DO NOTHING"
 )
 _TOTALS = """
     SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
@@ -88,9 +155,9 @@ _RECONCILE = """
     SET prompt_tokens = ?, completion_tokens = ?, reasoning_tokens = ?, cached_tokens = ?,
         cost_usd = ?, served_model = CASE WHEN served_model = '' THEN ? ELSE served_model END,
         reconciled = 1
-    WHERE request_id = ?
+    WHERE call_id = ?
 """
-_MISS = "UPDATE usage_records SET reconcile_attempts = reconcile_attempts + 1 WHERE request_id = ?"
+_MISS = "UPDATE usage_records SET reconcile_attempts = reconcile_attempts + 1 WHERE call_id = ?"
 
 
 class _DecimalSum:
@@ -113,6 +180,7 @@ def _to_micros(moment: datetime) -> int:
 
 def _to_row(record: UsageRecord) -> tuple[object, ...]:
     return (
+        record.call_id,
         record.request_id,
         _to_micros(record.time),
         record.caller_id,
@@ -139,30 +207,13 @@ def _to_row(record: UsageRecord) -> tuple[object, ...]:
 
 
 def _from_row(row: Sequence[Any]) -> UsageRecord:
-    return UsageRecord(
-        request_id=row[0],
-        time=_EPOCH + row[1] * _MICROSECOND,
-        caller_id=row[2],
-        rpc=row[3],
-        requested_model=row[4],
-        status=row[5],
-        end_user_id=row[6],
-        served_model=row[7],
-        provider=row[8],
-        generation_id=row[9],
-        prompt_tokens=row[10],
-        completion_tokens=row[11],
-        reasoning_tokens=row[12],
-        cached_tokens=row[13],
-        cost_usd=None if row[14] is None else Decimal(row[14]),
-        latency_ms=row[15],
-        ttft_ms=row[16],
-        retries=row[17],
-        fallback_used=bool(row[18]),
-        repair_used=bool(row[19]),
-        cancelled=bool(row[20]),
-        reconciled=bool(row[21]),
-    )
+    fields = dict(zip(RECORD_COLUMNS, row, strict=True))
+    fields["time"] = _EPOCH + fields["time"] * _MICROSECOND
+    cost = fields["cost_usd"]
+    fields["cost_usd"] = None if cost is None else Decimal(cost)
+    for flag in ("fallback_used", "repair_used", "cancelled", "reconciled"):
+        fields[flag] = bool(fields[flag])
+    return UsageRecord(**fields)
 
 
 class SqliteLedger(BatchingLedger):
@@ -195,7 +246,7 @@ class SqliteLedger(BatchingLedger):
         )
         return [_from_row(row) for row in rows]
 
-    async def reconcile(self, request_id: str, stats: GenerationStats) -> bool:
+    async def reconcile(self, call_id: str, stats: GenerationStats) -> bool:
         params = (
             stats.prompt_tokens,
             stats.completion_tokens,
@@ -203,13 +254,13 @@ class SqliteLedger(BatchingLedger):
             stats.cached_tokens,
             str(cost_from_stats(stats)),
             stats.model,
-            request_id,
+            call_id,
         )
         updated = await self._run(lambda: self._db().execute(_RECONCILE, params).rowcount)
         return bool(updated)
 
-    async def note_reconcile_miss(self, request_id: str) -> None:
-        await self._run(lambda: self._db().execute(_MISS, (request_id,)))
+    async def note_reconcile_miss(self, call_id: str) -> None:
+        await self._run(lambda: self._db().execute(_MISS, (call_id,)))
 
     # --- backend ---------------------------------------------------------------------------
 

@@ -298,6 +298,7 @@ class RpcCall:
         stats = record.stats
         fields: dict[str, object] = {
             "request_id": record.request_id,
+            "call_id": record.call_id,
             "rpc": record.rpc,
             "caller_id": record.caller_id,
             "status": code.name,

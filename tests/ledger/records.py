@@ -14,8 +14,9 @@ HOUR = timedelta(hours=1)
 
 
 def make_record(n: int = 0, **changes: Any) -> UsageRecord:
-    """A plausible finished unary call; ``n`` makes the request id unique."""
+    """A plausible finished unary call; ``n`` makes its call id (and request id) unique."""
     fields: dict[str, Any] = {
+        "call_id": f"call-{n:06d}",
         "request_id": f"req-{n:06d}",
         "time": T0 + timedelta(milliseconds=n),
         "caller_id": "billing",

@@ -76,16 +76,27 @@ async def test_bad_row_is_rejected_and_the_rest_of_its_batch_lands(
     assert (await ledger.totals("billing", T0 - HOUR, T0 + HOUR)).requests == 2
     counters = ledger.counters()
     assert (counters.written, counters.rejected, counters.pending) == (2, 1, 0)
-    assert "req-000002" in caplog.text
+    assert "call-000002" in caplog.text
 
 
-async def test_a_request_id_is_written_once(ledger: LedgerStore) -> None:
+async def test_a_call_id_is_written_once(ledger: LedgerStore) -> None:
+    # A batch delivered again (a retry after an unknown commit outcome) counts nothing twice.
     ledger.record(make_record(1, prompt_tokens=10))
     ledger.record(make_record(1, prompt_tokens=999))
     await ledger.flush()
 
     totals = await ledger.totals("billing", T0 - HOUR, T0 + HOUR)
     assert (totals.requests, totals.prompt_tokens) == (1, 10)
+
+
+async def test_calls_sharing_a_request_id_are_a_row_each(ledger: LedgerStore) -> None:
+    # The request id is the caller's correlation value, never the row's key.
+    for n in range(5):
+        ledger.record(make_record(n, request_id="shared", cost_usd=Decimal("0.25")))
+    await ledger.flush()
+
+    totals = await ledger.totals("billing", T0 - HOUR, T0 + HOUR)
+    assert (totals.requests, totals.cost_usd) == (5, Decimal("1.25"))
 
 
 async def test_a_large_batch_with_a_repeated_id_lands_whole(ledger: LedgerStore) -> None:
@@ -196,7 +207,7 @@ async def test_reconcile_replaces_tokens_and_cost(ledger: LedgerStore) -> None:
     ledger.record(make_record(2))  # complete and priced: nothing to reconcile
     ledger.record(make_record(3, cost_usd=None, generation_id=""))  # no id to look up
     await ledger.flush()
-    assert [r.request_id for r in await ledger.unreconciled(10)] == ["req-000001"]
+    assert [r.call_id for r in await ledger.unreconciled(10)] == ["call-000001"]
 
     stats = GenerationStats(
         id="gen-000001",
@@ -209,8 +220,8 @@ async def test_reconcile_replaces_tokens_and_cost(ledger: LedgerStore) -> None:
         cancelled=True,
         finish_reason="stop",
     )
-    assert await ledger.reconcile("req-000001", stats) is True
-    assert await ledger.reconcile("req-unknown", stats) is False
+    assert await ledger.reconcile("call-000001", stats) is True
+    assert await ledger.reconcile("call-unknown", stats) is False
 
     assert await ledger.unreconciled(10) == []
     totals = await ledger.totals("billing", T0 - HOUR, T0 + HOUR)
@@ -224,9 +235,9 @@ async def test_misses_stop_retries_after_max_attempts(ledger: LedgerStore) -> No
     ledger.record(make_record(2, cancelled=True))
     await ledger.flush()
 
-    await ledger.note_reconcile_miss("req-000001")
+    await ledger.note_reconcile_miss("call-000001")
     # Fewest misses first: the record never missed comes before the older one that did.
-    assert [r.request_id for r in await ledger.unreconciled(10)] == ["req-000002", "req-000001"]
-    await ledger.note_reconcile_miss("req-000001")
-    assert [r.request_id for r in await ledger.unreconciled(10, max_attempts=2)] == ["req-000002"]
-    assert [r.request_id for r in await ledger.unreconciled(1)] == ["req-000002"]
+    assert [r.call_id for r in await ledger.unreconciled(10)] == ["call-000002", "call-000001"]
+    await ledger.note_reconcile_miss("call-000001")
+    assert [r.call_id for r in await ledger.unreconciled(10, max_attempts=2)] == ["call-000002"]
+    assert [r.call_id for r in await ledger.unreconciled(1)] == ["call-000002"]

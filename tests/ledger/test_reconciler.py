@@ -138,8 +138,8 @@ class SignallingLedger(SqliteLedger):
         super().__init__(path)
         self.reconciled = asyncio.Event()
 
-    async def reconcile(self, request_id: str, stats: GenerationStats) -> bool:
-        updated = await super().reconcile(request_id, stats)
+    async def reconcile(self, call_id: str, stats: GenerationStats) -> bool:
+        updated = await super().reconcile(call_id, stats)
         self.reconciled.set()
         return updated
 

@@ -107,7 +107,8 @@ def rpc_log(on: bool) -> Iterator[None]:
 
 def finished_record(request: CompletionRequest) -> CallRecord:
     """What a successful Complete with one attempt leaves in its record."""
-    record = CallRecord(request_id=uuid.uuid4().hex, rpc="Complete", started_at=0.0)
+    call_id = uuid.uuid4().hex
+    record = CallRecord(call_id=call_id, request_id=call_id, rpc="Complete", started_at=0.0)
     record.caller_id = "alpha"
     record.requested_model = request.model
     stats = record.stats

@@ -47,6 +47,9 @@ async def test_each_rpc_logs_one_line_tied_to_its_trace(
     assert isinstance(ttft, float)
     assert 0 < ttft <= latency
     assert line.pop("ts")
+    call_id = line.pop("call_id")
+    assert isinstance(call_id, str)
+    assert len(call_id) == 32
     assert line == {
         "level": "INFO",
         "logger": "service.rpc",
