@@ -1,9 +1,11 @@
 """The gateway's one error tree: what can go wrong, as data, free of gRPC and HTTP types.
 
-Every failure the service reports is a ``GatewayError``. Its ``reason`` becomes the
-``google.rpc.ErrorInfo`` reason, ``metadata`` the ErrorInfo metadata, ``retry_after_s``
-the ``RetryInfo`` delay. The gRPC status code for each class lives in one table in
-``service.api.status`` so that this module imports neither grpc nor aiohttp.
+Every failure the service reports is a ``GatewayError``. Its ``reason`` (one of ``Reason``)
+becomes the ``google.rpc.ErrorInfo`` reason, ``metadata`` the ErrorInfo metadata,
+``retry_after_s`` the ``RetryInfo`` delay. Each reason belongs to exactly one class: the
+class's own ``reason``, or one of its ``refinements``. The gRPC status code for each class
+lives in one table in ``service.api.status`` so that this module imports neither grpc nor
+aiohttp; the README's "Errors" table is checked against both.
 
     GatewayError
     ├── InvalidRequestError          caller input is wrong (names the fields)
@@ -31,10 +33,48 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import ClassVar
 
 ERROR_DOMAIN = "llmgateway.v1"
 """The ``ErrorInfo.domain`` of every error this service emits."""
+
+
+class Reason(StrEnum):
+    """Every ``ErrorInfo.reason`` the gateway emits; the README's "Errors" table lists each."""
+
+    # The caller's request or identity.
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    UNKNOWN_SCHEMA = "UNKNOWN_SCHEMA"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    API_KEY_MISSING = "API_KEY_MISSING"
+    API_KEY_INVALID = "API_KEY_INVALID"
+    MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    UNSUPPORTED_FEATURE = "UNSUPPORTED_FEATURE"
+    SCHEMA_VALIDATION_FAILED = "SCHEMA_VALIDATION_FAILED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    # The gateway itself.
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    QUOTA_STORE_UNAVAILABLE = "QUOTA_STORE_UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+    # OpenRouter or its provider.
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    UPSTREAM_BAD_REQUEST = "UPSTREAM_BAD_REQUEST"
+    UPSTREAM_PAYLOAD_TOO_LARGE = "UPSTREAM_PAYLOAD_TOO_LARGE"
+    UPSTREAM_UNPROCESSABLE = "UPSTREAM_UNPROCESSABLE"
+    UPSTREAM_AUTH_FAILED = "UPSTREAM_AUTH_FAILED"
+    UPSTREAM_PERMISSION_DENIED = "UPSTREAM_PERMISSION_DENIED"
+    UPSTREAM_INSUFFICIENT_CREDITS = "UPSTREAM_INSUFFICIENT_CREDITS"
+    CONTENT_FLAGGED = "CONTENT_FLAGGED"
+    UPSTREAM_MODEL_NOT_FOUND = "UPSTREAM_MODEL_NOT_FOUND"
+    UPSTREAM_RATE_LIMITED = "UPSTREAM_RATE_LIMITED"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
+    UPSTREAM_OVERLOADED = "UPSTREAM_OVERLOADED"
+    UPSTREAM_CONNECTION_FAILED = "UPSTREAM_CONNECTION_FAILED"
+    UPSTREAM_BAD_RESPONSE = "UPSTREAM_BAD_RESPONSE"
+    UPSTREAM_STREAM_TRUNCATED = "UPSTREAM_STREAM_TRUNCATED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,43 +98,49 @@ class GatewayError(Exception):
 
     ``message`` must be safe to show a caller: never a key, prompt text or a raw upstream
     body. ``retryable`` says whether the same request may succeed if sent again.
+    ``refinements`` are the other reasons an instance of this class may carry.
     """
 
     # Plain (not ClassVar) so an instance may refine its class default.
-    reason: str = "INTERNAL"
+    reason: Reason = Reason.INTERNAL
+    refinements: ClassVar[tuple[Reason, ...]] = ()
     retryable: ClassVar[bool] = False
 
     def __init__(
         self,
         message: str,
         *,
-        reason: str | None = None,
+        reason: Reason | None = None,
         metadata: Mapping[str, str] | None = None,
         retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
-        if reason is not None:
+        if reason is not None and reason is not self.reason:
             # e.g. UPSTREAM_OVERLOADED refines UpstreamUnavailableError's UPSTREAM_UNAVAILABLE.
+            # Checked, so that the reason -> class (-> gRPC code) table stays the truth.
+            if reason not in self.refinements:
+                raise TypeError(f"{type(self).__name__} cannot carry the reason {reason}")
             self.reason = reason
         self.metadata: dict[str, str] = dict(metadata or {})
         self.retry_after_s = retry_after_s
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(reason={self.reason!r}, message={self.message!r})"
+        return f"{type(self).__name__}(reason={str(self.reason)!r}, message={self.message!r})"
 
 
 class InvalidRequestError(GatewayError):
     """The request is malformed or out of range; ``violations`` names each bad field."""
 
-    reason = "INVALID_ARGUMENT"
+    reason = Reason.INVALID_ARGUMENT
+    refinements = (Reason.UNKNOWN_SCHEMA,)
 
     def __init__(
         self,
         message: str,
         violations: Sequence[FieldViolation] = (),
         *,
-        reason: str | None = None,
+        reason: Reason | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
@@ -106,17 +152,18 @@ class InvalidRequestError(GatewayError):
 
 
 class UnauthenticatedError(GatewayError):
-    reason = "UNAUTHENTICATED"
+    reason = Reason.UNAUTHENTICATED
+    refinements = (Reason.API_KEY_MISSING, Reason.API_KEY_INVALID)
 
 
 class PermissionDeniedError(GatewayError):
-    reason = "MODEL_NOT_ALLOWED"
+    reason = Reason.MODEL_NOT_ALLOWED
 
 
 class QuotaExceededError(GatewayError):
     """A caller's own limit ran out; retrying after ``retry_after_s`` may succeed."""
 
-    reason = "QUOTA_EXCEEDED"
+    reason = Reason.QUOTA_EXCEEDED
     retryable = True
 
     def __init__(
@@ -132,27 +179,28 @@ class QuotaExceededError(GatewayError):
 
 
 class UnsupportedFeatureError(GatewayError):
-    reason = "UNSUPPORTED_FEATURE"
+    reason = Reason.UNSUPPORTED_FEATURE
 
 
 class SchemaValidationError(GatewayError):
     """Structured output did not match its schema, even after the repair attempts."""
 
-    reason = "SCHEMA_VALIDATION_FAILED"
+    reason = Reason.SCHEMA_VALIDATION_FAILED
 
 
 class DeadlineExceededError(GatewayError):
-    reason = "DEADLINE_EXCEEDED"
+    reason = Reason.DEADLINE_EXCEEDED
     retryable = True
 
 
 class ServiceUnavailableError(GatewayError):
-    reason = "SERVICE_UNAVAILABLE"
+    reason = Reason.SERVICE_UNAVAILABLE
+    refinements = (Reason.QUOTA_STORE_UNAVAILABLE,)
     retryable = True
 
 
 class InternalError(GatewayError):
-    reason = "INTERNAL"
+    reason = Reason.INTERNAL
 
 
 class UpstreamError(GatewayError):
@@ -163,7 +211,7 @@ class UpstreamError(GatewayError):
     an unreadable answer may already have been billed, so resending it is the caller's call.
     """
 
-    reason = "UPSTREAM_ERROR"
+    reason = Reason.UPSTREAM_ERROR
     resend: ClassVar[bool] = False
 
     def __init__(
@@ -171,7 +219,7 @@ class UpstreamError(GatewayError):
         message: str,
         *,
         status: int | None = None,
-        reason: str | None = None,
+        reason: Reason | None = None,
         metadata: Mapping[str, str] | None = None,
         retry_after_s: float | None = None,
     ) -> None:
@@ -183,45 +231,52 @@ class UpstreamError(GatewayError):
 
 
 class UpstreamBadRequestError(UpstreamError):
-    reason = "UPSTREAM_BAD_REQUEST"
+    reason = Reason.UPSTREAM_BAD_REQUEST
+    refinements = (Reason.UPSTREAM_PAYLOAD_TOO_LARGE, Reason.UPSTREAM_UNPROCESSABLE)
 
 
 class UpstreamAuthError(UpstreamError):
     """OpenRouter rejected the gateway's own key: an operator problem, not the caller's."""
 
-    reason = "UPSTREAM_AUTH_FAILED"
+    reason = Reason.UPSTREAM_AUTH_FAILED
+    refinements = (Reason.UPSTREAM_PERMISSION_DENIED,)
 
 
 class UpstreamPaymentError(UpstreamError):
-    reason = "UPSTREAM_INSUFFICIENT_CREDITS"
+    reason = Reason.UPSTREAM_INSUFFICIENT_CREDITS
 
 
 class ModerationError(UpstreamError):
-    reason = "CONTENT_FLAGGED"
+    reason = Reason.CONTENT_FLAGGED
 
 
 class UpstreamModelNotFoundError(UpstreamError):
-    reason = "UPSTREAM_MODEL_NOT_FOUND"
+    reason = Reason.UPSTREAM_MODEL_NOT_FOUND
 
 
 class UpstreamRateLimitError(UpstreamError):
-    reason = "UPSTREAM_RATE_LIMITED"
+    reason = Reason.UPSTREAM_RATE_LIMITED
     retryable = True
     resend = True
 
 
 class UpstreamUnavailableError(UpstreamError):
-    reason = "UPSTREAM_UNAVAILABLE"
+    reason = Reason.UPSTREAM_UNAVAILABLE
+    refinements = (
+        Reason.UPSTREAM_TIMEOUT,
+        Reason.UPSTREAM_OVERLOADED,
+        Reason.UPSTREAM_CONNECTION_FAILED,
+    )
     retryable = True
     resend = True
 
 
 class UpstreamProtocolError(UpstreamError):
-    reason = "UPSTREAM_BAD_RESPONSE"
+    reason = Reason.UPSTREAM_BAD_RESPONSE
     retryable = True
 
 
 class StreamTruncatedError(UpstreamError):
-    reason = "UPSTREAM_STREAM_TRUNCATED"
+    reason = Reason.UPSTREAM_STREAM_TRUNCATED
     retryable = True
     resend = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from service.domain.callers import Caller, CallerRegistry
-from service.errors import UnauthenticatedError
+from service.errors import Reason, UnauthenticatedError
 
 _BEARER = "bearer "
 
@@ -39,7 +39,9 @@ class Authenticator:
         if key:
             caller = self._registry.authenticate(key)
             if caller is None:
-                raise UnauthenticatedError("the caller key is not known", reason="API_KEY_INVALID")
+                raise UnauthenticatedError(
+                    "the caller key is not known", reason=Reason.API_KEY_INVALID
+                )
             return caller
         names = peer_common_names() if self._trust_certs and peer_common_names else None
         if names:
@@ -48,5 +50,5 @@ class Authenticator:
                 if caller is not None:
                     return caller
         raise UnauthenticatedError(
-            "missing 'authorization: Bearer <key>' metadata", reason="API_KEY_MISSING"
+            "missing 'authorization: Bearer <key>' metadata", reason=Reason.API_KEY_MISSING
         )

@@ -20,7 +20,7 @@ import jsonschema_rs
 import orjson
 
 from service.domain.json_extract import parse_strict
-from service.errors import FieldViolation, InvalidRequestError
+from service.errors import FieldViolation, InvalidRequestError, Reason
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 """The dialect every registered schema file declares."""
@@ -241,7 +241,7 @@ class SchemaRegistry:
             raise InvalidRequestError(
                 f"schema_name: {description}",
                 [FieldViolation("schema_name", description)],
-                reason="UNKNOWN_SCHEMA",
+                reason=Reason.UNKNOWN_SCHEMA,
             )
         return schema
 

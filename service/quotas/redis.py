@@ -62,7 +62,7 @@ from service.domain.quotas import (
     quota_status,
     utc_day,
 )
-from service.errors import ServiceUnavailableError
+from service.errors import Reason, ServiceUnavailableError
 
 _log = logging.getLogger(__name__)
 
@@ -399,7 +399,7 @@ class RedisQuotaStore:
     def _unavailable(self) -> ServiceUnavailableError:
         return ServiceUnavailableError(
             "quota store unreachable: cannot check the caller's limits, try again shortly",
-            reason="QUOTA_STORE_UNAVAILABLE",
+            reason=Reason.QUOTA_STORE_UNAVAILABLE,
             metadata={"store": "redis"},
             retry_after_s=max(self._backoff_s, 1.0),
         )

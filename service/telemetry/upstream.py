@@ -183,6 +183,7 @@ class Attempt:
     def failed(self, error: BaseException) -> None:
         if self._done:
             return
+        outcome: str
         if isinstance(error, GatewayError):
             outcome = error.reason
         elif isinstance(error, asyncio.CancelledError | GeneratorExit):

@@ -49,6 +49,7 @@ from service.errors import (
     DeadlineExceededError,
     GatewayError,
     ModerationError,
+    Reason,
     StreamTruncatedError,
     UpstreamAuthError,
     UpstreamBadRequestError,
@@ -62,13 +63,6 @@ from service.errors import (
 
 MAX_MESSAGE_CHARS: Final = 200
 _MAX_UPSTREAM_MESSAGE_CHARS: Final = 120
-
-REASON_PAYLOAD_TOO_LARGE: Final = "UPSTREAM_PAYLOAD_TOO_LARGE"
-REASON_UNPROCESSABLE: Final = "UPSTREAM_UNPROCESSABLE"
-REASON_PERMISSION_DENIED: Final = "UPSTREAM_PERMISSION_DENIED"
-REASON_TIMEOUT: Final = "UPSTREAM_TIMEOUT"
-REASON_OVERLOADED: Final = "UPSTREAM_OVERLOADED"
-REASON_CONNECTION_FAILED: Final = "UPSTREAM_CONNECTION_FAILED"
 
 # Names seen in place of a numeric ``error.code`` (old docs) or in ``metadata.error_type``.
 _CODE_NAMES: Final[Mapping[str, int]] = {
@@ -136,14 +130,14 @@ def error_from_payload(
 
 def connection_error(what: str) -> UpstreamUnavailableError:
     return UpstreamUnavailableError(
-        f"could not reach OpenRouter: {what}", reason=REASON_CONNECTION_FAILED
+        f"could not reach OpenRouter: {what}", reason=Reason.UPSTREAM_CONNECTION_FAILED
     )
 
 
 def read_timeout_error(
     what: str = "no data from OpenRouter within the read timeout",
 ) -> UpstreamUnavailableError:
-    return UpstreamUnavailableError(what, reason=REASON_TIMEOUT)
+    return UpstreamUnavailableError(what, reason=Reason.UPSTREAM_TIMEOUT)
 
 
 def deadline_error(
@@ -312,14 +306,16 @@ class _Failure:
 
     cls: type[UpstreamError]
     message: str
-    reason: str | None = None
+    reason: Reason | None = None
 
 
 _BAD_REQUEST: Final = _Failure(UpstreamBadRequestError, "OpenRouter rejected the request")
 _UNAVAILABLE: Final = _Failure(
     UpstreamUnavailableError, "OpenRouter or its provider is unavailable"
 )
-_TIMED_OUT: Final = _Failure(UpstreamUnavailableError, "OpenRouter timed out", REASON_TIMEOUT)
+_TIMED_OUT: Final = _Failure(
+    UpstreamUnavailableError, "OpenRouter timed out", Reason.UPSTREAM_TIMEOUT
+)
 
 # HTTP statuses (or ``error.code``) with a row of their own; other 4xx and 5xx take the
 # rows above, and 403 is first checked for a moderation or guardrail block.
@@ -329,30 +325,32 @@ _BY_STATUS: Final[Mapping[int, _Failure]] = {
     403: _Failure(
         UpstreamAuthError,
         "OpenRouter denied the gateway's API key permission",
-        REASON_PERMISSION_DENIED,
+        Reason.UPSTREAM_PERMISSION_DENIED,
     ),
     404: _Failure(UpstreamModelNotFoundError, "the model was not found upstream"),
     408: _TIMED_OUT,
     413: _Failure(
         UpstreamBadRequestError,
         "the request is too large for OpenRouter",
-        REASON_PAYLOAD_TOO_LARGE,
+        Reason.UPSTREAM_PAYLOAD_TOO_LARGE,
     ),
     422: _Failure(
         UpstreamBadRequestError,
         "OpenRouter could not process the request",
-        REASON_UNPROCESSABLE,
+        Reason.UPSTREAM_UNPROCESSABLE,
     ),
     429: _Failure(UpstreamRateLimitError, "OpenRouter rate limit reached"),
     504: _TIMED_OUT,
     524: _TIMED_OUT,
     529: _Failure(
-        UpstreamUnavailableError, "the upstream provider is overloaded", REASON_OVERLOADED
+        UpstreamUnavailableError, "the upstream provider is overloaded", Reason.UPSTREAM_OVERLOADED
     ),
 }
 
 _READ_TIMEOUT: Final = _Failure(
-    UpstreamUnavailableError, "no data from OpenRouter within the read timeout", REASON_TIMEOUT
+    UpstreamUnavailableError,
+    "no data from OpenRouter within the read timeout",
+    Reason.UPSTREAM_TIMEOUT,
 )
 
 # Failures below HTTP, looked up along the exception's MRO (so the most specific row wins:
@@ -362,24 +360,24 @@ _BY_EXCEPTION: Final[Mapping[type[BaseException], _Failure]] = {
     aiohttp.ConnectionTimeoutError: _Failure(
         UpstreamUnavailableError,
         "could not reach OpenRouter: connecting timed out",
-        REASON_CONNECTION_FAILED,
+        Reason.UPSTREAM_CONNECTION_FAILED,
     ),
     aiohttp.ServerTimeoutError: _READ_TIMEOUT,
     TimeoutError: _READ_TIMEOUT,
     aiohttp.ClientConnectorError: _Failure(
         UpstreamUnavailableError,
         "could not reach OpenRouter: the connection was refused or could not be made",
-        REASON_CONNECTION_FAILED,
+        Reason.UPSTREAM_CONNECTION_FAILED,
     ),
     aiohttp.ServerDisconnectedError: _Failure(
         UpstreamUnavailableError,
         "could not reach OpenRouter: the server closed the connection",
-        REASON_CONNECTION_FAILED,
+        Reason.UPSTREAM_CONNECTION_FAILED,
     ),
     aiohttp.ClientPayloadError: _Failure(
         UpstreamUnavailableError,
         "could not reach OpenRouter: the connection closed mid-answer",
-        REASON_CONNECTION_FAILED,
+        Reason.UPSTREAM_CONNECTION_FAILED,
     ),
 }
 
