@@ -32,8 +32,10 @@ $(PROTO_INCLUDE): $(PY_STAMP) scripts/proto-include.sh
 	rm -rf $(@D) && ./scripts/proto-include.sh $(@D)
 	@touch $@
 
-run: $(PY_STAMP) ## Serve on :50051 (against the built-in OpenRouter simulator when OPENROUTER_API_KEY is unset)
-	$(BIN)/python -m service
+run: $(PY_STAMP) ## Serve on :50051 (demo mode on 127.0.0.1 with the built-in simulator when no key is set)
+	@if [ -z "$${OPENROUTER_API_KEY:-}$${OPENROUTER_API_KEY_FILE:-}" ]; then \
+	  export GATEWAY_SIMULATOR="$${GATEWAY_SIMULATOR:-true}"; fi; \
+	exec $(BIN)/python -m service
 
 test: lint typecheck proto-lint proto-breaking check-generated pytest ## Every check: ruff, mypy, buf lint + breaking, generated code, tests
 

@@ -1,7 +1,13 @@
 """``python -m service``: serve the gateway until SIGTERM or SIGINT, then drain and exit 0.
 
-With no ``OPENROUTER_API_KEY`` the built-in OpenRouter simulator is started in-process and a
-demo caller (key ``demo-key``) is accepted, so the gateway works offline.
+Only with ``GATEWAY_SIMULATOR=true`` (which ``make run`` sets when no key is configured) is the
+built-in OpenRouter simulator started in-process and a demo caller (key ``demo-key``) accepted;
+that demo mode listens on 127.0.0.1 unless ``GATEWAY_LISTEN`` says otherwise. Without a key
+and without that setting the gateway refuses to start.
+
+SIGTERM: health turns NOT_SERVING, calls are still served for ``GATEWAY_DRAIN_DELAY_S``, then
+refused while the calls in flight get ``GATEWAY_SHUTDOWN_GRACE_S``. SIGINT (Ctrl-C) skips the
+delay, and a second signal cuts a running delay short.
 """
 
 from __future__ import annotations
@@ -14,11 +20,19 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from pydantic import AnyHttpUrl, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsError
 
 from service import gc_tuning
 from service.callers_file import ConfigError
-from service.config import GatewaySettings, OpenRouterSettings, TelemetrySettings
+from service.config import (
+    DEMO_LISTEN,
+    GatewaySettings,
+    OpenRouterSettings,
+    TelemetrySettings,
+    describe_invalid,
+)
 from service.domain.callers import Caller, hash_key
+from service.key_file import read_key_file
 from service.logs import configure_logging
 from service.server import GatewayServer, load_caller_list
 from service.telemetry import Telemetry, build_telemetry
@@ -46,7 +60,7 @@ def _banner(server: GatewayServer, simulator: bool) -> str:
         lines.append(f"  metrics: http://{host}:{server.telemetry.prometheus_port}/metrics")
     if simulator:
         lines += [
-            "  upstream: built-in OpenRouter simulator (no OPENROUTER_API_KEY set)",
+            "  upstream: built-in OpenRouter simulator (GATEWAY_SIMULATOR=true)",
             f"  demo caller key: {DEMO_KEY}",
             "  try:",
             f"    {_grpcurl()} -plaintext -H 'authorization: Bearer {DEMO_KEY}' "
@@ -56,20 +70,36 @@ def _banner(server: GatewayServer, simulator: bool) -> str:
     return "\n".join(lines)
 
 
+def demo_settings(settings: GatewaySettings) -> GatewaySettings:
+    """In simulator mode, 127.0.0.1 unless GATEWAY_LISTEN was given: demo mode accepts a
+    published key, so it is not offered to the network unasked."""
+    if settings.simulator and "listen" not in settings.model_fields_set:
+        return settings.model_copy(update={"listen": DEMO_LISTEN})
+    return settings
+
+
 async def serve(
     settings: GatewaySettings,
     openrouter: OpenRouterSettings,
     telemetry_settings: TelemetrySettings | None = None,
 ) -> int:
-    simulator = settings.simulator if settings.simulator is not None else not openrouter.api_key
-    if not simulator and openrouter.api_key is None:
-        raise ConfigError("OPENROUTER_API_KEY is not set (and GATEWAY_SIMULATOR is false)")
+    simulator = settings.simulator
+    if not simulator and openrouter.api_key is None and openrouter.api_key_file is None:
+        raise ConfigError(
+            "OPENROUTER_API_KEY is not set (nor OPENROUTER_API_KEY_FILE); "
+            "set GATEWAY_SIMULATOR=true to serve against the built-in simulator instead"
+        )
+    settings = demo_settings(settings)
+    if not simulator and openrouter.api_key_file is not None:
+        openrouter = openrouter.model_copy(
+            update={"api_key": read_key_file(openrouter.api_key_file)}
+        )
     telemetry = (
         Telemetry()
         if telemetry_settings is None
         else build_telemetry(
             telemetry_settings,
-            prometheus_host=settings.listen.rsplit(":", 1)[0],
+            prometheus_host=settings.listen_host,
             prometheus_port=settings.prometheus_port,
         )
     )
@@ -82,7 +112,11 @@ async def serve(
 
             sim = await stack.enter_async_context(run_simulator(SimulatorConfig()))
             openrouter = openrouter.model_copy(
-                update={"base_url": AnyHttpUrl(sim.base_url), "api_key": SecretStr(_SIMULATOR_KEY)}
+                update={
+                    "base_url": AnyHttpUrl(sim.base_url),
+                    "api_key": SecretStr(_SIMULATOR_KEY),
+                    "api_key_file": None,
+                }
             )
             callers = (
                 load_caller_list(settings)
@@ -95,14 +129,36 @@ async def serve(
         await server.start()
         gc_tuning.freeze_startup_objects()
         print(_banner(server, simulator), file=sys.stderr, flush=True)
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        await stopping.wait()
-        print("draining…", file=sys.stderr, flush=True)
-        await server.stop()
+        await _until_stopped(server)
     return 0
+
+
+async def _until_stopped(server: GatewayServer) -> None:
+    """Serve until SIGTERM or SIGINT, then drain (see the module docstring)."""
+    stopping = asyncio.Event()
+    skip_delay = False
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal skip_delay
+        if stopping.is_set():
+            server.end_drain_delay()
+            return
+        skip_delay = sig is signal.SIGINT
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await stopping.wait()
+    delay = 0.0 if skip_delay else server.settings.drain_delay_s
+    print(
+        f"draining… (serving for {delay:g} s more, then refusing new calls)"
+        if delay
+        else "draining…",
+        file=sys.stderr,
+        flush=True,
+    )
+    await server.stop(delay_s=delay)
 
 
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -119,14 +175,19 @@ def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None
 
 
 def main() -> int:
+    settings_class: type[BaseSettings] = GatewaySettings
     try:
         settings = GatewaySettings()
+        settings_class = OpenRouterSettings
         openrouter = OpenRouterSettings()
+        settings_class = TelemetrySettings
         telemetry = TelemetrySettings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        print(f"configuration error: {where}: {first['msg']}", file=sys.stderr)
+        print(f"configuration error: {describe_invalid(settings_class, exc)}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        # pydantic-settings could not even decode a variable (its message names it).
+        print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     gc_tuning.tune(settings.gc_threshold)

@@ -6,13 +6,60 @@ use ``GATEWAY_*``. Secrets are ``SecretStr`` so they never show in a repr or a l
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+DEFAULT_LISTEN = "0.0.0.0:50051"
+"""Every interface: a server's usual default (and what a container needs)."""
+DEMO_LISTEN = "127.0.0.1:50051"
+"""Where simulator (demo) mode listens unless GATEWAY_LISTEN says otherwise."""
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
+"""A DNS name or a dotted IPv4 address (digits are labels too)."""
+_UNIX_PREFIXES = ("unix:", "unix-abstract:")
+_MAX_SECONDS = 86_400.0
+"""Upper bound of a duration setting: a day (a larger value is a typo, e.g. milliseconds)."""
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) split and checked; ValueError says what is wrong."""
+    if address.startswith("["):
+        host, sep, port_text = address[1:].partition("]:")
+        if not sep:
+            raise ValueError("expected [IPV6]:PORT, e.g. [::]:50051")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = address.rpartition(":")
+        if not sep or not host:
+            raise ValueError("expected HOST:PORT, e.g. 0.0.0.0:50051")
+        if ":" in host:
+            raise ValueError("an IPv6 host goes in brackets, e.g. [::]:50051")
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"{host[:64]!r} is not a host name or address")
+    if not port_text.isascii() or not port_text.isdigit():
+        raise ValueError(f"the port {port_text[:16]!r} is not a number")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"the port {port} is out of range (0-65535)")
+    return host, port
+
+
+def _check_listen(value: str) -> str:
+    value = value.strip()
+    if value.startswith(_UNIX_PREFIXES):
+        return value
+    split_host_port(value)
+    return value
 
 
 class OpenRouterSettings(BaseSettings):
@@ -21,6 +68,8 @@ class OpenRouterSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPENROUTER_", extra="ignore", frozen=True)
 
     api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    """A file holding the key (a mounted Secret); read at start-up and on every reload."""
     base_url: AnyHttpUrl = AnyHttpUrl(DEFAULT_BASE_URL)
     default_model: str = "openai/gpt-4o-mini"
     http_referer: str = ""
@@ -28,15 +77,21 @@ class OpenRouterSettings(BaseSettings):
     timeout_ms: int = Field(default=45_000, ge=100, le=3_600_000)
     """Overall budget for one call (all attempts) when the caller set no deadline."""
     max_retries: int = Field(default=2, ge=0, le=10)
-    connect_timeout_ms: int = Field(default=5_000, ge=50)
-    read_timeout_ms: int = Field(default=60_000, ge=100)
+    connect_timeout_ms: int = Field(default=5_000, ge=50, le=600_000)
+    read_timeout_ms: int = Field(default=60_000, ge=100, le=3_600_000)
     """Longest silence between two reads of a response; keep-alive comments reset it."""
-    retry_after_cap_ms: int = Field(default=10_000, ge=0)
+    retry_after_cap_ms: int = Field(default=10_000, ge=0, le=3_600_000)
     """Upper bound on a ``Retry-After`` wait, so a huge hint cannot stall a caller."""
-    backoff_base_ms: int = Field(default=250, ge=1)
-    backoff_max_ms: int = Field(default=4_000, ge=1)
-    models_ttl_s: float = Field(default=300.0, ge=1.0)
+    backoff_base_ms: int = Field(default=250, ge=1, le=600_000)
+    backoff_max_ms: int = Field(default=4_000, ge=1, le=600_000)
+    models_ttl_s: float = Field(default=300.0, ge=1.0, le=_MAX_SECONDS)
     max_connections: int = Field(default=1024, ge=1)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OpenRouterSettings:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("set OPENROUTER_API_KEY or OPENROUTER_API_KEY_FILE, not both")
+        return self
 
     @property
     def base(self) -> str:
@@ -48,7 +103,8 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
-    listen: str = "0.0.0.0:50051"
+    listen: str = DEFAULT_LISTEN
+    """``HOST:PORT`` (``[IPV6]:PORT``) or ``unix:PATH``; port 0 picks a free port."""
     schemas_dir: Path = Path(__file__).resolve().parent.parent / "schemas"
     """Folder of versioned JSON Schemas for CompleteStructured (``<name>_v<N>.json``)."""
     callers_file: Path | None = None
@@ -64,7 +120,13 @@ class GatewaySettings(BaseSettings):
     default_max_tokens: int = Field(default=1024, ge=1)
     max_tokens_cap: int = Field(default=16_384, ge=1)
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    shutdown_grace_s: float = Field(default=30.0, ge=0.0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0.0, le=_MAX_SECONDS)
+    drain_delay_s: float = Field(default=0.0, ge=0.0, le=_MAX_SECONDS)
+    """After SIGTERM, how long health says NOT_SERVING while calls are still accepted, so load
+    balancers take the endpoint out before calls are refused (then the grace starts)."""
+    reload_interval_s: float = Field(default=5.0, ge=0.0, le=_MAX_SECONDS)
+    """How often the callers file, schemas folder and key file are checked for changes; 0:
+    only on SIGHUP."""
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
@@ -73,7 +135,7 @@ class GatewaySettings(BaseSettings):
     """SQLite file of the usage ledger (the default store)."""
     ledger_dsn: SecretStr | None = None
     """PostgreSQL DSN (``postgresql://…``); when set, the ledger lives there instead."""
-    reconcile_interval_s: float = Field(default=60.0, gt=0)
+    reconcile_interval_s: float = Field(default=60.0, gt=0, le=_MAX_SECONDS)
     """How often cancelled streams' costs are fetched from OpenRouter's ``/generation``."""
     redis_url: SecretStr | None = None
     """Redis for quotas shared by several replicas; unset: quotas held in-process."""
@@ -85,8 +147,9 @@ class GatewaySettings(BaseSettings):
     """Allocations between two young-generation garbage collections (CPython's default is
     700); 0 keeps the interpreter's setting. See ``service.gc_tuning``."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    simulator: bool | None = None
-    """Serve against the built-in simulator; by default, exactly when no API key is set."""
+    simulator: bool = False
+    """Serve against the built-in simulator with a demo caller (``make run`` sets it when no
+    key is set); never chosen implicitly."""
     prometheus_port: int | None = Field(default=None, ge=0, le=65535)
     """Serve Prometheus metrics on this port (on the GATEWAY_LISTEN host); unset: no endpoint."""
 
@@ -96,6 +159,30 @@ class GatewaySettings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_form(cls, value: str) -> str:
+        return _check_listen(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GatewaySettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("GATEWAY_TLS_CLIENT_CA_FILE needs GATEWAY_TLS_CERT_FILE and _KEY_FILE")
+        tcp = not self.listen.startswith(_UNIX_PREFIXES)
+        if self.prometheus_port and tcp and split_host_port(self.listen)[1] == self.prometheus_port:
+            raise ValueError("GATEWAY_PROMETHEUS_PORT is the GATEWAY_LISTEN port")
+        return self
+
+    @property
+    def listen_host(self) -> str:
+        """The host part of ``listen`` (for a unix socket, 127.0.0.1: metrics need TCP)."""
+        if self.listen.startswith(_UNIX_PREFIXES):
+            return "127.0.0.1"
+        host, _ = split_host_port(self.listen)
+        return host
 
 
 class TelemetrySettings(BaseSettings):
@@ -121,3 +208,40 @@ class TelemetrySettings(BaseSettings):
     exporter_otlp_metrics_endpoint: str = ""
     exporter_otlp_protocol: str = "grpc"
     """Only ``grpc`` is installed (``opentelemetry-exporter-otlp-proto-grpc``)."""
+
+
+# --- one clear line per bad setting, naming the variable -----------------------------------
+
+_UNITS = {"_ms": "milliseconds", "_s": "seconds", "_bytes": "bytes", "_port": "a TCP port"}
+
+
+def _variable(settings: type[BaseSettings], name: str) -> str:
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    return f"{prefix}{name}".upper()
+
+
+def _is_secret(settings: type[BaseSettings], name: str) -> bool:
+    field = settings.model_fields.get(name)
+    return field is not None and "SecretStr" in str(field.annotation)
+
+
+def describe_invalid(settings: type[BaseSettings], exc: ValidationError) -> str:
+    """The first problem of ``exc`` as one line: the environment variable, the value given
+    (unless it is a secret; cut short) and what was expected, with the unit when it has one."""
+    first: Any = exc.errors(include_url=False)[0]
+    loc = first.get("loc") or ()
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    if not loc:
+        # A check across settings: its message names the variables itself.
+        return message
+    message = message[:1].lower() + message[1:]
+    name = str(loc[0])
+    variable = _variable(settings, name)
+    unit = next((u for suffix, u in _UNITS.items() if name.endswith(suffix)), None)
+    if unit:
+        message = f"{message} ({unit})"
+    given = first.get("input")
+    if isinstance(given, str) and not _is_secret(settings, name):
+        shown = given if len(given) <= 64 else given[:64] + "…"
+        return f"{variable}={shown!r}: {message}"
+    return f"{variable}: {message}"

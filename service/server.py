@@ -6,6 +6,8 @@ tests exercise exactly what production runs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fnmatch
 import logging
 import socket
@@ -98,6 +100,7 @@ class GatewayServer:
     _servicer: CompletionServicer | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _on_stopped: list[Callable[[], None]] = field(default_factory=list)
+    _delay_cut: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         try:
@@ -207,11 +210,21 @@ class GatewayServer:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Drain: NOT_SERVING at once, refuse new calls, let in-flight ones finish for
-        ``grace_s`` (default from settings), cancel the rest, then close the upstream."""
+    async def stop(self, grace_s: float | None = None, *, delay_s: float | None = None) -> None:
+        """Drain: NOT_SERVING at once; keep serving new calls for ``delay_s`` (default
+        ``GATEWAY_DRAIN_DELAY_S``) while load balancers take the endpoint out; then refuse new
+        calls, let in-flight ones finish for ``grace_s`` (default from settings), cancel the
+        rest, then close the upstream."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        delay = self.settings.drain_delay_s if delay_s is None else delay_s
         await self.health.enter_graceful_shutdown()
+        if delay > 0 and self._server is not None:
+            # Kubernetes removes a terminating pod from its endpoints while it sends SIGTERM,
+            # and clients watching health move away; both take a moment, during which calls
+            # still arrive here. They are served as usual rather than refused.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._delay_cut.wait()
         if self._server is not None and self._servicer is not None:
             # While draining, the listener stays open and new calls get UNAVAILABLE with
             # ErrorInfo (retryable elsewhere) instead of being cut by the transport.
@@ -221,6 +234,10 @@ class GatewayServer:
             await self._server.stop(_REFUSAL_GRACE_S if drained else 0)
             self._server = None
         await self._stack.aclose()
+
+    def end_drain_delay(self) -> None:
+        """Cut the drain delay short (a second signal: the operator does not want to wait)."""
+        self._delay_cut.set()
 
     async def wait_for_termination(self) -> None:
         if self._server is not None:

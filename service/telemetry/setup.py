@@ -7,7 +7,8 @@ imported only when chosen.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
@@ -22,6 +23,10 @@ from service.telemetry.core import SCOPE_VERSION, Telemetry
 _TRACE_EXPORTERS = frozenset({"otlp", "console", "none"})
 _METRIC_EXPORTERS = frozenset({"otlp", "prometheus", "console", "none"})
 _DEFAULT_PROMETHEUS_PORT = 9464
+# What asked for an exporter, as the operator set it.
+_OTLP_TRACES = "trace export (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER=otlp)"
+_OTLP_METRICS = "metric export (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_METRICS_EXPORTER=otlp)"
+_PROMETHEUS = "the metrics endpoint (GATEWAY_PROMETHEUS_PORT or OTEL_METRICS_EXPORTER=prometheus)"
 
 
 def _chosen(variable: str, value: str, endpoint: str, allowed: frozenset[str]) -> set[str]:
@@ -36,6 +41,18 @@ def _chosen(variable: str, value: str, endpoint: str, allowed: frozenset[str]) -
             f"(choose from {', '.join(sorted(allowed))})"
         )
     return names - {"none"}
+
+
+@contextmanager
+def _exporter_package(extra: str, setting: str) -> Iterator[None]:
+    """Turns a missing optional exporter package into one clear configuration line."""
+    try:
+        yield
+    except ImportError as exc:
+        raise ConfigError(
+            f"{setting} needs the {exc.name or 'exporter'} package, which is not installed "
+            f"(install the '{extra}' extra: pip install 'llm-gateway[{extra}]')"
+        ) from None
 
 
 def build_telemetry(
@@ -82,22 +99,26 @@ def build_telemetry(
             tracer_provider = TracerProvider(resource=resource)
             closers.append(tracer_provider.shutdown)
             for name in sorted(traces):
-                tracer_provider.add_span_processor(
-                    BatchSpanProcessor(_span_exporter(name, settings))
-                )
+                with _exporter_package("otlp", _OTLP_TRACES):
+                    exporter = _span_exporter(name, settings)
+                tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         meter_provider = None
         port = None
         if metrics:
             readers: list[MetricReader] = []
             for name in sorted(metrics):
                 if name == "prometheus":
-                    reader, port, stop = _prometheus(
-                        prometheus_host,
-                        _DEFAULT_PROMETHEUS_PORT if prometheus_port is None else prometheus_port,
-                    )
+                    with _exporter_package("prometheus", _PROMETHEUS):
+                        reader, port, stop = _prometheus(
+                            prometheus_host,
+                            _DEFAULT_PROMETHEUS_PORT
+                            if prometheus_port is None
+                            else prometheus_port,
+                        )
                     closers.append(stop)
                 else:
-                    reader = _periodic_reader(name, settings)
+                    with _exporter_package("otlp", _OTLP_METRICS):
+                        reader = _periodic_reader(name, settings)
                 readers.append(reader)
             meter_provider = MeterProvider(resource=resource, metric_readers=readers)
             # First: the final collection is exported before the scrape endpoint stops.

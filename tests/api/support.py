@@ -141,10 +141,14 @@ async def run_process(
     return Finished(process.returncode, out.decode(), err.decode())
 
 
-def service_env(**overrides: str) -> dict[str, str]:
-    """The environment for ``python -m service``: no inherited GATEWAY_*/OPENROUTER_* settings."""
+def service_env(*, simulator: bool = True, **overrides: str) -> dict[str, str]:
+    """The environment for ``python -m service``: no inherited GATEWAY_*/OPENROUTER_* settings;
+    demo mode (the simulator, key ``demo-key``) switched on explicitly unless ``simulator`` is
+    False."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENROUTER_"))}
     env["GATEWAY_LISTEN"] = "127.0.0.1:0"
+    if simulator:
+        env["GATEWAY_SIMULATOR"] = "true"
     # Each process its own ledger, never the checkout's var/usage.sqlite3 that `make run` uses.
     env["GATEWAY_LEDGER_PATH"] = str(Path(tempfile.mkdtemp(prefix="llmgw-proc-")) / "usage.sqlite3")
     env.update(overrides)

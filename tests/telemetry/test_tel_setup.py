@@ -203,7 +203,11 @@ async def test_the_service_reads_otel_variables_at_start() -> None:
         "-m",
         "service",
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "OTEL_TRACES_EXPORTER": "zipkin"},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "GATEWAY_SIMULATOR": "true",
+            "OTEL_TRACES_EXPORTER": "zipkin",
+        },
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
