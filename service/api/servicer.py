@@ -60,6 +60,7 @@ class _Incoming:
 
     request_id: str | None
     authorization: str | None = None
+    repeated_authorization: bool = False
     traceparent: str | None = None
     tracestate: str | None = None
 
@@ -70,12 +71,13 @@ def _request(record: CallRecord) -> dict[str, str]:
 
 def _scan_metadata(metadata: object) -> _Incoming:
     request_id = authorization = traceparent = tracestate = None
+    repeated = False
     for key, value in metadata or ():  # type: ignore[attr-defined]
         if not isinstance(value, str):
             continue
         if key == "authorization":
-            if authorization is None:
-                authorization = value
+            repeated = authorization is not None
+            authorization = value
         elif key == REQUEST_ID_KEY:
             if request_id is None and 0 < len(value) <= _MAX_REQUEST_ID:
                 request_id = value
@@ -83,7 +85,7 @@ def _scan_metadata(metadata: object) -> _Incoming:
             traceparent = value
         elif key == TRACESTATE:
             tracestate = value
-    return _Incoming(request_id, authorization, traceparent, tracestate)
+    return _Incoming(request_id, authorization, repeated, traceparent, tracestate)
 
 
 class CompletionServicer(pb_grpc.CompletionServiceServicer):
@@ -159,7 +161,9 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
 
     def _caller(self, context: Context, record: CallRecord, incoming: _Incoming) -> Caller:
         caller = self._auth.authenticate(
-            incoming.authorization, lambda: context.auth_context().get("x509_common_name")
+            incoming.authorization,
+            lambda: context.auth_context().get("x509_common_name"),
+            repeated=incoming.repeated_authorization,
         )
         record.caller_id = caller.id
         return caller

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.callers_file import ConfigError
+from tests.api.raw_http2 import frame, raw_call
 from tests.api.support import (
     assert_nothing_leaks,
     chat_requests,
@@ -34,6 +36,10 @@ BAD_CREDENTIALS = [
     pytest.param((("authorization", "Bearer"),), "API_KEY_MISSING", id="bare-scheme"),
     pytest.param(auth("key-nobody-knows"), "API_KEY_INVALID", id="unknown-key"),
     pytest.param(auth(ALPHA_KEY + "x"), "API_KEY_INVALID", id="near-miss"),
+    pytest.param((("authorization", f"Bearer  {ALPHA_KEY}"),), "API_KEY_INVALID", id="two-spaces"),
+    pytest.param((("authorization", f"Bearer {ALPHA_KEY} "),), "API_KEY_INVALID", id="trailing-sp"),
+    pytest.param((*auth(), *auth()), "API_KEY_INVALID", id="two-values"),
+    pytest.param((*auth(), ("authorization", "Bearer x")), "API_KEY_INVALID", id="valid-first"),
 ]
 
 
@@ -64,12 +70,56 @@ async def test_bad_credentials_are_unauthenticated_on_every_rpc(
         assert all(record.caller_id == "" for record, _ in finished)
 
 
-async def test_the_bearer_scheme_is_case_insensitive() -> None:
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+async def test_the_bearer_scheme_is_case_insensitive(scheme: str) -> None:
     async with start_gateway() as gw:
         reply = await gw.stub.ListModels(
-            pb.ListModelsRequest(), metadata=(("authorization", f"bearer {ALPHA_KEY}"),)
+            pb.ListModelsRequest(), metadata=(("authorization", f"{scheme} {ALPHA_KEY}"),)
         )
         assert reply.models
+
+
+async def test_two_authorization_values_are_refused_saying_so() -> None:
+    async with start_gateway() as gw:
+        error = await _list_models_error(gw, (*auth(), *auth(BETA_KEY)))
+        assert (error.code, error.info.reason) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "API_KEY_INVALID",
+        )
+        assert "more than one 'authorization'" in error.message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"Bearer {ALPHA_KEY}\r\n",
+        f"Bearer {ALPHA_KEY}\n",
+        f"Bearer {ALPHA_KEY}\x00",
+        f"Bearer\t{ALPHA_KEY}",
+    ],
+    ids=["crlf", "lf", "nul", "tab"],
+)
+async def test_a_key_with_control_characters_is_refused(value: str) -> None:
+    # grpc's clients refuse to send such values; a raw HTTP/2 client can, and the server's
+    # transport lets them through.
+    async with start_gateway() as gw:
+        reply = await raw_call(
+            gw.server.address,
+            "/llmgateway.v1.CompletionService/ListModels",
+            frame(pb.ListModelsRequest().SerializeToString()),
+            (("authorization", value),),
+        )
+        assert reply.grpc_status == grpc.StatusCode.UNAUTHENTICATED.value[0]
+        assert reply.messages == []
+        details = reply.status_details
+        assert details is not None
+        status = status_pb2.Status.FromString(details)
+        [packed] = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+        info = error_details_pb2.ErrorInfo()
+        packed.Unpack(info)
+        assert info.reason == "API_KEY_INVALID"
+        assert "malformed" in status.message
+        assert ALPHA_KEY not in status.message
 
 
 @pytest.mark.parametrize(
