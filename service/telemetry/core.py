@@ -238,22 +238,37 @@ class Telemetry:
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 # The W3C propagator's own pattern for a version-00 compatible header.
+# Matched whole (fullmatch), so nothing a caller appends (CR/LF, a second header) survives:
+# a header that does not fit is ignored and the call starts a new trace, never fails.
 _TRACEPARENT_RE: Final = re.compile(
-    r"^\s*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\s*$"
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[\x21-\x7e]*)?"
 )
+# W3C tracestate: printable ASCII list members; anything else (control characters) is dropped.
+_TRACESTATE_RE: Final = re.compile(r"[\x20-\x7e]*")
+_MAX_TRACEPARENT: Final = 256
 _MAX_TRACESTATE: Final = 512
+_OWS: Final = " \t"
 
 
 def incoming_trace(traceparent: str | None, tracestate: str | None) -> dict[str, str] | None:
     """A caller's trace context, checked, as headers to pass on; None when absent or invalid."""
-    if traceparent is None:
+    if traceparent is None or len(traceparent) > _MAX_TRACEPARENT:
         return None
-    match = _TRACEPARENT_RE.match(traceparent)
-    if match is None or match.group(1) == "ff" or match.group(2) == "0" * 32:
+    traceparent = traceparent.strip(_OWS)
+    match = _TRACEPARENT_RE.fullmatch(traceparent)
+    if (
+        match is None
+        or match.group(1) == "ff"
+        or match.group(2) == "0" * 32
+        or match.group(3) == "0" * 16
+        or (match.group(1) == "00" and match.group(5) is not None)
+    ):
         return None
-    headers = {TRACEPARENT: traceparent.strip()}
+    headers = {TRACEPARENT: traceparent}
     if tracestate and len(tracestate) <= _MAX_TRACESTATE:
-        headers[TRACESTATE] = tracestate
+        tracestate = tracestate.strip(_OWS)
+        if tracestate and _TRACESTATE_RE.fullmatch(tracestate):
+            headers[TRACESTATE] = tracestate
     return headers
 
 
