@@ -140,6 +140,18 @@ def scenario_error(
                     {"patterns": ["ignore previous instructions"]},
                 ),
             )
+        case "400-echo":
+            # A provider's 400 that quotes the caller's input back, in error.message and in
+            # metadata.raw: providers may echo what they reject, and OpenRouter passes it on.
+            raw = {"error": {"message": f"Invalid content: {flagged_input}", "type": "invalid"}}
+            return ErrorReply(
+                400,
+                _error(
+                    400,
+                    f"Provider returned error: {flagged_excerpt(flagged_input)}",
+                    {"raw": orjson.dumps(raw).decode(), "provider_name": provider_name},
+                ),
+            )
         case "403-key":
             return ErrorReply(403, _error(403, "This API key has been disabled."))
         case "404":

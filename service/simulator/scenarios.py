@@ -9,7 +9,9 @@ Directive                       Effect
 ==============================  ==========================================================
 ``error=CODE``                  Reply HTTP CODE with OpenRouter's body for it. CODE is one of
                                 400 401 402 403 404 408 413 422 429 500 502 503 524 529
-                                (other 4xx/5xx get a generic body), ``403-guardrail``,
+                                (other 4xx/5xx get a generic body), ``400-echo`` (a
+                                provider 400 quoting the input in message and
+                                ``metadata.raw``), ``403-guardrail``,
                                 ``403-key``, ``429-openrouter`` (free-tier limit with
                                 X-RateLimit-* headers) or ``new-shape`` (429 availability
                                 body without ``error.code``).
@@ -63,7 +65,7 @@ DIRECTIVE_MARKER = b"[[sim:"
 
 _DIRECTIVE = re.compile(r"\[\[sim:([A-Za-z0-9_-]+)(?:=([^\]]*))?\]\]")
 
-NAMED_ERRORS = frozenset({"403-guardrail", "403-key", "429-openrouter", "new-shape"})
+NAMED_ERRORS = frozenset({"400-echo", "403-guardrail", "403-key", "429-openrouter", "new-shape"})
 
 
 class DirectiveError(ValueError):

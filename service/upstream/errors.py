@@ -28,13 +28,18 @@ Whether the client sends a failed attempt again is the class's ``resend`` flag, 
 
 The status comes from ``error.code`` (int, digit string, or a name such as ``server_error``),
 else ``error.http_status`` (the 2026 availability shape), else the HTTP status. Messages are
-our own words plus OpenRouter's short ``error.message``, scrubbed and capped; never the raw
-body, ``metadata.raw`` (the provider's body) or ``flagged_input`` (prompt text).
+our own words, fixed per row, plus the status: never OpenRouter's ``error.message`` (a provider
+may echo the prompt in it), the raw body, ``metadata.raw`` (the provider's body) or
+``flagged_input`` (prompt text). ``error.message`` and ``metadata.raw`` go, capped at
+``UPSTREAM_DETAIL_CHARS`` and redacted, to the DEBUG log only. ErrorInfo metadata holds only
+identifiers OpenRouter gives (provider, error type, limit source, model slug, moderation
+categories), each capped.
 """
 
 from __future__ import annotations
 
 import email.utils
+import logging
 import math
 import re
 import time
@@ -61,8 +66,11 @@ from service.errors import (
     UpstreamUnavailableError,
 )
 
+logger = logging.getLogger(__name__)
+
 MAX_MESSAGE_CHARS: Final = 200
-_MAX_UPSTREAM_MESSAGE_CHARS: Final = 120
+UPSTREAM_DETAIL_CHARS: Final = 256
+"""At most this much of OpenRouter's own text reaches the (DEBUG) log, per field."""
 
 # Names seen in place of a numeric ``error.code`` (old docs) or in ``metadata.error_type``.
 _CODE_NAMES: Final[Mapping[str, int]] = {
@@ -275,13 +283,21 @@ def _retry_after_from_body(error: Mapping[str, Any] | None) -> float | None:
     return None
 
 
-def _upstream_message(error: Mapping[str, Any] | None) -> str:
-    if error is None:
-        return ""
+def _log_upstream_detail(status: int, error: Mapping[str, Any] | None) -> None:
+    """OpenRouter's own words, for an operator debugging: DEBUG only, capped and redacted."""
+    if error is None or not logger.isEnabledFor(logging.DEBUG):
+        return
     message = error.get("message")
-    if not isinstance(message, str):
-        return ""
-    return safe_message(message, _MAX_UPSTREAM_MESSAGE_CHARS)
+    meta = error.get("metadata")
+    raw = meta.get("raw") if isinstance(meta, dict) else None
+    if raw is not None and not isinstance(raw, str):
+        raw = orjson.dumps(raw, default=str).decode()
+    logger.debug(
+        "OpenRouter error detail (status %d): message=%r raw=%r",
+        status,
+        safe_message(message, UPSTREAM_DETAIL_CHARS) if isinstance(message, str) else None,
+        safe_message(raw, UPSTREAM_DETAIL_CHARS) if raw is not None else None,
+    )
 
 
 def _moderation(error: Mapping[str, Any] | None) -> tuple[str, str] | None:
@@ -407,10 +423,10 @@ def _build(
     metadata = _metadata(error)
     if fallback_status is not None and fallback_status != status:
         metadata["http_status"] = str(fallback_status)
-    upstream = _upstream_message(error)
+    _log_upstream_detail(status, error)
 
     def message(ours: str) -> str:
-        return safe_message(f"{ours}: {upstream}" if upstream else ours)
+        return f"{ours} (upstream status {status})"
 
     retry_after = retry_after_header
     if retry_after is None:

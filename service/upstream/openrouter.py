@@ -365,7 +365,9 @@ class OpenRouterClient:
                     data = wire.load_json(raw, "the answer")
                     if isinstance(data, dict) and isinstance(data.get("error"), dict):
                         raise error_from_payload(data["error"], http_status=200)
-                    raise protocol_error(f"expected an event stream, got {response.content_type}")
+                    # Not the content type itself: it is OpenRouter's text, not ours.
+                    logger.debug("expected an event stream, got %.64r", response.content_type)
+                    raise protocol_error("expected an event stream")
             opened, response = response, None
             return opened
         except (TimeoutError, aiohttp.ClientError) as exc:

@@ -204,4 +204,5 @@ async def test_wrong_key_is_auth_error_without_the_key(make_client: ClientFactor
     with pytest.raises(UpstreamAuthError) as info:
         await client.complete(request(), deadline=deadline_in(5))
     assert "wrong-key" not in info.value.message
-    assert "User not found" in info.value.message
+    # Our words only: OpenRouter's "User not found." goes to the DEBUG log, not the caller.
+    assert info.value.message == "OpenRouter rejected the gateway's API key (upstream status 401)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from service.errors import (
 )
 from service.upstream.errors import (
     MAX_MESSAGE_CHARS,
+    UPSTREAM_DETAIL_CHARS,
     attempt_failure,
     error_from_payload,
     error_from_response,
@@ -195,3 +197,29 @@ def test_our_own_timer_is_the_deadline_not_the_transport() -> None:
     # A transport failure stays one even when the budget ran out at the same moment.
     refused = attempt_failure(aiohttp.ServerDisconnectedError(), deadline_passed=True)
     assert refused.reason == "UPSTREAM_CONNECTION_FAILED"
+
+
+def test_upstream_text_goes_only_to_the_debug_log(caplog: pytest.LogCaptureFixture) -> None:
+    echoed = "cobalt-lynx-9902 wants a poem"
+    raw = {"error": {"message": f"bad input {echoed} sk-or-v1-abcdef0123456789 " + "x" * 600}}
+    body = {
+        "error": {
+            "code": 400,
+            "message": f"Provider returned error: {echoed}",
+            "metadata": {"raw": orjson.dumps(raw).decode(), "provider_name": "OpenAI"},
+        }
+    }
+    with caplog.at_level(logging.INFO):
+        quiet = error_from_response(400, orjson.dumps(body), {})
+    assert not caplog.records
+    assert quiet.message == "OpenRouter rejected the request (upstream status 400)"
+    assert quiet.metadata == {"provider_name": "OpenAI", "upstream_status": "400"}
+
+    with caplog.at_level(logging.DEBUG, logger="service.upstream.errors"):
+        error_from_response(400, orjson.dumps(body), {})
+    (record,) = caplog.records
+    assert record.levelno == logging.DEBUG
+    assert echoed in record.getMessage()
+    assert "sk-or-v1" not in record.getMessage()
+    assert isinstance(record.args, tuple)
+    assert all(len(arg) <= UPSTREAM_DETAIL_CHARS for arg in record.args if isinstance(arg, str))
