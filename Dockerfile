@@ -9,11 +9,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml requirements.lock README.md ./
 COPY service ./service
-COPY generated ./generated
+COPY clients/python ./clients/python
 COPY schemas ./schemas
-# A wheel of the project plus its pinned dependencies, installed into one prefix to copy over.
+# Wheels of the project and of its client package (the generated contract) plus their pinned
+# dependencies, installed into one prefix to copy over.
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install -c requirements.lock .
+ && /opt/venv/bin/pip install -c requirements.lock ./clients/python .
 
 
 FROM python:3.11-slim-bookworm

@@ -18,10 +18,11 @@ PROTO_INCLUDE := build/proto-include/.installed
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(PY_STAMP): pyproject.toml requirements.lock
+# The server and the client package (the generated contract) it shares with callers.
+$(PY_STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -U pip
-	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e clients/python -e '.[dev]'
 	@touch $@
 
 $(NODE_STAMP): tools/package.json tools/package-lock.json
@@ -53,13 +54,15 @@ proto-lint: $(NODE_STAMP) $(PROTO_INCLUDE)
 proto-breaking: $(NODE_STAMP) $(PROTO_INCLUDE) ## buf breaking against the last release tag (v*)
 	BUF=$(BUF) ./scripts/buf-breaking.sh
 
-generate: $(PY_STAMP) ## Regenerate generated/ from proto/
+GENERATED := clients/python/src/llmgateway/v1
+
+generate: $(PY_STAMP) ## Regenerate the contract's Python code (clients/python/src/llmgateway/v1) from proto/
 	./scripts/generate.sh
 
-check-generated: $(PY_STAMP) ## Fail when generated/ is stale
+check-generated: $(PY_STAMP) ## Fail when the generated Python code is stale
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && ./scripts/generate.sh "$$tmp" && \
-	  diff -r -x __pycache__ "$$tmp" generated >/dev/null || \
-	  { echo "generated/ is stale: run 'make generate' and commit the result." >&2; exit 1; }
+	  diff -r -x __pycache__ "$$tmp/llmgateway/v1" $(GENERATED) >/dev/null || \
+	  { echo "$(GENERATED) is stale: run 'make generate' and commit the result." >&2; exit 1; }
 
 pytest: $(PY_STAMP) $(NODE_STAMP)
 	./scripts/ensure-redis.sh
@@ -78,7 +81,7 @@ image: ## Build the container image (needs a Docker engine)
 
 lock: ## Re-pin requirements.lock from a fresh resolve of pyproject.toml
 	rm -rf /tmp/llmgw-lock && $(PYTHON) -m venv /tmp/llmgw-lock
-	/tmp/llmgw-lock/bin/pip install -q -U pip && /tmp/llmgw-lock/bin/pip install -q -e '.[dev]'
+	/tmp/llmgw-lock/bin/pip install -q -U pip && /tmp/llmgw-lock/bin/pip install -q -e clients/python -e '.[dev]'
 	/tmp/llmgw-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 
 clean: ## Remove the virtual environment and installed tools

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Regenerates generated/ from proto/: Python messages and gRPC stubs (grpcio-tools) with
-# mypy-protobuf type stubs whose servicers are async-only. Usage: generate.sh [OUT_DIR]
+# Regenerates the contract's Python code in the client package (clients/python/src/llmgateway/v1):
+# messages and gRPC stubs (grpcio-tools) with mypy-protobuf type stubs for both the sync and the
+# async API (a stub on a grpc.Channel is typed sync, on a grpc.aio.Channel async). The server
+# uses the same package. Usage: generate.sh [OUT_DIR]   (OUT_DIR receives llmgateway/v1/...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-generated}"
+out="${1:-clients/python/src}"
 venv_bin=".venv/bin"
-mkdir -p "$out"
-find "$out" -name '*_pb2*' -delete
+mkdir -p "$out/llmgateway/v1"
+find "$out/llmgateway/v1" -name '*_pb2*' -delete
 # google/api/field_behavior.proto comes from googleapis-common-protos; only our own files are
 # compiled, so the generated code imports google.api.field_behavior_pb2 from that wheel.
 include=$(mktemp -d)
@@ -20,10 +22,7 @@ trap 'rm -rf "$include"' EXIT
   --plugin=protoc-gen-mypy="$venv_bin/protoc-gen-mypy" \
   --mypy_out="$out" \
   --plugin=protoc-gen-mypy_grpc="$venv_bin/protoc-gen-mypy_grpc" \
-  --mypy_grpc_out=only_async:"$out" \
+  --mypy_grpc_out="$out" \
   $(find proto -name '*.proto' | sort) 2>&1 | { grep -v "^Writing mypy" || true; }
-# Packages, so that `from llmgateway.v1 import ...` works from an installed wheel too.
-for dir in "$out/llmgateway" "$out/llmgateway/v1"; do
-  [ -f "$dir/__init__.py" ] || printf '"""Generated from proto/ by scripts/generate.sh; do not edit."""\n' >"$dir/__init__.py"
-done
-touch "$out/llmgateway/py.typed"
+printf '"""Generated from proto/llmgateway/v1 by scripts/generate.sh; do not edit."""\n' \
+  >"$out/llmgateway/v1/__init__.py"

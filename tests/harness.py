@@ -50,7 +50,7 @@ class Harness:
     sim: RunningSimulator
     server: GatewayServer
     channel: grpc.aio.Channel
-    stub: pb_grpc.CompletionServiceStub
+    stub: pb_grpc.CompletionServiceAsyncStub
     finished: list[tuple[CallRecord, grpc.StatusCode]] = field(default_factory=list)
     finish_signal: asyncio.Event = field(default_factory=asyncio.Event)
     """Set whenever a call is appended to ``finished``."""

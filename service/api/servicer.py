@@ -295,7 +295,7 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
 
     # --- RPCs ------------------------------------------------------------------------
 
-    async def Complete(self, request: pb.CompleteRequest, context: Context) -> pb.CompleteResponse:  # type: ignore[override]
+    async def Complete(self, request: pb.CompleteRequest, context: Context) -> pb.CompleteResponse:
         async def handle(
             caller: Caller, record: CallRecord, observed: RpcCall
         ) -> pb.CompleteResponse:
@@ -315,7 +315,7 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
 
         return await self._unary(context, "Complete", handle)
 
-    async def StreamComplete(  # type: ignore[override]
+    async def StreamComplete(
         self, request: pb.StreamCompleteRequest, context: Context
     ) -> AsyncIterator[pb.StreamCompleteResponse]:
         record, observed, incoming = self._open(context, "StreamComplete")
@@ -364,7 +364,7 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
         finally:
             self._end(context, record, observed, code)
 
-    async def ListModels(  # type: ignore[override]
+    async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         async def handle(
@@ -378,7 +378,7 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
 
         return await self._unary(context, "ListModels", handle)
 
-    async def CompleteStructured(  # type: ignore[override]
+    async def CompleteStructured(
         self, request: pb.CompleteStructuredRequest, context: Context
     ) -> pb.CompleteStructuredResponse:
         async def handle(
@@ -407,7 +407,7 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
 
         return await self._unary(context, "CompleteStructured", handle)
 
-    async def GetUsage(  # type: ignore[override]
+    async def GetUsage(
         self, request: pb.GetUsageRequest, context: Context
     ) -> pb.GetUsageResponse:
         async def handle(

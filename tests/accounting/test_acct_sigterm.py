@@ -74,7 +74,7 @@ def outcome(
 
 
 async def burst_then_sigterm(
-    stub: pb_grpc.CompletionServiceStub, stop: asyncio.Event
+    stub: pb_grpc.CompletionServiceAsyncStub, stop: asyncio.Event
 ) -> tuple[list[Outcome], list[Outcome], int]:
     """Paced streams in flight plus a burst of unary calls; ``stop`` is set mid-burst.
 

@@ -1,1 +1,0 @@
-"""Generated from proto/ by scripts/generate.sh; do not edit."""
