@@ -407,9 +407,7 @@ class CompletionServicer(pb_grpc.CompletionServiceServicer):
 
         return await self._unary(context, "CompleteStructured", handle)
 
-    async def GetUsage(
-        self, request: pb.GetUsageRequest, context: Context
-    ) -> pb.GetUsageResponse:
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Context) -> pb.GetUsageResponse:
         async def handle(
             caller: Caller, record: CallRecord, observed: RpcCall
         ) -> pb.GetUsageResponse:

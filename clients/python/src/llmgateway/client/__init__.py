@@ -7,8 +7,9 @@ configuration, ``error_details`` reads the rich error details of a failed call, 
 """
 
 from llmgateway.client.channels import (
-    AsyncBearerKeyInterceptor,
     BearerKeyInterceptor,
+    Transport,
+    async_bearer_key_interceptors,
     bearer_credentials,
     channel_credentials,
     channel_options,
@@ -36,7 +37,6 @@ from llmgateway.client.streams import (
 )
 
 __all__ = [
-    "AsyncBearerKeyInterceptor",
     "BadRequest",
     "BearerKeyInterceptor",
     "ErrorDetails",
@@ -47,8 +47,10 @@ __all__ = [
     "QuotaViolation",
     "RetryInfo",
     "StreamAssembler",
+    "Transport",
     "assemble",
     "assemble_async",
+    "async_bearer_key_interceptors",
     "bearer_credentials",
     "call_with_retry",
     "call_with_retry_async",

@@ -131,7 +131,7 @@ def connect_async(
     opts = list(options if options is not None else channel_options())
     if transport == "plaintext":
         return grpc.aio.insecure_channel(
-            target, options=opts, interceptors=[AsyncBearerKeyInterceptor(key)]
+            target, options=opts, interceptors=async_bearer_key_interceptors(key)
         )
     creds = channel_credentials(key, transport=transport, root_certificates=root_certificates)
     return grpc.aio.secure_channel(target, creds, options=opts)
@@ -180,11 +180,7 @@ class BearerKeyInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamCli
         return continuation(self._details(client_call_details), request)
 
 
-class AsyncBearerKeyInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
-):
-    """Adds ``authorization: Bearer <key>`` to every call of a plaintext asyncio channel."""
-
+class _AsyncKey:
     def __init__(self, key: str) -> None:
         self._key = key
 
@@ -197,6 +193,8 @@ class AsyncBearerKeyInterceptor(
             details.wait_for_ready,
         )
 
+
+class _AsyncUnaryKey(_AsyncKey, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self,
         continuation: Callable[..., Any],
@@ -205,6 +203,8 @@ class AsyncBearerKeyInterceptor(
     ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _AsyncStreamKey(_AsyncKey, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self,
         continuation: Callable[..., Any],
@@ -212,3 +212,9 @@ class AsyncBearerKeyInterceptor(
         request: Any,
     ) -> Any:
         return await continuation(self._details(client_call_details), request)
+
+
+def async_bearer_key_interceptors(key: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors adding ``authorization: Bearer <key>`` to every call of a plaintext asyncio
+    channel: one per call shape, as grpc.aio files each interceptor under one shape only."""
+    return [_AsyncUnaryKey(key), _AsyncStreamKey(key)]
