@@ -23,9 +23,9 @@ from pydantic import AnyHttpUrl, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsError
 
 from service import gc_tuning
-from service.callers_file import ConfigError
 from service.config import (
     DEMO_LISTEN,
+    ConfigError,
     GatewaySettings,
     OpenRouterSettings,
     TelemetrySettings,

@@ -18,11 +18,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from service.config import ConfigError
 from service.domain.callers import Caller, CallerLimits
-
-
-class ConfigError(Exception):
-    """Start-up configuration is unusable; the message is one clear line for the operator."""
 
 
 class _Limits(BaseModel):

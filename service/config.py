@@ -28,6 +28,10 @@ _MAX_SECONDS = 86_400.0
 """Upper bound of a duration setting: a day (a larger value is a typo, e.g. milliseconds)."""
 
 
+class ConfigError(Exception):
+    """Start-up configuration is unusable; the message is one clear line for the operator."""
+
+
 def split_host_port(address: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) split and checked; ValueError says what is wrong."""
     if address.startswith("["):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from service.callers_file import ConfigError
+from service.config import ConfigError
 
 MAX_KEY_FILE_BYTES = 4096
 """OpenRouter keys are under a hundred characters; anything this large is the wrong file."""

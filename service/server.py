@@ -23,8 +23,8 @@ from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
 
 from service.api.auth import Authenticator
 from service.api.servicer import SERVICE_NAME, CompletionServicer, FinishHook
-from service.callers_file import ConfigError, load_callers
-from service.config import GatewaySettings, OpenRouterSettings
+from service.callers_file import load_callers
+from service.config import ConfigError, GatewaySettings, OpenRouterSettings
 from service.domain.callers import Caller, CallerRegistry
 from service.domain.gateway import Gateway, GatewayPolicy
 from service.domain.limits import RequestLimits

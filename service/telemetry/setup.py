@@ -16,8 +16,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from service.callers_file import ConfigError
-from service.config import TelemetrySettings
+from service.config import ConfigError, TelemetrySettings
 from service.telemetry.core import SCOPE_VERSION, Telemetry
 
 _TRACE_EXPORTERS = frozenset({"otlp", "console", "none"})

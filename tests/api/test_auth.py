@@ -8,7 +8,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 
-from service.callers_file import ConfigError
+from service.config import ConfigError
 from tests.api.raw_http2 import frame, raw_call
 from tests.api.support import (
     assert_nothing_leaks,

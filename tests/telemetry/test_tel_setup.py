@@ -17,8 +17,7 @@ from llmgateway.v1 import completion_service_pb2 as pb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
-from service.callers_file import ConfigError
-from service.config import TelemetrySettings
+from service.config import ConfigError, TelemetrySettings
 from service.telemetry import Telemetry, build_telemetry
 from service.telemetry.upstream import safe_url
 from tests.harness import auth, start_gateway, user
