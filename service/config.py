@@ -123,7 +123,14 @@ class GatewaySettings(BaseSettings):
     """Non-system messages kept (the most recent ones) when a history is longer."""
     default_max_tokens: int = Field(default=1024, ge=1)
     max_tokens_cap: int = Field(default=16_384, ge=1)
-    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_parts_per_message: int = Field(default=64, ge=1)
+    max_part_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    """Inline bytes of one media part (image, file, audio, video)."""
+    max_media_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    """Inline media bytes of one request; must stay below ``max_message_bytes``."""
+    max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    """gRPC message size limit, both directions: room for ``max_media_bytes`` of media plus
+    the text, and for the images an answer brings back."""
     shutdown_grace_s: float = Field(default=30.0, ge=0.0, le=_MAX_SECONDS)
     drain_delay_s: float = Field(default=0.0, ge=0.0, le=_MAX_SECONDS)
     """After SIGTERM, how long health says NOT_SERVING while calls are still accepted, so load

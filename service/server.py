@@ -72,6 +72,12 @@ def _credentials(settings: GatewaySettings) -> grpc.ServerCredentials | None:
 
 
 def request_limits(settings: GatewaySettings) -> RequestLimits:
+    if settings.max_media_bytes >= settings.max_message_bytes:
+        # gRPC would refuse such a request before the gateway could name the part too large.
+        raise ConfigError(
+            f"GATEWAY_MAX_MEDIA_BYTES ({settings.max_media_bytes}) must be below "
+            f"GATEWAY_MAX_MESSAGE_BYTES ({settings.max_message_bytes})"
+        )
     return RequestLimits(
         max_messages=settings.max_messages,
         max_message_chars=settings.max_message_chars,
@@ -79,6 +85,9 @@ def request_limits(settings: GatewaySettings) -> RequestLimits:
         max_history_turns=settings.max_history_turns,
         default_max_tokens=min(settings.default_max_tokens, settings.max_tokens_cap),
         max_tokens_cap=settings.max_tokens_cap,
+        max_parts_per_message=settings.max_parts_per_message,
+        max_part_bytes=min(settings.max_part_bytes, settings.max_media_bytes),
+        max_media_bytes=settings.max_media_bytes,
     )
 
 

@@ -11,22 +11,34 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.domain.completion import (
+    AudioPart,
+    Blob,
     Completion,
     CompletionRequest,
     ContentDelta,
+    FileParser,
+    FilePart,
     FinishReason,
+    ImageDetail,
+    ImagePart,
+    MediaSource,
+    MediaUrl,
     Message,
+    Part,
+    PdfEngine,
     ReasoningDelta,
     Role,
     SamplingParams,
     StreamEvent,
     StreamStarted,
+    TextPart,
     ToolCall,
     ToolCallDelta,
     ToolChoice,
     ToolChoiceMode,
     ToolDefinition,
     Usage,
+    VideoPart,
 )
 from service.domain.models import ModelInfo
 from service.domain.quotas import LimitUsage, QuotaStatus
@@ -45,6 +57,17 @@ _TOOL_CHOICE_MODES: dict[int, ToolChoiceMode] = {
     pb.TOOL_CHOICE_MODE_AUTO: ToolChoiceMode.AUTO,
     pb.TOOL_CHOICE_MODE_NONE: ToolChoiceMode.NONE,
     pb.TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode.REQUIRED,
+}
+_IMAGE_DETAILS: dict[int, ImageDetail] = {
+    pb.IMAGE_DETAIL_AUTO: ImageDetail.AUTO,
+    pb.IMAGE_DETAIL_LOW: ImageDetail.LOW,
+    pb.IMAGE_DETAIL_HIGH: ImageDetail.HIGH,
+    pb.IMAGE_DETAIL_ORIGINAL: ImageDetail.ORIGINAL,
+}
+_PDF_ENGINES: dict[int, PdfEngine] = {
+    pb.PDF_ENGINE_NATIVE: PdfEngine.NATIVE,
+    pb.PDF_ENGINE_CLOUDFLARE_AI: PdfEngine.CLOUDFLARE_AI,
+    pb.PDF_ENGINE_MISTRAL_OCR: PdfEngine.MISTRAL_OCR,
 }
 _FINISH: dict[FinishReason, pb.FinishReason.ValueType] = {
     FinishReason.UNSPECIFIED: pb.FINISH_REASON_UNSPECIFIED,
@@ -78,6 +101,40 @@ def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
+def _source(
+    holder: pb.ImagePart | pb.FilePart | pb.VideoPart,
+    field: str,
+    violations: list[FieldViolation],
+) -> MediaSource:
+    which = holder.WhichOneof("source")
+    if which == "url":
+        return MediaUrl(holder.url)
+    if which == "inline_data":
+        return Blob(holder.inline_data.mime_type, holder.inline_data.data)
+    violations.append(FieldViolation(field, "set url or inline_data"))
+    return MediaUrl("https://unset.invalid/")  # refused above: never sent
+
+
+def _part(part: pb.Part, field: str, violations: list[FieldViolation]) -> Part:
+    which = part.WhichOneof("data")
+    if which == "text":
+        return TextPart(part.text)
+    if which == "image":
+        detail = _IMAGE_DETAILS.get(part.image.detail)
+        return ImagePart(_source(part.image, f"{field}.image", violations), detail)
+    if which == "file":
+        source = _source(part.file, f"{field}.file", violations)
+        return FilePart(source, part.file.filename)
+    if which == "audio":
+        return AudioPart(part.audio.data, part.audio.format)
+    if which == "video":
+        return VideoPart(_source(part.video, f"{field}.video", violations))
+    violations.append(FieldViolation(field, "set text, image, file, audio or video"))
+    # Kept in place (never sent: the request is refused) so later indices stay true; not
+    # empty, so the domain does not report the same part a second time.
+    return TextPart(" ")
+
+
 def _messages(messages: Sequence[pb.Message], violations: list[FieldViolation]) -> list[Message]:
     result = []
     for i, message in enumerate(messages):
@@ -96,9 +153,21 @@ def _messages(messages: Sequence[pb.Message], violations: list[FieldViolation]) 
                     ToolCall(id=c.id, name=c.name, arguments=c.arguments_json or "{}")
                     for c in message.tool_calls
                 ),
+                parts=tuple(
+                    _part(part, f"messages[{i}].parts[{j}]", violations)
+                    for j, part in enumerate(message.parts)
+                ),
             )
         )
     return result
+
+
+def _file_parser(
+    message: pb.CompleteRequest | pb.StreamCompleteRequest | pb.CompleteStructuredRequest,
+) -> FileParser | None:
+    if not message.HasField("file_parser"):
+        return None
+    return FileParser(pdf_engine=_PDF_ENGINES.get(message.file_parser.pdf_engine))
 
 
 def _sampling(params: pb.SamplingParams) -> SamplingParams:
@@ -161,6 +230,7 @@ def completion_request(
         fallback_models=tuple(message.fallback_models),
         tools=tools,
         tool_choice=tool_choice,
+        file_parser=_file_parser(message),
         decode_violations=tuple(violations),
     )
 

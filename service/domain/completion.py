@@ -2,12 +2,15 @@
 
 These are plain frozen dataclasses, free of protobuf, JSON and HTTP: the api layer converts
 protobuf into them, the upstream layer converts them into OpenRouter's JSON.
+
+Prompt text, media bytes and URLs are left out of every ``repr``: a stray log line or
+traceback of a request must not carry what a caller sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -52,13 +55,170 @@ class ToolCall:
     arguments: str
 
 
+class Modality(StrEnum):
+    """What a model reads or writes, in OpenRouter's ``architecture`` vocabulary."""
+
+    TEXT = "text"
+    IMAGE = "image"
+    FILE = "file"
+    AUDIO = "audio"
+    VIDEO = "video"
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """Media given inline: its IANA media type and raw bytes (sent upstream as a data URL)."""
+
+    mime_type: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaUrl:
+    """Media the provider fetches itself; the gateway never does (no request forgery)."""
+
+    url: str = field(repr=False)
+    """May be a signed URL with a token in it: never logged."""
+
+
+MediaSource = Blob | MediaUrl
+
+
+class ImageDetail(StrEnum):
+    AUTO = "auto"
+    LOW = "low"
+    HIGH = "high"
+    ORIGINAL = "original"
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    source: MediaSource
+    detail: ImageDetail | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FilePart:
+    """A document (PDF and others); ``filename`` tells the provider what it is."""
+
+    source: MediaSource
+    filename: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPart:
+    """Audio is inline only: OpenRouter does not accept audio URLs."""
+
+    data: bytes = field(repr=False)
+    format: str = ""
+    """``wav``, ``mp3``, ``aiff``, ``aac``, ``ogg``, ``flac``, ``m4a``, ``pcm16``, ``pcm24``."""
+
+
+@dataclass(frozen=True, slots=True)
+class VideoPart:
+    source: MediaSource
+
+
+Part = TextPart | ImagePart | FilePart | AudioPart | VideoPart
+
+PART_MODALITY: Mapping[type[Any], Modality] = {
+    TextPart: Modality.TEXT,
+    ImagePart: Modality.IMAGE,
+    FilePart: Modality.FILE,
+    AudioPart: Modality.AUDIO,
+    VideoPart: Modality.VIDEO,
+}
+
+
+def part_bytes(part: Part) -> int:
+    """Inline bytes a part carries (0 for text and URLs)."""
+    if isinstance(part, AudioPart):
+        return len(part.data)
+    if isinstance(part, TextPart):
+        return 0
+    source = part.source
+    return len(source.data) if isinstance(source, Blob) else 0
+
+
+class ReasoningDetailType(StrEnum):
+    """OpenRouter's ``reasoning_details[].type`` values the contract carries."""
+
+    TEXT = "reasoning.text"
+    SUMMARY = "reasoning.summary"
+    ENCRYPTED = "reasoning.encrypted"
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDetail:
+    """One reasoning block (or, in a stream, a piece of one), kept exactly as sent.
+
+    ``None`` means "absent", so a block sent back upstream has the same fields it came with;
+    ``signature`` and ``data`` are opaque and must come back byte for byte.
+    """
+
+    type: ReasoningDetailType
+    id: str | None = None
+    format: str | None = None
+    index: int | None = None
+    text: str | None = field(default=None, repr=False)
+    signature: str | None = field(default=None, repr=False)
+    summary: str | None = field(default=None, repr=False)
+    data: str | None = field(default=None, repr=False)
+
+
+def merge_reasoning_details(pieces: Sequence[ReasoningDetail]) -> tuple[ReasoningDetail, ...]:
+    """Stream pieces joined into whole blocks, as OpenRouter documents it: pieces with the
+    same (type, index) are one block; their text, summary, data and signature concatenate,
+    and id and format come from the first piece that has them. Order of first appearance."""
+    merged: dict[tuple[ReasoningDetailType, int | None], ReasoningDetail] = {}
+    for piece in pieces:
+        key = (piece.type, piece.index)
+        seen = merged.get(key)
+        if seen is None:
+            merged[key] = piece
+            continue
+        merged[key] = ReasoningDetail(
+            type=seen.type,
+            id=seen.id if seen.id is not None else piece.id,
+            format=seen.format if seen.format is not None else piece.format,
+            index=seen.index,
+            text=_join(seen.text, piece.text),
+            signature=_join(seen.signature, piece.signature),
+            summary=_join(seen.summary, piece.summary),
+            data=_join(seen.data, piece.data),
+        )
+    return tuple(merged.values())
+
+
+def _join(first: str | None, second: str | None) -> str | None:
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return first + second
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     role: Role
-    content: str
+    content: str = field(repr=False)
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    parts: tuple[Part, ...] = ()
+    """Content as parts; a message sets ``content`` or ``parts``, never both."""
+    reasoning_details: tuple[ReasoningDetail, ...] = ()
+    """An assistant turn's reasoning blocks, sent back upstream unchanged."""
+
+    @property
+    def text_chars(self) -> int:
+        """Characters of text: ``content`` plus every text part."""
+        return len(self.content) + sum(len(p.text) for p in self.parts if isinstance(p, TextPart))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +272,48 @@ class ResponseFormat:
     strict: bool = True
 
 
+class ReasoningEffort(StrEnum):
+    NONE = "none"
+    MINIMAL = "minimal"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    XHIGH = "xhigh"
+    MAX = "max"
+
+
+class ReasoningSummary(StrEnum):
+    AUTO = "auto"
+    CONCISE = "concise"
+    DETAILED = "detailed"
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningConfig:
+    """OpenRouter's ``reasoning`` object; ``None`` fields are not sent."""
+
+    effort: ReasoningEffort | None = None
+    max_tokens: int | None = None
+    exclude: bool | None = None
+    enabled: bool | None = None
+    summary: ReasoningSummary | None = None
+
+
+class PdfEngine(StrEnum):
+    """How OpenRouter's file-parser plugin reads PDFs."""
+
+    NATIVE = "native"
+    CLOUDFLARE_AI = "cloudflare-ai"
+    MISTRAL_OCR = "mistral-ocr"
+
+
+@dataclass(frozen=True, slots=True)
+class FileParser:
+    """The ``file-parser`` plugin's settings."""
+
+    pdf_engine: PdfEngine | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class CompletionRequest:
     """One call upstream, after validation, trimming and prompt composition.
@@ -129,6 +331,12 @@ class CompletionRequest:
     response_format: ResponseFormat | None = None
     require_parameters: bool = False
     plugins: tuple[str, ...] = ()
+    reasoning: ReasoningConfig | None = None
+    output_modalities: tuple[Modality, ...] = ()
+    """Empty: not sent (text only). Otherwise OpenRouter's ``modalities``."""
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    file_parser: FileParser | None = None
     trace_headers: Mapping[str, str] = field(default_factory=dict)
     decode_violations: tuple[FieldViolation, ...] = ()
     """Problems found while decoding the caller's message (an unset enum, say), reported
@@ -137,7 +345,11 @@ class CompletionRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts and cost of one generation; ``cost_usd`` is None when OpenRouter gave none."""
+    """Token counts and cost of one generation; ``cost_usd`` is None when OpenRouter gave none.
+
+    The per-modality counts are parts of ``prompt_tokens`` / ``completion_tokens``, as
+    OpenRouter's ``*_tokens_details`` report them (0 when not reported).
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -145,6 +357,11 @@ class Usage:
     reasoning_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float | None = None
+    prompt_image_tokens: int = 0
+    prompt_audio_tokens: int = 0
+    prompt_video_tokens: int = 0
+    completion_image_tokens: int = 0
+    completion_audio_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         cost: float | None
@@ -155,14 +372,89 @@ class Usage:
             # turn 0.0000642 + 0.0000642 into 0.00012839999999999998 in the ledger.
             total = Decimal(repr(self.cost_usd or 0.0)) + Decimal(repr(other.cost_usd or 0.0))
             cost = float(total)
-        return Usage(
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-            total_tokens=self.total_tokens + other.total_tokens,
-            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
-            cached_tokens=self.cached_tokens + other.cached_tokens,
-            cost_usd=cost,
-        )
+        counts = {name: getattr(self, name) + getattr(other, name) for name in _USAGE_COUNTS}
+        return Usage(cost_usd=cost, **counts)
+
+
+_USAGE_COUNTS = tuple(f.name for f in fields(Usage) if f.name != "cost_usd")
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    """An image the model made: inline bytes (OpenRouter sends data URLs) or, rarely, a URL."""
+
+    source: MediaSource
+    index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UrlCitation:
+    """A web source the answer cites; the indexes are a character span of the content."""
+
+    url: str
+    title: str = ""
+    content: str = field(default="", repr=False)
+    start_index: int = 0
+    end_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileAnnotation:
+    """A document OpenRouter parsed; sending it back on the next turn skips re-parsing."""
+
+    hash: str
+    name: str = ""
+    content: tuple[Part, ...] = field(default=(), repr=False)
+
+
+Annotation = UrlCitation | FileAnnotation
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token: str = field(repr=False)
+    logprob: float
+    bytes: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str = field(repr=False)
+    logprob: float
+    bytes: bytes | None = field(default=None, repr=False)
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Logprobs:
+    """Log probabilities of the answer's tokens (``content``) and of a refusal's."""
+
+    content: tuple[TokenLogprob, ...] = ()
+    refusal: tuple[TokenLogprob, ...] = ()
+
+    def __add__(self, other: Logprobs) -> Logprobs:
+        return Logprobs(self.content + other.content, self.refusal + other.refusal)
+
+
+@dataclass(frozen=True, slots=True)
+class UnsupportedOutput:
+    """Output the upstream returned that the contract cannot carry yet: never dropped
+    silently, it is counted and reported (``kind`` names where it was, e.g. ``message.audio``)."""
+
+    kind: str
+    count: int
+
+
+def count_unsupported(kinds: Sequence[str]) -> tuple[UnsupportedOutput, ...]:
+    counts: dict[str, int] = {}
+    for kind in kinds:
+        counts[kind] = counts.get(kind, 0) + 1
+    return tuple(UnsupportedOutput(kind, n) for kind, n in sorted(counts.items()))
+
+
+def add_unsupported(seen: dict[str, int], outputs: Sequence[UnsupportedOutput]) -> None:
+    for output in outputs:
+        seen[output.kind] = seen.get(output.kind, 0) + output.count
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +471,12 @@ class Completion:
     tool_calls: tuple[ToolCall, ...] = ()
     usage: Usage = Usage()
     created: int = 0
+    reasoning_details: tuple[ReasoningDetail, ...] = ()
+    images: tuple[GeneratedImage, ...] = ()
+    annotations: tuple[Annotation, ...] = ()
+    refusal: str = field(default="", repr=False)
+    logprobs: Logprobs | None = None
+    unsupported: tuple[UnsupportedOutput, ...] = ()
 
 
 # --- Streaming events, in the order a stream yields them -------------------------------
@@ -215,12 +513,37 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputDelta:
+    """One upstream chunk that carries more than plain text: everything in it, together, so a
+    caller sees a reasoning piece and its signature (or text and its citation) as one message.
+
+    Plain content, reasoning and tool-call chunks (nearly all of them) stay the small events
+    above.
+    """
+
+    content: str = field(default="", repr=False)
+    reasoning: str = field(default="", repr=False)
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    reasoning_details: tuple[ReasoningDetail, ...] = ()
+    images: tuple[GeneratedImage, ...] = ()
+    annotations: tuple[Annotation, ...] = ()
+    refusal: str = field(default="", repr=False)
+    logprobs: Logprobs | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StreamFinished:
-    """Last event of a complete stream: why it ended and what it cost."""
+    """Last event of a complete stream: why it ended and what it cost.
+
+    ``reasoning_details`` are the stream's pieces merged into whole blocks, ready to be sent
+    back on the next turn; ``unsupported`` counts what the contract could not carry.
+    """
 
     finish_reason: FinishReason
     native_finish_reason: str
     usage: Usage | None
+    reasoning_details: tuple[ReasoningDetail, ...] = ()
+    unsupported: tuple[UnsupportedOutput, ...] = ()
 
 
 StreamEvent = StreamStarted | ContentDelta | ReasoningDelta | ToolCallDelta | StreamFinished

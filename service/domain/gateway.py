@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from service.domain.accounting import CallRecord, usage_cost, usage_record, worst_case
 from service.domain.callers import Caller
+from service.domain.capabilities import check_capabilities
 from service.domain.completion import (
     CallStats,
     Completion,
@@ -172,6 +173,7 @@ class Gateway:
                     f"fallback_models[{i}]", f"unknown model '{fallback}'"
                 )
             candidates.append(fallback_info)
+        check_capabilities(prepared, candidates)
         return PreparedCall(caller, prepared, info, tuple(candidates))
 
     # --- quotas ---------------------------------------------------------------------------

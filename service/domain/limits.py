@@ -12,8 +12,23 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from service.domain.completion import CompletionRequest, Message, Role, SamplingParams
+from service.domain.completion import (
+    AudioPart,
+    Blob,
+    CompletionRequest,
+    FilePart,
+    ImagePart,
+    MediaSource,
+    Message,
+    Part,
+    Role,
+    SamplingParams,
+    TextPart,
+    VideoPart,
+    part_bytes,
+)
 from service.errors import FieldViolation, InvalidRequestError
 
 MAX_FALLBACK_MODELS = 3
@@ -24,6 +39,17 @@ MAX_NAME_CHARS = 64
 MAX_END_USER_ID_CHARS = 128
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KEPT_ON_TRIM = frozenset({Role.SYSTEM, Role.DEVELOPER})
+MIB = 1024 * 1024
+MAX_URL_CHARS = 8192
+MAX_FILENAME_CHARS = 255
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+VIDEO_TYPES = frozenset({"video/mp4", "video/mpeg", "video/mov", "video/webm"})
+AUDIO_FORMATS = frozenset({"wav", "mp3", "aiff", "aac", "ogg", "flac", "m4a", "pcm16", "pcm24"})
+# Any registered-looking `type/subtype` (RFC 6838 restricted names) for documents.
+_MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}$")
+# Providers fetch these; anything else (file:, ftp:, gopher:, javascript:) has no business
+# in a prompt, and data: URLs would slip media past the byte limits and media-type checks.
+_URL_SCHEMES = frozenset({"https", "http"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +60,10 @@ class RequestLimits:
     max_history_turns: int = 64
     default_max_tokens: int = 1024
     max_tokens_cap: int = 16_384
+    max_parts_per_message: int = 64
+    max_part_bytes: int = 10 * MIB
+    max_media_bytes: int = 20 * MIB
+    """Inline media bytes of one request, all parts together."""
 
 
 def _range(
@@ -94,17 +124,25 @@ def _check_messages(
         )
         return
     total = 0
+    media = 0
     for i, message in enumerate(messages):
         field = f"messages[{i}]"
-        total += len(message.content)
-        if len(message.content) > limits.max_message_chars:
+        chars = message.text_chars
+        total += chars
+        if chars > limits.max_message_chars:
+            where = f"{field}.parts" if message.parts else f"{field}.content"
             violations.append(
-                FieldViolation(
-                    f"{field}.content", f"longer than {limits.max_message_chars} characters"
-                )
+                FieldViolation(where, f"longer than {limits.max_message_chars} characters")
             )
-        if not message.content and not (message.role is Role.ASSISTANT and message.tool_calls):
+        if message.content and message.parts:
+            violations.append(FieldViolation(f"{field}.parts", "set content or parts, not both"))
+        elif (
+            not message.content
+            and not message.parts
+            and not (message.role is Role.ASSISTANT and message.tool_calls)
+        ):
             violations.append(FieldViolation(f"{field}.content", "must not be empty"))
+        media += _check_parts(message, field, limits, violations)
         if message.name and len(message.name) > MAX_NAME_CHARS:
             violations.append(FieldViolation(f"{field}.name", f"at most {MAX_NAME_CHARS} chars"))
         if message.role is Role.TOOL and not message.tool_call_id:
@@ -128,6 +166,117 @@ def _check_messages(
         violations.append(
             FieldViolation("messages", f"longer than {limits.max_total_chars} characters in all")
         )
+    if media > limits.max_media_bytes:
+        violations.append(
+            FieldViolation("messages", f"more than {limits.max_media_bytes} bytes of media in all")
+        )
+
+
+def _check_parts(
+    message: Message, field: str, limits: RequestLimits, violations: list[FieldViolation]
+) -> int:
+    """Check a message's parts; returns the inline media bytes they carry."""
+    if len(message.parts) > limits.max_parts_per_message:
+        violations.append(
+            FieldViolation(f"{field}.parts", f"at most {limits.max_parts_per_message} parts")
+        )
+    media = 0
+    for j, part in enumerate(message.parts):
+        where = f"{field}.parts[{j}]"
+        if isinstance(part, TextPart):
+            if not part.text:
+                violations.append(FieldViolation(f"{where}.text", "must not be empty"))
+            continue
+        if message.role is Role.ASSISTANT:
+            # OpenAI-style assistant content holds text (and refusals) only.
+            violations.append(FieldViolation(where, "an assistant message takes text parts only"))
+            continue
+        size = part_bytes(part)
+        media += size
+        _check_media(part, where, size, limits, violations)
+    return media
+
+
+def _check_media(
+    part: Part, where: str, size: int, limits: RequestLimits, violations: list[FieldViolation]
+) -> None:
+    if isinstance(part, AudioPart):
+        if not part.data:
+            violations.append(FieldViolation(f"{where}.audio.data", "must not be empty"))
+        elif size > limits.max_part_bytes:
+            violations.append(
+                FieldViolation(f"{where}.audio.data", f"larger than {limits.max_part_bytes} bytes")
+            )
+        if part.format.lower() not in AUDIO_FORMATS:
+            allowed = ", ".join(sorted(AUDIO_FORMATS))
+            violations.append(FieldViolation(f"{where}.audio.format", f"must be one of {allowed}"))
+        return
+    if isinstance(part, ImagePart):
+        _check_source(part.source, f"{where}.image", IMAGE_TYPES, limits, violations)
+    elif isinstance(part, VideoPart):
+        _check_source(part.source, f"{where}.video", VIDEO_TYPES, limits, violations)
+    elif isinstance(part, FilePart):
+        if not 1 <= len(part.filename) <= MAX_FILENAME_CHARS:
+            violations.append(
+                FieldViolation(
+                    f"{where}.file.filename", f"must be 1 to {MAX_FILENAME_CHARS} characters"
+                )
+            )
+        _check_source(part.source, f"{where}.file", None, limits, violations)
+
+
+def _check_source(
+    source: MediaSource,
+    where: str,
+    types: frozenset[str] | None,
+    limits: RequestLimits,
+    violations: list[FieldViolation],
+) -> None:
+    """``types`` None: any well-formed media type (documents)."""
+    if isinstance(source, Blob):
+        mime = source.mime_type.lower()
+        if types is not None and mime not in types:
+            allowed = ", ".join(sorted(types))
+            violations.append(
+                FieldViolation(f"{where}.inline_data.mime_type", f"must be one of {allowed}")
+            )
+        elif types is None and not _MEDIA_TYPE.match(mime):
+            violations.append(
+                FieldViolation(f"{where}.inline_data.mime_type", "must be a media type (a/b)")
+            )
+        if not source.data:
+            violations.append(FieldViolation(f"{where}.inline_data.data", "must not be empty"))
+        elif len(source.data) > limits.max_part_bytes:
+            violations.append(
+                FieldViolation(
+                    f"{where}.inline_data.data", f"larger than {limits.max_part_bytes} bytes"
+                )
+            )
+        return
+    problem = url_problem(source.url)
+    if problem is not None:
+        violations.append(FieldViolation(f"{where}.url", problem))
+
+
+def url_problem(url: str) -> str | None:
+    """Why a caller's media URL is refused, or None. The URL itself is never echoed: a signed
+    URL carries a token."""
+    if not url:
+        return "must not be empty"
+    if len(url) > MAX_URL_CHARS:
+        return f"longer than {MAX_URL_CHARS} characters"
+    scheme = url.partition(":")[0].lower()
+    if scheme == "data":
+        return "data: URLs are not accepted; send the bytes as inline_data"
+    if scheme not in _URL_SCHEMES:
+        return "must be an https or http URL"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "is not a valid URL"
+    if not parts.hostname or any(c.isspace() or ord(c) < 0x20 for c in url):
+        return "is not a valid URL"
+    return None
 
 
 def _check_tools(request: CompletionRequest, violations: list[FieldViolation]) -> None:

@@ -1,21 +1,36 @@
-"""What the gateway knows about a model: context length, prices and capabilities."""
+"""What the gateway knows about a model: context length, prices, capabilities, modalities."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from service.domain.completion import Modality
+
 
 @dataclass(frozen=True, slots=True)
 class ModelPricing:
-    """Prices in USD per token (per request for ``request``), exact decimals as OpenRouter sends."""
+    """Prices in USD, exact decimals as OpenRouter sends them; absent kinds are 0.
+
+    ``prompt``/``completion`` are per token, ``request`` per request, ``image`` per input
+    image, ``image_output`` per generated image, ``image_token`` per generated image token,
+    ``audio`` per input audio token and ``audio_output`` per generated audio token.
+    """
 
     prompt: Decimal = Decimal(0)
     completion: Decimal = Decimal(0)
     request: Decimal = Decimal(0)
+    image: Decimal = Decimal(0)
+    image_output: Decimal = Decimal(0)
+    image_token: Decimal = Decimal(0)
+    audio: Decimal = Decimal(0)
+    audio_output: Decimal = Decimal(0)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         return self.prompt * prompt_tokens + self.completion * completion_tokens + self.request
+
+
+TEXT_ONLY = frozenset({Modality.TEXT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +41,10 @@ class ModelInfo:
     max_completion_tokens: int | None = None
     pricing: ModelPricing = ModelPricing()
     supported_parameters: frozenset[str] = field(default_factory=frozenset)
+    input_modalities: frozenset[Modality] | None = None
+    """From ``architecture.input_modalities``; None when the catalog does not say, and then
+    the gateway does not refuse parts on the model's behalf (OpenRouter will, if it must)."""
+    output_modalities: frozenset[Modality] | None = None
 
     @property
     def supports_structured_outputs(self) -> bool:
@@ -40,3 +59,15 @@ class ModelInfo:
     @property
     def supports_tools(self) -> bool:
         return "tools" in self.supported_parameters
+
+    @property
+    def supports_reasoning(self) -> bool:
+        return bool({"reasoning", "include_reasoning"} & self.supported_parameters)
+
+    def takes(self, modality: Modality) -> bool:
+        """Whether the model reads ``modality`` (True when the catalog does not say)."""
+        return self.input_modalities is None or modality in self.input_modalities
+
+    def makes(self, modality: Modality) -> bool:
+        """Whether the model writes ``modality`` (True when the catalog does not say)."""
+        return self.output_modalities is None or modality in self.output_modalities

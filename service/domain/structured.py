@@ -25,6 +25,7 @@ from service.domain.completion import (
     ResponseFormat,
     ResponseFormatKind,
     Role,
+    TextPart,
     Usage,
 )
 from service.domain.json_extract import parse_reply
@@ -191,6 +192,8 @@ def with_schema_instruction(
     instruction = schema_instruction(schema)
     if messages and messages[0].role in _PROMPT_ROLES:
         first = messages[0]
+        if first.parts:
+            return (replace(first, parts=(*first.parts, TextPart(instruction))), *messages[1:])
         content = f"{first.content}\n\n{instruction}" if first.content.strip() else instruction
         return (replace(first, content=content), *messages[1:])
     return (Message(role=Role.SYSTEM, content=instruction), *messages)

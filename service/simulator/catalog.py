@@ -1,11 +1,14 @@
-"""The simulated model catalog: ids, display providers, prices and supported parameters."""
+"""The simulated model catalog: ids, display providers, prices, parameters and modalities."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
+
+from .media import PromptMedia
 
 # Normalized finish_reason -> what the provider itself reports; real responses carry both.
 _OPENAI_NATIVE = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "error": "error"}
@@ -22,6 +25,8 @@ _SIM_NATIVE = {
     "tool_calls": "tool_calls",
     "error": "error",
 }
+
+_REASONING = frozenset({"reasoning", "include_reasoning"})
 
 _SAMPLING = frozenset(
     {"max_tokens", "temperature", "top_p", "stop", "seed", "frequency_penalty", "presence_penalty"}
@@ -56,9 +61,26 @@ ROUTABLE_PARAMETERS = frozenset(
 )
 
 
+class ReasoningStyle(StrEnum):
+    """How a model family shapes ``reasoning_details`` (as the replay cases show them)."""
+
+    PLAIN = "plain"
+    """``reasoning.text`` with ``format: unknown`` (Kimi, GLM, MiniMax…)."""
+    ANTHROPIC = "anthropic"
+    """``reasoning.text`` with a ``signature`` that must come back unchanged."""
+    OPENAI = "openai"
+    """``reasoning.summary`` plus a ``reasoning.encrypted`` block with an ``rs_…`` id."""
+    GOOGLE = "google"
+    """``reasoning.text`` plus a ``reasoning.encrypted`` block, both at index 0."""
+
+
+TEXT = ("text",)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """One catalog entry; prices are USD per token, kept exact as Decimal."""
+    """One catalog entry; prices are USD per token (per image for ``image_price`` and
+    ``image_output_price``), kept exact as Decimal."""
 
     id: str
     canonical_slug: str
@@ -74,26 +96,58 @@ class ModelInfo:
     is_moderated: bool
     supported_parameters: frozenset[str]
     native_finish_reasons: Mapping[str, str] = field(default_factory=lambda: _OPENAI_NATIVE)
+    input_modalities: tuple[str, ...] = TEXT
+    output_modalities: tuple[str, ...] = TEXT
+    image_price: Decimal = Decimal(0)
+    """Per input image."""
+    image_output_price: Decimal = Decimal(0)
+    """Per generated image (its image tokens are not billed as completion tokens then)."""
+    audio_price: Decimal = Decimal(0)
+    """Per input audio token (0: audio tokens cost the prompt price)."""
+    reasoning_style: ReasoningStyle = ReasoningStyle.PLAIN
 
     def supports(self, parameter: str) -> bool:
         return parameter in self.supported_parameters
+
+    def takes(self, modality: str) -> bool:
+        return modality in self.input_modalities
+
+    def makes(self, modality: str) -> bool:
+        return modality in self.output_modalities
 
     def native_finish_reason(self, finish_reason: str | None) -> str | None:
         if finish_reason is None:
             return None
         return self.native_finish_reasons.get(finish_reason, finish_reason)
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> tuple[float, float]:
+    def _prompt_cost(self, prompt_tokens: int, media: PromptMedia | None) -> Decimal:
+        if media is None:
+            return self.prompt_price * prompt_tokens
+        audio_rate = self.audio_price or self.prompt_price
+        text = prompt_tokens - media.audio_tokens
+        return (
+            self.prompt_price * text
+            + audio_rate * media.audio_tokens
+            + self.image_price * media.images
+        )
+
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, media: PromptMedia | None = None
+    ) -> tuple[float, float]:
         """Prompt and completion cost in USD, as the floats the wire carries."""
         return (
-            float(self.prompt_price * prompt_tokens),
+            float(self._prompt_cost(prompt_tokens, media)),
             float(self.completion_price * completion_tokens),
         )
 
-    def total_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+    def total_cost(
+        self, prompt_tokens: int, completion_tokens: int, media: PromptMedia | None = None
+    ) -> float:
         """The whole cost, summed exactly before becoming a float, as OpenRouter's short
         decimals (0.0000594, never 5.9399999999999994e-05) are."""
-        return float(self.prompt_price * prompt_tokens + self.completion_price * completion_tokens)
+        return float(
+            self._prompt_cost(prompt_tokens, media) + self.completion_price * completion_tokens
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The entry as `GET /api/v1/models` lists it."""
@@ -106,18 +160,15 @@ class ModelInfo:
             "description": self.description,
             "context_length": self.context_length,
             "architecture": {
-                "modality": "text->text",
-                "input_modalities": ["text"],
-                "output_modalities": ["text"],
+                "modality": "+".join(self.input_modalities)
+                + "->"
+                + "+".join(self.output_modalities),
+                "input_modalities": list(self.input_modalities),
+                "output_modalities": list(self.output_modalities),
                 "tokenizer": self.tokenizer,
                 "instruct_type": None,
             },
-            "pricing": {
-                "prompt": _price_string(self.prompt_price),
-                "completion": _price_string(self.completion_price),
-                "request": "0",
-                "image": "0",
-            },
+            "pricing": self._pricing_json(),
             "top_provider": {
                 "context_length": self.context_length,
                 "max_completion_tokens": self.max_completion_tokens,
@@ -126,6 +177,20 @@ class ModelInfo:
             "per_request_limits": None,
             "supported_parameters": sorted(self.supported_parameters),
         }
+
+    def _pricing_json(self) -> dict[str, str]:
+        # Like real listings: prompt and completion always, other kinds only when they apply.
+        pricing = {
+            "prompt": _price_string(self.prompt_price),
+            "completion": _price_string(self.completion_price),
+            "request": "0",
+            "image": _price_string(self.image_price),
+        }
+        if self.image_output_price:
+            pricing["image_output"] = _price_string(self.image_output_price)
+        if self.audio_price:
+            pricing["audio"] = _price_string(self.audio_price)
+        return pricing
 
 
 def _price_string(price: Decimal) -> str:
@@ -193,6 +258,8 @@ DEFAULT_CATALOG = Catalog(
                 "tool_choice",
                 "parallel_tool_calls",
             },
+            input_modalities=("text", "image", "file"),
+            image_price=Decimal("0.000217"),
         ),
         ModelInfo(
             id="anthropic/claude-3.5-haiku",
@@ -220,6 +287,8 @@ DEFAULT_CATALOG = Catalog(
                 }
             ),
             native_finish_reasons=_ANTHROPIC_NATIVE,
+            input_modalities=("text", "image"),
+            image_price=Decimal("0.0008"),
         ),
         ModelInfo(
             id="meta-llama/llama-3.1-8b-instruct",
@@ -268,6 +337,9 @@ DEFAULT_CATALOG = Catalog(
             supported_parameters=_SAMPLING
             | {"response_format", "structured_outputs", "tools", "tool_choice"},
             native_finish_reasons=_GOOGLE_NATIVE,
+            input_modalities=("text", "image", "file", "audio", "video"),
+            image_price=Decimal("0.0000258"),
+            audio_price=Decimal("0.0000007"),
         ),
         ModelInfo(
             id="openrouter/sim-fast",
@@ -285,6 +357,110 @@ DEFAULT_CATALOG = Catalog(
             supported_parameters=frozenset(ROUTABLE_PARAMETERS)
             | {"response_format", "structured_outputs"},
             native_finish_reasons=_SIM_NATIVE,
+            input_modalities=("text", "image", "file", "audio", "video"),
+            output_modalities=("text", "image"),
+            image_price=Decimal("0.0001"),
+            image_output_price=Decimal("0.001"),
+            audio_price=Decimal("0.0000002"),
+        ),
+        ModelInfo(
+            id="anthropic/claude-sonnet-4.5",
+            canonical_slug="anthropic/claude-4.5-sonnet-20250929",
+            name="Anthropic: Claude Sonnet 4.5",
+            created=1759161676,
+            description="Claude Sonnet 4.5: extended thinking with signed reasoning blocks.",
+            context_length=1000000,
+            max_completion_tokens=64000,
+            tokenizer="Claude",
+            provider_name="Anthropic",
+            prompt_price=Decimal("0.000003"),
+            completion_price=Decimal("0.000015"),
+            is_moderated=True,
+            supported_parameters=_REASONING
+            | {
+                "max_tokens",
+                "temperature",
+                "top_p",
+                "top_k",
+                "stop",
+                "response_format",
+                "structured_outputs",
+                "tools",
+                "tool_choice",
+            },
+            native_finish_reasons=_ANTHROPIC_NATIVE,
+            input_modalities=("text", "image", "file"),
+            image_price=Decimal("0.0048"),
+            reasoning_style=ReasoningStyle.ANTHROPIC,
+        ),
+        ModelInfo(
+            id="openai/gpt-5-mini",
+            canonical_slug="openai/gpt-5-mini-2025-08-07",
+            name="OpenAI: GPT-5 Mini",
+            created=1754587407,
+            description="GPT-5 Mini: reasoning summaries and encrypted reasoning items.",
+            context_length=400000,
+            max_completion_tokens=128000,
+            tokenizer="GPT",
+            provider_name="OpenAI",
+            prompt_price=Decimal("0.00000025"),
+            completion_price=Decimal("0.000002"),
+            is_moderated=True,
+            supported_parameters=_REASONING
+            | {
+                "max_tokens",
+                "seed",
+                "response_format",
+                "structured_outputs",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+            },
+            native_finish_reasons=_SIM_NATIVE,
+            input_modalities=("text", "image", "file"),
+            reasoning_style=ReasoningStyle.OPENAI,
+        ),
+        ModelInfo(
+            id="google/gemini-3-flash-preview",
+            canonical_slug="google/gemini-3-flash-preview-20251217",
+            name="Google: Gemini 3 Flash Preview",
+            created=1765987078,
+            description="Gemini 3 Flash: thought text plus an encrypted thought signature.",
+            context_length=1048576,
+            max_completion_tokens=65535,
+            tokenizer="Gemini",
+            provider_name="Google",
+            prompt_price=Decimal("0.0000005"),
+            completion_price=Decimal("0.000003"),
+            is_moderated=False,
+            supported_parameters=_SAMPLING
+            | _REASONING
+            | {"response_format", "structured_outputs", "tools", "tool_choice"},
+            native_finish_reasons=_GOOGLE_NATIVE,
+            input_modalities=("text", "image", "file", "audio", "video"),
+            image_price=Decimal("0.0000005"),
+            audio_price=Decimal("0.000001"),
+            reasoning_style=ReasoningStyle.GOOGLE,
+        ),
+        ModelInfo(
+            id="google/gemini-2.5-flash-image",
+            canonical_slug="google/gemini-2.5-flash-image",
+            name="Google: Gemini 2.5 Flash Image",
+            created=1759870431,
+            description="Image generation and editing: answers with text and PNG images.",
+            context_length=32768,
+            max_completion_tokens=32768,
+            tokenizer="Gemini",
+            provider_name="Google",
+            prompt_price=Decimal("0.0000003"),
+            completion_price=Decimal("0.0000025"),
+            is_moderated=False,
+            supported_parameters=_SAMPLING | {"response_format", "structured_outputs"},
+            native_finish_reasons=_GOOGLE_NATIVE,
+            input_modalities=("image", "text"),
+            output_modalities=("image", "text"),
+            image_price=Decimal("0.001238"),
+            image_output_price=Decimal("0.039"),
         ),
     )
 )

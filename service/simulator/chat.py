@@ -26,11 +26,13 @@ from .errors import (
     ErrorReply,
     bad_request,
     invalid_model,
+    no_endpoints_for_modality,
     no_endpoints_for_parameters,
     scenario_error,
 )
 from .generate import Reply, prompt_tokens, random_id, usage_json
 from .intake import Admitted, admit, check_auth, error_response
+from .media import MediaError, PromptMedia, pdf_engine, read_parts
 from .replies import ReplyInputs, compose_reply
 from .scenarios import (
     DEFAULT_SCENARIO,
@@ -92,6 +94,7 @@ class _Call:
     token_limit: int | None
     prompt_tokens: int
     external_user: str | None
+    media: PromptMedia
 
 
 @dataclass(slots=True)
@@ -152,6 +155,13 @@ def _prepare(ctx: SimulatorContext, admitted: Admitted, generation_id: str, crea
     strict = isinstance(provider, dict) and provider.get("require_parameters") is True
     if strict and not _required_parameters(body) <= model.supported_parameters:
         raise _RejectedError(no_endpoints_for_parameters())
+    try:
+        media = read_parts(messages)
+    except MediaError as exc:
+        raise _RejectedError(bad_request(str(exc))) from None
+    missing = _missing_modality(media, model, body)
+    if missing is not None:
+        raise _RejectedError(no_endpoints_for_modality(missing))
     user = body.get("user")
     extra = [body[key] for key in ("tools", "response_format") if body.get(key)]
     return _Call(
@@ -165,9 +175,20 @@ def _prepare(ctx: SimulatorContext, admitted: Admitted, generation_id: str, crea
         scenario=scenario,
         stream=body.get("stream") is True,
         token_limit=_token_limit(body),
-        prompt_tokens=prompt_tokens(messages, extra or None),
+        prompt_tokens=prompt_tokens(messages, extra or None) + media.tokens,
         external_user=user if isinstance(user, str) else None,
+        media=media,
     )
+
+
+def _missing_modality(media: PromptMedia, model: ModelInfo, body: dict[str, Any]) -> str | None:
+    """A kind of input the serving model cannot take (files: only with the native engine)."""
+    for modality in sorted(media.modalities):
+        if modality == "file" and pdf_engine(body) != "native":
+            continue
+        if not model.takes(modality):
+            return modality
+    return None
 
 
 def _resolve_model(
@@ -355,6 +376,7 @@ def _unary(
             call.prompt_tokens,
             progress.tokens_sent,
             progress.reasoning_sent,
+            media=call.media,
             charged=charged,
         ),
     }
@@ -437,7 +459,11 @@ async def _stream(
         return response
 
     usage = usage_json(
-        call.model, call.prompt_tokens, progress.tokens_sent, progress.reasoning_sent
+        call.model,
+        call.prompt_tokens,
+        progress.tokens_sent,
+        progress.reasoning_sent,
+        media=call.media,
     )
     if mid_error is not None and mid_error is not MidStreamError.MINIMAX:
         await writer.data(_error_chunk(encoder, mid_error, call.model.provider_name))
@@ -559,7 +585,11 @@ def _record_generation(
             tokens_prompt=call.prompt_tokens,
             tokens_completion=completion,
             tokens_reasoning=progress.reasoning_sent,
-            total_cost=call.model.total_cost(call.prompt_tokens, completion) if charged else 0.0,
+            total_cost=(
+                call.model.total_cost(call.prompt_tokens, completion, call.media)
+                if charged
+                else 0.0
+            ),
             external_user=call.external_user,
         )
     )

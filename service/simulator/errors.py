@@ -65,6 +65,10 @@ def no_endpoints_for_parameters() -> ErrorReply:
     )
 
 
+def no_endpoints_for_modality(modality: str) -> ErrorReply:
+    return ErrorReply(404, _error(404, f"No endpoints found that support {modality} input"))
+
+
 def generation_not_found() -> ErrorReply:
     return ErrorReply(404, {"error": {"code": 404, "message": "Generation not found"}})
 

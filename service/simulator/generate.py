@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from .catalog import ModelInfo
+from .media import PromptMedia
 
 # A prime number of words, so the stride below visits them all before repeating.
 _WORD_TEXT = """
@@ -87,10 +88,11 @@ def prompt_tokens(messages: Sequence[Any], extra: Any = None) -> int:
         if isinstance(content, str):
             total += estimate_tokens(content)
         elif isinstance(content, list):
+            # Media parts are counted by media.read_parts; only text parts here.
             for part in content:
-                if isinstance(part, dict):
-                    text = part.get("text")
-                    total += estimate_tokens(text) if isinstance(text, str) else 85
+                text = part.get("text") if isinstance(part, dict) else None
+                if isinstance(text, str):
+                    total += estimate_tokens(text)
         if message.get("tool_calls"):
             total += estimate_tokens(orjson.dumps(message["tool_calls"]).decode())
     if extra:
@@ -163,18 +165,25 @@ def usage_json(
     completion: int,
     reasoning: int,
     *,
+    media: PromptMedia | None = None,
     charged: bool = True,
 ) -> dict[str, Any]:
     """The `usage` object; `charged=False` applies zero-completion insurance (cost 0)."""
-    prompt_cost, completion_cost = model.cost(prompt, completion) if charged else (0.0, 0.0)
-    total = model.total_cost(prompt, completion) if charged else 0.0
+    prompt_cost, completion_cost = model.cost(prompt, completion, media) if charged else (0.0, 0.0)
+    total = model.total_cost(prompt, completion, media) if charged else 0.0
+    prompt_details: dict[str, int] = {"cached_tokens": 0, "cache_write_tokens": 0}
+    if media is not None and media.tokens:
+        prompt_details["audio_tokens"] = media.audio_tokens
+        prompt_details["video_tokens"] = media.video_tokens
+        # Not in chat captures (only in embeddings'), but the gateway reads it where sent.
+        prompt_details["image_tokens"] = media.image_tokens
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "cost": total,
         "is_byok": False,
-        "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "prompt_tokens_details": prompt_details,
         "cost_details": {
             "upstream_inference_cost": total,
             "upstream_inference_prompt_cost": prompt_cost,

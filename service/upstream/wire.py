@@ -8,6 +8,7 @@ object, a ``choices`` list in a non-streamed answer).
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -16,12 +17,20 @@ from typing import Any, NamedTuple
 import orjson
 
 from service.domain.completion import (
+    AudioPart,
+    Blob,
     Completion,
     CompletionRequest,
+    FilePart,
     FinishReason,
+    ImagePart,
+    MediaSource,
     Message,
+    Modality,
+    Part,
     ResponseFormatKind,
     Role,
+    TextPart,
     ToolCall,
     ToolCallDelta,
     ToolChoiceMode,
@@ -96,8 +105,12 @@ def build_body(request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
             body["response_format"] = {"type": "json_object"}
     if request.require_parameters:
         body["provider"] = {"require_parameters": True}
-    if request.plugins:
-        body["plugins"] = [{"id": plugin} for plugin in request.plugins]
+    plugins: list[dict[str, Any]] = [{"id": plugin} for plugin in request.plugins]
+    parser = request.file_parser
+    if parser is not None and parser.pdf_engine is not None:
+        plugins.append({"id": "file-parser", "pdf": {"engine": parser.pdf_engine.value}})
+    if plugins:
+        body["plugins"] = plugins
     return body
 
 
@@ -107,7 +120,9 @@ def encode_body(request: CompletionRequest, *, stream: bool) -> bytes:
 
 def _message(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role.value}
-    if message.role is Role.ASSISTANT and message.tool_calls and not message.content:
+    if message.parts:
+        out["content"] = [_part(part) for part in message.parts]
+    elif message.role is Role.ASSISTANT and message.tool_calls and not message.content:
         out["content"] = None
     else:
         out["content"] = message.content
@@ -125,6 +140,32 @@ def _message(message: Message) -> dict[str, Any]:
             for call in message.tool_calls
         ]
     return out
+
+
+def data_url(blob: Blob) -> str:
+    return f"data:{blob.mime_type};base64,{base64.b64encode(blob.data).decode('ascii')}"
+
+
+def _url(source: MediaSource) -> str:
+    return data_url(source) if isinstance(source, Blob) else source.url
+
+
+def _part(part: Part) -> dict[str, Any]:
+    """One content part as OpenRouter's ``messages[].content[]`` takes it."""
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, ImagePart):
+        image: dict[str, Any] = {"url": _url(part.source)}
+        if part.detail is not None:
+            image["detail"] = part.detail.value
+        return {"type": "image_url", "image_url": image}
+    if isinstance(part, FilePart):
+        return {"type": "file", "file": {"filename": part.filename, "file_data": _url(part.source)}}
+    if isinstance(part, AudioPart):
+        # Raw base64, no data: prefix, as OpenRouter's input_audio wants it.
+        data = base64.b64encode(part.data).decode("ascii")
+        return {"type": "input_audio", "input_audio": {"data": data, "format": part.format.lower()}}
+    return {"type": "video_url", "video_url": {"url": _url(part.source)}}
 
 
 def _tool(
@@ -411,6 +452,7 @@ def parse_models(data: Mapping[str, Any]) -> list[ModelInfo]:
         top = _dict(entry.get("top_provider"))
         max_out = top.get("max_completion_tokens")
         params = entry.get("supported_parameters")
+        architecture = _dict(entry.get("architecture"))
         models.append(
             ModelInfo(
                 id=entry["id"],
@@ -421,13 +463,33 @@ def parse_models(data: Mapping[str, Any]) -> list[ModelInfo]:
                     prompt=_price(pricing.get("prompt")),
                     completion=_price(pricing.get("completion")),
                     request=_price(pricing.get("request")),
+                    image=_price(pricing.get("image")),
+                    image_output=_price(pricing.get("image_output")),
+                    image_token=_price(pricing.get("image_token")),
+                    audio=_price(pricing.get("audio")),
+                    audio_output=_price(pricing.get("audio_output")),
                 ),
                 supported_parameters=frozenset(
                     p for p in (params if isinstance(params, list) else ()) if isinstance(p, str)
                 ),
+                input_modalities=_modalities(architecture.get("input_modalities")),
+                output_modalities=_modalities(architecture.get("output_modalities")),
             )
         )
     return models
+
+
+_MODALITIES = {m.value: m for m in Modality}
+
+
+def _modalities(value: object) -> frozenset[Modality] | None:
+    """The modalities the gateway knows of; None when the entry lists none (unknown).
+
+    Kinds the contract has no part for (``embeddings``, ``rerank`` …) are left out: nothing a
+    caller sends or asks for can be of those kinds."""
+    if not isinstance(value, list):
+        return None
+    return frozenset(_MODALITIES[v] for v in value if isinstance(v, str) and v in _MODALITIES)
 
 
 def parse_generation(data: Mapping[str, Any]) -> GenerationStats:

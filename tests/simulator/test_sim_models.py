@@ -18,20 +18,34 @@ REQUIRED_MODELS = {
     "google/gemini-2.0-flash-001",
     "openrouter/sim-fast",
 }
+REASONING_MODELS = {
+    "anthropic/claude-sonnet-4.5",
+    "openai/gpt-5-mini",
+    "google/gemini-3-flash-preview",
+}
+IMAGE_MODEL = "google/gemini-2.5-flash-image"
+ALL_MODELS = REQUIRED_MODELS | REASONING_MODELS | {IMAGE_MODEL}
 
 
 async def test_models_listing_shape(sim: RunningSimulator, session: aiohttp.ClientSession) -> None:
     async with session.get("/api/v1/models", headers={"Authorization": ""}) as resp:
         assert resp.status == 200
         models = (await resp.json())["data"]
-    assert {m["id"] for m in models} >= REQUIRED_MODELS
+    assert {m["id"] for m in models} == ALL_MODELS
     for model in models:
-        assert model["architecture"]["modality"] == "text->text"
-        assert model["architecture"]["input_modalities"] == ["text"]
-        assert isinstance(model["architecture"]["tokenizer"], str)
+        architecture = model["architecture"]
+        inputs, outputs = architecture["input_modalities"], architecture["output_modalities"]
+        assert architecture["modality"] == f"{'+'.join(inputs)}->{'+'.join(outputs)}"
+        assert "text" in inputs
+        assert set(inputs) <= {"text", "image", "file", "audio", "video"}
+        assert set(outputs) <= {"text", "image"}
+        assert isinstance(architecture["tokenizer"], str)
         pricing = model["pricing"]
         assert pricing["request"] == "0"
-        assert pricing["image"] == "0"
+        # An image price only where the model takes images (gpt-5-mini prices them as tokens).
+        if "image" not in inputs:
+            assert Decimal(pricing["image"]) == 0
+        assert ("image_output" in pricing) == ("image" in outputs)
         for price in (pricing["prompt"], pricing["completion"]):
             assert isinstance(price, str)
             assert "e" not in price.lower()
@@ -50,17 +64,20 @@ async def test_models_listing_shape(sim: RunningSimulator, session: aiohttp.Clie
     [
         (
             "structured_outputs",
-            {"openai/gpt-4o-mini", "google/gemini-2.0-flash-001", "openrouter/sim-fast"},
+            {"openai/gpt-4o-mini", "google/gemini-2.0-flash-001", "openrouter/sim-fast"}
+            | REASONING_MODELS
+            | {IMAGE_MODEL},
         ),
         (
             "response_format",
-            REQUIRED_MODELS - {"mistralai/mistral-7b-instruct"},
+            ALL_MODELS - {"mistralai/mistral-7b-instruct"},
         ),
         (
             "tools,response_format",
-            REQUIRED_MODELS - {"mistralai/mistral-7b-instruct", "meta-llama/llama-3.1-8b-instruct"},
+            ALL_MODELS
+            - {"mistralai/mistral-7b-instruct", "meta-llama/llama-3.1-8b-instruct", IMAGE_MODEL},
         ),
-        ("tools,structured_outputs,reasoning", {"openrouter/sim-fast"}),
+        ("tools,structured_outputs,reasoning", {"openrouter/sim-fast"} | REASONING_MODELS),
     ],
 )
 async def test_supported_parameters_filter(

@@ -61,6 +61,70 @@ ROLE_TOOL: Role.ValueType  # 5
 """The result of a tool call; requires `tool_call_id`."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _ImageDetail:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImageDetailEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImageDetail.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMAGE_DETAIL_UNSPECIFIED: _ImageDetail.ValueType  # 0
+    """Not set: the provider's default (`auto`)."""
+    IMAGE_DETAIL_AUTO: _ImageDetail.ValueType  # 1
+    """The provider chooses."""
+    IMAGE_DETAIL_LOW: _ImageDetail.ValueType  # 2
+    """A low-resolution view: fewer tokens."""
+    IMAGE_DETAIL_HIGH: _ImageDetail.ValueType  # 3
+    """A high-resolution view."""
+    IMAGE_DETAIL_ORIGINAL: _ImageDetail.ValueType  # 4
+    """The original resolution where the provider has it, else `high` (an OpenRouter extension)."""
+
+class ImageDetail(_ImageDetail, metaclass=_ImageDetailEnumTypeWrapper):
+    """ImageDetail is how closely a model looks at an image (and how many tokens that costs)."""
+
+IMAGE_DETAIL_UNSPECIFIED: ImageDetail.ValueType  # 0
+"""Not set: the provider's default (`auto`)."""
+IMAGE_DETAIL_AUTO: ImageDetail.ValueType  # 1
+"""The provider chooses."""
+IMAGE_DETAIL_LOW: ImageDetail.ValueType  # 2
+"""A low-resolution view: fewer tokens."""
+IMAGE_DETAIL_HIGH: ImageDetail.ValueType  # 3
+"""A high-resolution view."""
+IMAGE_DETAIL_ORIGINAL: ImageDetail.ValueType  # 4
+"""The original resolution where the provider has it, else `high` (an OpenRouter extension)."""
+Global___ImageDetail: _TypeAlias = ImageDetail  # noqa: Y015
+
+class _PdfEngine:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PdfEngineEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PdfEngine.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PDF_ENGINE_UNSPECIFIED: _PdfEngine.ValueType  # 0
+    """Not set: OpenRouter's default, the model itself where it reads files, else `mistral-ocr`."""
+    PDF_ENGINE_NATIVE: _PdfEngine.ValueType  # 1
+    """The model reads the file itself (billed as input tokens); needs a model whose catalog
+    entry takes `file` input, else FAILED_PRECONDITION / UNSUPPORTED_FEATURE.
+    """
+    PDF_ENGINE_CLOUDFLARE_AI: _PdfEngine.ValueType  # 2
+    """Text extraction by Cloudflare Workers AI; free."""
+    PDF_ENGINE_MISTRAL_OCR: _PdfEngine.ValueType  # 3
+    """OCR for scanned documents and PDFs with images; OpenRouter bills $2 per 1,000 pages."""
+
+class PdfEngine(_PdfEngine, metaclass=_PdfEngineEnumTypeWrapper):
+    """PdfEngine is how OpenRouter reads a PDF (its `file-parser` plugin)."""
+
+PDF_ENGINE_UNSPECIFIED: PdfEngine.ValueType  # 0
+"""Not set: OpenRouter's default, the model itself where it reads files, else `mistral-ocr`."""
+PDF_ENGINE_NATIVE: PdfEngine.ValueType  # 1
+"""The model reads the file itself (billed as input tokens); needs a model whose catalog
+entry takes `file` input, else FAILED_PRECONDITION / UNSUPPORTED_FEATURE.
+"""
+PDF_ENGINE_CLOUDFLARE_AI: PdfEngine.ValueType  # 2
+"""Text extraction by Cloudflare Workers AI; free."""
+PDF_ENGINE_MISTRAL_OCR: PdfEngine.ValueType  # 3
+"""OCR for scanned documents and PDFs with images; OpenRouter bills $2 per 1,000 pages."""
+Global___PdfEngine: _TypeAlias = PdfEngine  # noqa: Y015
+
 class _ToolChoiceMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -192,12 +256,15 @@ class Message(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     """Required. Who wrote this message."""
     content: _builtins.str
-    """Optional for an assistant message that carries `tool_calls`; required for every other
-    message. The text of the message. At most `GATEWAY_MAX_MESSAGE_CHARS` characters (default
-    200,000).
+    """Optional when `parts` is set or for an assistant message that carries `tool_calls`;
+    required for every other message. The text of the message: exactly a message of one text
+    part. Set `content` or `parts`, never both (INVALID_ARGUMENT: where the text goes among
+    the parts would be a guess). `content` and text parts together: at most
+    `GATEWAY_MAX_MESSAGE_CHARS` characters (default 200,000).
     """
     name: _builtins.str
     """Optional. A name that tells apart participants of the same role. At most 64 characters."""
@@ -209,6 +276,15 @@ class Message(_message.Message):
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Optional, only for `ROLE_ASSISTANT`. The tool calls the model made in that turn."""
 
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Part]:
+        """Optional. The content as parts, in order: text, images, files, audio and video. At most
+        `GATEWAY_MAX_PARTS_PER_MESSAGE` parts (default 64). An assistant message takes text parts
+        only. A media part the model cannot read (its `input_modalities` in the catalog) fails
+        with FAILED_PRECONDITION / UNSUPPORTED_FEATURE, ErrorInfo metadata `field` naming the
+        part (`messages[2].parts[1]`), before anything is sent upstream.
+        """
+
     def __init__(
         self,
         *,
@@ -217,14 +293,251 @@ class Message(_message.Message):
         name: _builtins.str = ...,
         tool_call_id: _builtins.str = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        parts: _abc.Iterable[Global___Part] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "parts", b"parts", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class Part(_message.Message):
+    """Part is one piece of a message's content. Modelled on googleapis
+    `google.ai.generativelanguage.v1beta.Part`; each kind is one OpenRouter content part.
+
+    Limits: inline bytes of one part at most `GATEWAY_MAX_PART_BYTES` (default 10 MiB), of all
+    parts of a request at most `GATEWAY_MAX_MEDIA_BYTES` (default 20 MiB), checked before
+    anything is stored or logged. Inline media never reach logs, spans or the usage ledger (the
+    ledger records counts and bytes per kind). The gateway never fetches a URL: OpenRouter does,
+    so a URL cannot make the gateway reach into the network it runs in.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
+    VIDEO_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Text; must not be empty."""
+    @_builtins.property
+    def image(self) -> Global___ImagePart:
+        """An image."""
+
+    @_builtins.property
+    def file(self) -> Global___FilePart:
+        """A document, e.g. a PDF."""
+
+    @_builtins.property
+    def audio(self) -> Global___AudioPart:
+        """Audio."""
+
+    @_builtins.property
+    def video(self) -> Global___VideoPart:
+        """A video."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        image: Global___ImagePart | None = ...,
+        file: Global___FilePart | None = ...,
+        audio: Global___AudioPart | None = ...,
+        video: Global___VideoPart | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "data", b"data", "file", b"file", "image", b"image", "text", b"text", "video", b"video"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "data", b"data", "file", b"file", "image", b"image", "text", b"text", "video", b"video"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["text", "image", "file", "audio", "video"]  # noqa: Y015
+    _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
+
+Global___Part: _TypeAlias = Part  # noqa: Y015
+
+@_typing.final
+class Blob(_message.Message):
+    """Blob is media given inline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    mime_type: _builtins.str
+    """Required. The IANA media type, e.g. `image/png` or `application/pdf`."""
+    data: _builtins.bytes
+    """Required. The raw bytes (JSON clients write them in base64, as protobuf JSON does)."""
+    def __init__(
+        self,
+        *,
+        mime_type: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "mime_type", b"mime_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Blob: _TypeAlias = Blob  # noqa: Y015
+
+@_typing.final
+class ImagePart(_message.Message):
+    """ImagePart is an image for the model to look at."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    INLINE_DATA_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """An `https` or `http` URL, at most 8,192 characters, fetched by OpenRouter. `data:` URLs
+    are refused: send the bytes as `inline_data`, where limits and media types are checked.
+    """
+    detail: Global___ImageDetail.ValueType
+    """Optional. How closely to look. Default: the provider's."""
+    @_builtins.property
+    def inline_data(self) -> Global___Blob:
+        """The image; `mime_type` is `image/png`, `image/jpeg`, `image/webp` or `image/gif`."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        inline_data: Global___Blob | None = ...,
+        detail: Global___ImageDetail.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inline_data", b"inline_data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "inline_data", b"inline_data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["url", "inline_data"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___ImagePart: _TypeAlias = ImagePart  # noqa: Y015
+
+@_typing.final
+class FilePart(_message.Message):
+    """FilePart is a document: a PDF (which works with any model: OpenRouter parses it for models
+    that cannot read files, see `FileParserOptions`) or another file type the model reads.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILENAME_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    INLINE_DATA_FIELD_NUMBER: _builtins.int
+    filename: _builtins.str
+    """Required. The file's name, e.g. `report.pdf`: 1 to 255 characters."""
+    url: _builtins.str
+    """An `https` or `http` URL, at most 8,192 characters, fetched by OpenRouter."""
+    @_builtins.property
+    def inline_data(self) -> Global___Blob:
+        """The file; `mime_type` such as `application/pdf`."""
+
+    def __init__(
+        self,
+        *,
+        filename: _builtins.str = ...,
+        url: _builtins.str = ...,
+        inline_data: Global___Blob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inline_data", b"inline_data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "inline_data", b"inline_data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["url", "inline_data"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___FilePart: _TypeAlias = FilePart  # noqa: Y015
+
+@_typing.final
+class AudioPart(_message.Message):
+    """AudioPart is audio for the model to listen to. Inline only: OpenRouter takes no audio URLs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """Required. The audio bytes."""
+    format: _builtins.str
+    """Required. The encoding: `wav`, `mp3`, `aiff`, `aac`, `ogg`, `flac`, `m4a`, `pcm16` or
+    `pcm24` (which of them a provider takes varies).
+    """
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "format", b"format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudioPart: _TypeAlias = AudioPart  # noqa: Y015
+
+@_typing.final
+class VideoPart(_message.Message):
+    """VideoPart is a video for the model to watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    INLINE_DATA_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """An `https` or `http` URL, at most 8,192 characters (some providers take only YouTube
+    links, others no URLs at all).
+    """
+    @_builtins.property
+    def inline_data(self) -> Global___Blob:
+        """The video; `mime_type` is `video/mp4`, `video/mpeg`, `video/mov` or `video/webm`."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        inline_data: Global___Blob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inline_data", b"inline_data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inline_data", b"inline_data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["url", "inline_data"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___VideoPart: _TypeAlias = VideoPart  # noqa: Y015
+
+@_typing.final
+class FileParserOptions(_message.Message):
+    """FileParserOptions are the settings of OpenRouter's `file-parser` plugin for file parts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PDF_ENGINE_FIELD_NUMBER: _builtins.int
+    pdf_engine: Global___PdfEngine.ValueType
+    """Optional. How PDFs are read. Default: OpenRouter's."""
+    def __init__(
+        self,
+        *,
+        pdf_engine: Global___PdfEngine.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pdf_engine", b"pdf_engine"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileParserOptions: _TypeAlias = FileParserOptions  # noqa: Y015
 
 @_typing.final
 class ToolCall(_message.Message):
@@ -477,6 +790,7 @@ class CompleteRequest(_message.Message):
     END_USER_ID_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    FILE_PARSER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. The OpenRouter model id, e.g. `openai/gpt-4o-mini`. Empty: the gateway's default
     model (see [ListModels][llmgateway.v1.CompletionService.ListModels]). Must be allowed for the
@@ -512,6 +826,10 @@ class CompleteRequest(_message.Message):
     def tool_choice(self) -> Global___ToolChoice:
         """Optional. How the model may use `tools`. Requires `tools`."""
 
+    @_builtins.property
+    def file_parser(self) -> Global___FileParserOptions:
+        """Optional. How file parts are read. Default: OpenRouter's."""
+
     def __init__(
         self,
         *,
@@ -522,10 +840,11 @@ class CompleteRequest(_message.Message):
         end_user_id: _builtins.str = ...,
         tools: _abc.Iterable[Global___Tool] | None = ...,
         tool_choice: Global___ToolChoice | None = ...,
+        file_parser: Global___FileParserOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file_parser", b"file_parser", "sampling", b"sampling", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "messages", b"messages", "model", b"model", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "messages", b"messages", "model", b"model", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -637,6 +956,7 @@ class CompleteStructuredRequest(_message.Message):
     END_USER_ID_FIELD_NUMBER: _builtins.int
     SCHEMA_NAME_FIELD_NUMBER: _builtins.int
     INLINE_SCHEMA_FIELD_NUMBER: _builtins.int
+    FILE_PARSER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
     end_user_id: _builtins.str
@@ -663,6 +983,10 @@ class CompleteStructuredRequest(_message.Message):
     def inline_schema(self) -> Global___InlineJsonSchema:
         """A schema given inline."""
 
+    @_builtins.property
+    def file_parser(self) -> Global___FileParserOptions:
+        """Optional. How file parts are read. Default: OpenRouter's."""
+
     def __init__(
         self,
         *,
@@ -673,10 +997,11 @@ class CompleteStructuredRequest(_message.Message):
         end_user_id: _builtins.str = ...,
         schema_name: _builtins.str = ...,
         inline_schema: Global___InlineJsonSchema | None = ...,
+        file_parser: Global___FileParserOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["inline_schema", b"inline_schema", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file_parser", b"file_parser", "inline_schema", b"inline_schema", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_schema: _TypeAlias = _typing.Literal["schema_name", "inline_schema"]  # noqa: Y015
     _WhichOneofArgType_schema: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
@@ -775,6 +1100,7 @@ class StreamCompleteRequest(_message.Message):
     END_USER_ID_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    FILE_PARSER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
     end_user_id: _builtins.str
@@ -801,6 +1127,10 @@ class StreamCompleteRequest(_message.Message):
     def tool_choice(self) -> Global___ToolChoice:
         """Optional. As in [CompleteRequest.tool_choice][llmgateway.v1.CompleteRequest.tool_choice]."""
 
+    @_builtins.property
+    def file_parser(self) -> Global___FileParserOptions:
+        """Optional. How file parts are read. Default: OpenRouter's."""
+
     def __init__(
         self,
         *,
@@ -811,10 +1141,11 @@ class StreamCompleteRequest(_message.Message):
         end_user_id: _builtins.str = ...,
         tools: _abc.Iterable[Global___Tool] | None = ...,
         tool_choice: Global___ToolChoice | None = ...,
+        file_parser: Global___FileParserOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file_parser", b"file_parser", "sampling", b"sampling", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "messages", b"messages", "model", b"model", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "messages", b"messages", "model", b"model", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,52 @@
+"""What a request needs of a model, checked against the catalog before anything goes upstream.
+
+A part the model cannot read, or an output it cannot write, would otherwise be refused by
+OpenRouter after a network round trip (or, worse, ignored): the gateway refuses it first with
+FAILED_PRECONDITION / UNSUPPORTED_FEATURE naming the field and the model. Every candidate
+(the model and its fallbacks) must qualify, since any of them may serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.domain.completion import (
+    PART_MODALITY,
+    CompletionRequest,
+    FilePart,
+    Modality,
+    PdfEngine,
+)
+from service.domain.models import ModelInfo
+from service.errors import UnsupportedFeatureError
+
+
+def _refuse(field: str, model: ModelInfo, what: str, **metadata: str) -> UnsupportedFeatureError:
+    return UnsupportedFeatureError(
+        f"{field}: model '{model.id}' {what}",
+        metadata={"field": field, "model": model.id, **metadata},
+    )
+
+
+def check_capabilities(request: CompletionRequest, candidates: Sequence[ModelInfo]) -> None:
+    """Raise ``UnsupportedFeatureError`` for the first need a candidate does not meet."""
+    native_pdf = (
+        request.file_parser is not None and request.file_parser.pdf_engine is PdfEngine.NATIVE
+    )
+    for i, message in enumerate(request.messages):
+        for j, part in enumerate(message.parts):
+            modality = PART_MODALITY[type(part)]
+            if modality is Modality.TEXT:
+                continue
+            # Files go to any model: OpenRouter parses documents for models that cannot read
+            # them, unless the caller asked for the model itself to read them.
+            if isinstance(part, FilePart) and not native_pdf:
+                continue
+            for model in candidates:
+                if not model.takes(modality):
+                    raise _refuse(
+                        f"messages[{i}].parts[{j}]",
+                        model,
+                        f"does not take {modality.value} input",
+                        modality=modality.value,
+                    )
