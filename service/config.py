@@ -185,6 +185,9 @@ class GatewaySettings(BaseSettings):
         tcp = not self.listen.startswith(_UNIX_PREFIXES)
         if self.prometheus_port and tcp and split_host_port(self.listen)[1] == self.prometheus_port:
             raise ValueError("GATEWAY_PROMETHEUS_PORT is the GATEWAY_LISTEN port")
+        if self.max_media_bytes >= self.max_message_bytes:
+            # gRPC would refuse such a request before the gateway could name the part too large.
+            raise ValueError("GATEWAY_MAX_MEDIA_BYTES must be below GATEWAY_MAX_MESSAGE_BYTES")
         return self
 
     @property

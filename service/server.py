@@ -72,12 +72,6 @@ def _credentials(settings: GatewaySettings) -> grpc.ServerCredentials | None:
 
 
 def request_limits(settings: GatewaySettings) -> RequestLimits:
-    if settings.max_media_bytes >= settings.max_message_bytes:
-        # gRPC would refuse such a request before the gateway could name the part too large.
-        raise ConfigError(
-            f"GATEWAY_MAX_MEDIA_BYTES ({settings.max_media_bytes}) must be below "
-            f"GATEWAY_MAX_MESSAGE_BYTES ({settings.max_message_bytes})"
-        )
     return RequestLimits(
         max_messages=settings.max_messages,
         max_message_chars=settings.max_message_chars,

@@ -12,8 +12,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
+from pydantic import ValidationError
 
-from service.callers_file import ConfigError
 from service.config import GatewaySettings
 from service.server import request_limits
 from tests.api.support import assert_nothing_leaks, chat_requests, complete_error, stream_error
@@ -225,8 +225,8 @@ async def test_a_pdf_goes_to_any_model_unless_native_reading_is_asked(gw: Harnes
 
 
 def test_media_limit_must_fit_the_grpc_message_limit() -> None:
-    with pytest.raises(ConfigError, match="GATEWAY_MAX_MEDIA_BYTES"):
-        request_limits(GatewaySettings(max_media_bytes=4096, max_message_bytes=4096))
+    with pytest.raises(ValidationError, match="GATEWAY_MAX_MEDIA_BYTES"):
+        GatewaySettings(max_media_bytes=4096, max_message_bytes=4096)
     limits = request_limits(GatewaySettings(max_media_bytes=4096, max_part_bytes=10_000))
     assert limits.max_part_bytes == 4096  # a part can never exceed the request's media limit
     defaults = request_limits(GatewaySettings())
