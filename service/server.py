@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
 
 from service.api.auth import Authenticator
+from service.api.reflection import enable_reflection
 from service.api.servicer import SERVICE_NAME, CompletionServicer, FinishHook
 from service.callers_file import load_callers
 from service.config import ConfigError, GatewaySettings, OpenRouterSettings
@@ -200,13 +200,8 @@ class GatewayServer:
         )
         pb_grpc.add_CompletionServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        enable_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
         )
         await server.start()
         self._server = server
