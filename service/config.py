@@ -152,6 +152,10 @@ class GatewaySettings(BaseSettings):
     """Redis for quotas shared by several replicas; unset: quotas held in-process."""
     quota_failure_policy: Literal["fail_closed", "fail_open"] = "fail_closed"
     """When Redis is unreachable: refuse calls (UNAVAILABLE) or let them through unchecked."""
+    quota_lease_margin_s: float = Field(default=5.0, gt=0, le=3600)
+    """How long past its call's longest possible end a reservation stays held unless settled
+    (the lease; see ``service.domain.quotas``): covers the settle itself and clock skew
+    between replicas."""
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     """The event loop: uvloop (measured 17 % less CPU per call) when installed, unless asked."""
     gc_threshold: int = Field(default=50_000, ge=0)

@@ -28,7 +28,7 @@ from service.config import ConfigError, GatewaySettings, OpenRouterSettings
 from service.domain.callers import Caller, CallerRegistry
 from service.domain.gateway import Gateway, GatewayPolicy
 from service.domain.limits import RequestLimits
-from service.domain.quotas import FailurePolicy
+from service.domain.quotas import FailurePolicy, LeasePolicy
 from service.domain.schemas import SchemaLoadError, SchemaRegistry
 from service.errors import GatewayError
 from service.ledger import open_ledger
@@ -169,6 +169,10 @@ class GatewayServer:
                 default_model=default,
                 allowed_models=self.settings.allowed_models,
                 limits=request_limits(self.settings),
+                leases=LeasePolicy(
+                    call_timeout_s=self.openrouter.timeout_ms / 1000,
+                    margin_s=self.settings.quota_lease_margin_s,
+                ),
             ),
             schemas=schemas,
             quotas=quotas,

@@ -10,7 +10,8 @@ import asyncio
 import fnmatch
 import hashlib
 import logging
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import math
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,9 +30,9 @@ from service.domain.completion import (
 from service.domain.limits import RequestLimits, prepare
 from service.domain.models import ModelInfo
 from service.domain.ports import CompletionBackend
-from service.domain.quotas import QuotaStatus, QuotaStore, Reservation
+from service.domain.quotas import LeasePolicy, QuotaStatus, QuotaStore, Reservation
 from service.domain.schemas import RegisteredSchema, SchemaRegistry
-from service.domain.structured import StructuredCompleter, StructuredResult
+from service.domain.structured import MAX_ATTEMPTS, StructuredCompleter, StructuredResult
 from service.domain.usage import LedgerStore, UsageTotals
 from service.errors import InvalidRequestError, PermissionDeniedError
 
@@ -89,6 +90,7 @@ class GatewayPolicy:
     allowed_models: tuple[str, ...] = ()
     """Global allow-list of globs; empty allows the whole catalog."""
     limits: RequestLimits = field(default_factory=RequestLimits)
+    leases: LeasePolicy = field(default_factory=LeasePolicy)
 
 
 class Gateway:
@@ -178,9 +180,43 @@ class Gateway:
 
     # --- quotas ---------------------------------------------------------------------------
 
-    async def _reserve(self, call: PreparedCall, request: CompletionRequest) -> Reservation:
+    async def _reserve(
+        self, call: PreparedCall, request: CompletionRequest, deadline: float, *, attempts: int = 1
+    ) -> Reservation:
+        """Reserve the worst case of ``attempts`` upstream calls, leased for as long as they
+        can run."""
         estimate = worst_case(request, list(call.candidates))
-        return await self._quotas.reserve(call.caller, tokens=estimate.tokens, usd=estimate.usd)
+        remaining = deadline - asyncio.get_running_loop().time()
+        return await self._quotas.reserve(
+            call.caller,
+            tokens=estimate.tokens * attempts,
+            usd=estimate.usd * attempts,
+            lease_s=self._policy.leases.lease_s(remaining, attempts=attempts),
+        )
+
+    def _keep_leased(self, reservation: Reservation) -> Callable[[], None]:
+        """Renew the reservation's lease every ``renew_every_s`` until the returned stop is
+        called: a stream without a deadline has no bound to lease it for."""
+        loop = asyncio.get_running_loop()
+        leases = self._policy.leases
+        renewing: set[asyncio.Task[None]] = set()
+        handle: asyncio.TimerHandle | None = None
+
+        def renew() -> None:
+            nonlocal handle
+            lease_s = leases.lease_s(math.inf)
+            task = loop.create_task(self._quotas.renew(reservation, lease_s=lease_s))
+            renewing.add(task)
+            task.add_done_callback(renewing.discard)
+            handle = loop.call_later(leases.renew_every_s, renew)
+
+        handle = loop.call_later(leases.renew_every_s, renew)
+
+        def stop() -> None:
+            if handle is not None:
+                handle.cancel()
+
+        return stop
 
     async def _settle(
         self, reservation: Reservation, call: PreparedCall, record: CallRecord
@@ -215,7 +251,7 @@ class Gateway:
         self, call: PreparedCall, *, deadline: float, record: CallRecord
     ) -> Completion:
         request = call.request
-        reservation = await self._reserve(call, request)
+        reservation = await self._reserve(call, request, deadline)
         try:
             completion = await self._backend.complete(
                 request, deadline=deadline, stats=record.stats
@@ -232,7 +268,8 @@ class Gateway:
         self, call: PreparedCall, *, deadline: float, record: CallRecord
     ) -> AsyncGenerator[StreamEvent, None]:
         request = call.request
-        reservation = await self._reserve(call, request)
+        reservation = await self._reserve(call, request, deadline)
+        stop_renewing = None if math.isfinite(deadline) else self._keep_leased(reservation)
         try:
             events = self._backend.stream(request, deadline=deadline, stats=record.stats)
             # aclosing: a cancelled caller must close the upstream request now, not at GC time.
@@ -246,6 +283,8 @@ class Gateway:
                         record.stats.usage = event.usage
                     yield event
         finally:
+            if stop_renewing is not None:
+                stop_renewing()
             await asyncio.shield(self._settle(reservation, call, record))
 
     def schema(
@@ -279,10 +318,7 @@ class Gateway:
         model = call.model
         attempts: list[CallStats] = []
         # A re-ask may double the cost: reserve for both attempts up front.
-        estimate = worst_case(request, list(call.candidates))
-        reservation = await self._quotas.reserve(
-            call.caller, tokens=estimate.tokens * 2, usd=estimate.usd * 2
-        )
+        reservation = await self._reserve(call, request, deadline, attempts=MAX_ATTEMPTS)
         try:
             result = await self._structured.complete(
                 request,

@@ -7,6 +7,13 @@ is overshot at most by what one request's actual cost exceeds its reservation.
 
 Windows: requests and tokens count over the last 60 seconds (a sliding window); dollars
 count per UTC day.
+
+Leases: a reservation's dollars are held only until its lease expires, unless settled first.
+The gateway sets the lease to the longest its call can run plus ``LeasePolicy.margin_s``, and
+renews it while a stream without a deadline runs, so a live call's hold never lapses, while
+the holds of a replica that died (kill -9, lost node) free themselves shortly after its calls
+would have ended, rather than at midnight. A settle after the lease expired still books the
+actual cost. Minute windows need no lease: a reservation leaves them after 60 s anyway.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from service.errors import QuotaExceededError, QuotaViolation
 
 MINUTE_S = 60.0
 DAY_S = 86_400
+DEFAULT_LEASE_S = 120.0
+"""The lease of a reservation whose maker gives none (the gateway always gives one)."""
 
 
 class QuotaLimit(StrEnum):
@@ -40,6 +49,35 @@ class FailurePolicy(StrEnum):
     """Refuse the request (``ServiceUnavailableError``, reason ``QUOTA_STORE_UNAVAILABLE``)."""
     FAIL_OPEN = "fail_open"
     """Let the request through unchecked; logged and counted."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeasePolicy:
+    """How long a reservation is held: the longest its call can run, plus a margin.
+
+    A call's bound is the caller's deadline, else the upstream budget (``OPENROUTER_TIMEOUT_MS``)
+    for each upstream attempt. A stream without a deadline has no bound once it has started
+    (it runs while it keeps producing), so its lease is renewed every ``renew_every_s``
+    while it runs.
+    """
+
+    call_timeout_s: float = 45.0
+    """The upstream budget of one attempt when the caller set no deadline."""
+    margin_s: float = 5.0
+    """Covers the settle after the call ends and clock skew between replicas (their leases
+    are compared with each other's wall clocks)."""
+
+    def lease_s(self, remaining_s: float, *, attempts: int = 1) -> float:
+        """The lease for a call with ``remaining_s`` until its deadline (``inf``: none)."""
+        if math.isfinite(remaining_s):
+            return max(remaining_s, 0.0) + self.margin_s
+        return self.call_timeout_s * attempts + self.margin_s
+
+    @property
+    def renew_every_s(self) -> float:
+        """How often a running stream without a deadline renews its lease: a third of the
+        lease it renews to, so two renewals can be late or lost before the hold lapses."""
+        return (self.call_timeout_s + self.margin_s) / 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +100,8 @@ class Reservation:
     settling it is a no-op."""
     unchecked: bool = False
     """True when admitted without any check because the store was unreachable (fail open)."""
+    lease_s: float = DEFAULT_LEASE_S
+    """How long after ``reserved_at`` the hold lapses unless settled or renewed."""
 
 
 N = TypeVar("N", int, Decimal)
@@ -88,6 +128,9 @@ class QuotaStatus:
     requests_per_minute: LimitUsage[int] | None
     tokens_per_minute: LimitUsage[int] | None
     usd_per_day: LimitUsage[Decimal] | None
+    known: bool = True
+    """False when the store could not be reached: the limits are the caller's, but ``used``,
+    ``remaining`` and ``resets_at`` are placeholders (0, 0 and now), not figures."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +190,27 @@ def quota_status(
     )
 
 
-def check_reservation_args(tokens: int, usd: Decimal) -> None:
+def unknown_quota_status(caller: Caller, now: float) -> QuotaStatus:
+    """The caller's limits without their usage, for when the store cannot be reached."""
+    at = epoch_to_datetime(now)
+    limits = caller.limits
+    rpm, tpm, budget = limits.requests_per_minute, limits.tokens_per_minute, limits.usd_per_day
+    return QuotaStatus(
+        caller.id,
+        None if rpm is None else LimitUsage(rpm, 0, 0, at),
+        None if tpm is None else LimitUsage(tpm, 0, 0, at),
+        None if budget is None else LimitUsage(budget, Decimal(0), Decimal(0), at),
+        known=False,
+    )
+
+
+def check_reservation_args(tokens: int, usd: Decimal, lease_s: float = DEFAULT_LEASE_S) -> None:
     if tokens < 0:
         raise ValueError("tokens must not be negative")
     if not usd.is_finite() or usd < 0:
         raise ValueError("usd must be a finite, non-negative amount")
+    if not math.isfinite(lease_s) or lease_s <= 0:
+        raise ValueError("lease_s must be a finite, positive number of seconds")
 
 
 def quota_exceeded(caller_id: str, breaches: list[Breach]) -> QuotaExceededError:
@@ -193,21 +252,31 @@ def _describe(breach: Breach) -> str:
 class QuotaStore(Protocol):
     """Holds callers' quota usage; the memory store serves one process, Redis a fleet."""
 
-    async def reserve(self, caller: Caller, *, tokens: int, usd: Decimal) -> Reservation:
+    async def reserve(
+        self, caller: Caller, *, tokens: int, usd: Decimal, lease_s: float = DEFAULT_LEASE_S
+    ) -> Reservation:
         """Reserve 1 request, ``tokens`` and ``usd`` against all of the caller's limits at once.
 
+        The dollars are held for ``lease_s`` seconds unless settled (or renewed) before.
         Raises ``QuotaExceededError`` naming each limit that would be exceeded, with
         ``retry_after_s``; nothing is reserved then. A shared store that cannot be reached
         raises ``ServiceUnavailableError`` (fail closed) or admits unchecked (fail open).
         """
         ...
 
+    async def renew(self, reservation: Reservation, *, lease_s: float) -> None:
+        """Hold the reservation for ``lease_s`` seconds from now (never shorter than it was);
+        a lapsed hold is taken again. A no-op once settled. Never raises for an unreachable
+        store (the hold may then lapse)."""
+        ...
+
     async def settle(self, reservation: Reservation, *, tokens: int, usd: Decimal) -> None:
         """Replace the reserved tokens and dollars by the actual ones (lower or higher).
 
         The request still counts against the RPM limit. Settling twice changes nothing.
-        Never raises for an unreachable store: the call already happened; the reserved
-        (worst-case) figures then stay counted.
+        A settle after the lease lapsed still books the actual dollars. Never raises for an
+        unreachable store: the call already happened; the reserved (worst-case) figures then
+        stay counted until the lease lapses.
         """
         ...
 
@@ -216,7 +285,8 @@ class QuotaStore(Protocol):
         ...
 
     async def status(self, caller: Caller) -> QuotaStatus:
-        """The caller's usage against each configured limit."""
+        """The caller's usage against each configured limit; ``ServiceUnavailableError``
+        when a shared store cannot be reached, whatever the failure policy."""
         ...
 
     async def close(self) -> None:

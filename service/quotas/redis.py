@@ -9,19 +9,24 @@ Algorithms (the memory store implements the same ones):
   unlike fixed minute buckets, a burst at a minute boundary cannot double the rate. Trimming
   is amortised O(1); only a refusal walks the log, to compute ``retry_after_s`` exactly
   (when the oldest entries that must leave the window will have left it).
-* **USD/day: a counter per UTC day** (``…:day:<n>``, field ``usd``) of spent plus reserved
-  dollars, in integer nano-dollars (Lua numbers are doubles, exact up to 2**53, i.e. about
-  9 million dollars; amounts are rounded up, so the budget errs on the safe side). A refusal's
-  ``retry_after_s`` is the next UTC midnight.
-* **Reservations.** The same day hash holds ``r:<token>`` -> dollars reserved while a
-  reservation is outstanding. ``settle`` deletes that field and applies the difference, so a
-  second settle is a no-op. A reservation never settled (its replica died) keeps its reserved
-  dollars counted until the day ends, which errs on the safe side too.
+* **USD/day: per UTC day, dollars spent plus dollars held** (``…:day:<n>``, fields ``usd``
+  and ``held``), in integer nano-dollars (Lua numbers are doubles, exact up to 2**53, i.e.
+  about 9 million dollars; amounts are rounded up, so the budget errs on the safe side).
+* **Reservations are leases.** The day hash holds ``r:<token>`` -> dollars reserved while a
+  reservation is outstanding, and ``…:lease:<n>`` (a sorted set) scores each token by the
+  instant its lease expires. Every script first drops the leases that expired (subtracting
+  their dollars from ``held``), so the holds of a replica that died stop counting once its
+  calls' leases end. ``settle`` deletes ``r:<token>``, releases the hold if the lease is
+  still there and adds the actual dollars to ``usd``, so a second settle is a no-op and a
+  late one (after its lease lapsed) still books what was spent. ``renew`` moves the expiry
+  later, or takes the hold again if it had lapsed. A refusal's ``retry_after_s`` is when
+  enough leases will have lapsed (they usually settle sooner), else the next UTC midnight.
 
 All of a caller's keys share the hash tag ``{<caller id>}`` (one Redis Cluster slot) under a
 configurable prefix. Every key has a TTL: the minute keys two minutes after the caller's
-last reservation, the day keys two days. Instants come from the gateway's clock (``clock``),
-so replicas need NTP-synchronised clocks; a skew of s seconds shifts a replica's window by s.
+last reservation, the day and lease keys two days. Instants come from the gateway's clock
+(``clock``), so replicas need NTP-synchronised clocks; a skew of s seconds shifts a replica's
+window, and the expiry of its leases, by s.
 
 When Redis cannot be reached within ``timeout_s`` the ``FailurePolicy`` decides: fail closed
 (``ServiceUnavailableError``, reason ``QUOTA_STORE_UNAVAILABLE``) or fail open (admit, count,
@@ -49,6 +54,7 @@ from redis.exceptions import RedisError
 from service.domain.callers import Caller
 from service.domain.quotas import (
     DAY_S,
+    DEFAULT_LEASE_S,
     MINUTE_S,
     Breach,
     FailurePolicy,
@@ -75,9 +81,13 @@ _MINUTE_TTL_MS = 2 * _WINDOW_MS
 _DAY_TTL_S = 2 * DAY_S
 _NOT_BREACHED, _NEVER = -2, -1
 
-# Drops log entries that left the window (score <= now - window) and their tokens from the
-# running total. unpack() is chunked: Lua's stack holds only a few thousand values.
-_TRIM = """
+# Helpers every script starts with. int() formats a Lua number as an integer string: Redis
+# would turn a Lua number argument into "1e+15" and the like, which HINCRBY refuses.
+# trim() drops log entries that left the window (score <= now - window) and their tokens
+# from the running total; expire() drops lapsed leases and their dollars from `held`.
+# unpack() is chunked: Lua's stack holds only a few thousand values.
+_HELPERS = """
+local function int(n) return string.format('%d', n) end
 local function trim(log, tok, now, window)
   local expired = redis.call('ZRANGEBYSCORE', log, '-inf', now - window)
   if #expired == 0 then return end
@@ -91,30 +101,52 @@ local function trim(log, tok, now, window)
     redis.call('HDEL', tok, unpack(chunk))
     redis.call('ZREM', log, unpack(chunk))
   end
-  -- Guarded: -0 would reach Redis as "-0", which HINCRBY refuses.
-  if freed ~= 0 then redis.call('HINCRBY', tok, '=sum', -freed) end
+  if freed ~= 0 then redis.call('HINCRBY', tok, '=sum', int(-freed)) end
+end
+local function expire(day, lease, now)
+  local lapsed = redis.call('ZRANGEBYSCORE', lease, '-inf', now)
+  if #lapsed == 0 then return end
+  local freed = 0
+  for i = 1, #lapsed, 500 do
+    local chunk = {unpack(lapsed, i, math.min(i + 499, #lapsed))}
+    local fields = {}
+    for j = 1, #chunk do fields[j] = 'r:' .. chunk[j] end
+    local amounts = redis.call('HMGET', day, unpack(fields))
+    for j = 1, #amounts do
+      if amounts[j] then freed = freed + tonumber(amounts[j]) end
+    end
+    redis.call('ZREM', lease, unpack(chunk))
+  end
+  if freed ~= 0 then redis.call('HINCRBY', day, 'held', int(-freed)) end
 end
 """
 
-# KEYS: log, tok, day.  ARGV: now_ms, window_ms, token, rpm, tpm, tokens, usd_limit, usd,
-# day_end_ms, minute_ttl_ms, day_ttl_s (limits are -1 when absent; dollars in nano-USD).
-# Returns {1, ...} when reserved, or {0, rpm_wait, tpm_wait, usd_wait, count, used, spent}
-# with waits in ms, -2 for a limit not breached and -1 for one the request can never fit.
+# KEYS: log, tok, day, lease.  ARGV: now_ms, window_ms, token, rpm, tpm, tokens, usd_limit,
+# usd, day_end_ms, minute_ttl_ms, day_ttl_s, lease_ms (limits are -1 when absent; dollars in
+# nano-USD). Returns {1} when reserved, or {0, rpm_wait, tpm_wait, usd_wait, count, used,
+# spent_and_held} with waits in ms, -2 for a limit not breached and -1 for one the request
+# can never fit.
 _RESERVE = (
-    _TRIM
+    _HELPERS
     + """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local token = ARGV[3]
+-- A retried call whose first try ran (its reply was lost) must not reserve twice.
+if redis.call('HEXISTS', KEYS[3], 'r:' .. token) == 1 then return {1} end
 local rpm, tpm, tokens = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local usd_limit, usd = tonumber(ARGV[7]), tonumber(ARGV[8])
 local rate = rpm >= 0 or tpm >= 0
-local count, used, spent = 0, 0, 0
+local count, used, spent, held = 0, 0, 0, 0
 if rate then
   trim(KEYS[1], KEYS[2], now, window)
   count = redis.call('ZCARD', KEYS[1])
   used = tonumber(redis.call('HGET', KEYS[2], '=sum') or '0')
 end
-if usd_limit >= 0 then spent = tonumber(redis.call('HGET', KEYS[3], 'usd') or '0') end
+if usd_limit >= 0 then
+  expire(KEYS[3], KEYS[4], now)
+  spent = tonumber(redis.call('HGET', KEYS[3], 'usd') or '0')
+  held = tonumber(redis.call('HGET', KEYS[3], 'held') or '0')
+end
 
 local rpm_wait, tpm_wait, usd_wait = -2, -2, -2
 if rpm >= 0 and count + 1 > rpm then
@@ -137,11 +169,24 @@ if tpm >= 0 and used + tokens > tpm then
     end
   end
 end
-if usd_limit >= 0 and spent + usd > usd_limit then
-  if usd > usd_limit then usd_wait = -1 else usd_wait = tonumber(ARGV[9]) - now end
+if usd_limit >= 0 and spent + held + usd > usd_limit then
+  if usd > usd_limit then usd_wait = -1 else
+    usd_wait = tonumber(ARGV[9]) - now
+    if spent + usd <= usd_limit then
+      local need, freed = spent + held + usd - usd_limit, 0
+      local leases = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')
+      for i = 1, #leases, 2 do
+        freed = freed + tonumber(redis.call('HGET', KEYS[3], 'r:' .. leases[i]) or '0')
+        if freed >= need then
+          usd_wait = math.min(usd_wait, tonumber(leases[i + 1]) - now)
+          break
+        end
+      end
+    end
+  end
 end
 if rpm_wait ~= -2 or tpm_wait ~= -2 or usd_wait ~= -2 then
-  return {0, rpm_wait, tpm_wait, usd_wait, count, used, spent}
+  return {0, rpm_wait, tpm_wait, usd_wait, count, used, spent + held}
 end
 
 if rate then
@@ -153,7 +198,9 @@ if rate then
 end
 local reserved = '-1'
 if usd_limit >= 0 then
-  redis.call('HINCRBY', KEYS[3], 'usd', ARGV[8])
+  redis.call('HINCRBY', KEYS[3], 'held', ARGV[8])
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[12]), token)
+  redis.call('EXPIRE', KEYS[4], ARGV[11])
   reserved = ARGV[8]
 end
 redis.call('HSET', KEYS[3], 'r:' .. token, reserved)
@@ -162,36 +209,66 @@ return {1}
 """
 )
 
-# KEYS: log, tok, day.  ARGV: token, tokens, usd (nano-USD).  Returns 1 if it settled something.
-_SETTLE = """
+# KEYS: log, tok, day, lease.  ARGV: token, tokens, usd (nano-USD).
+# Returns 1 if it settled something.
+_SETTLE = (
+    _HELPERS
+    + """
 local reserved = redis.call('HGET', KEYS[3], 'r:' .. ARGV[1])
 if not reserved then return 0 end
 redis.call('HDEL', KEYS[3], 'r:' .. ARGV[1])
 local weight = redis.call('HGET', KEYS[2], ARGV[1])
 if weight then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-  redis.call('HINCRBY', KEYS[2], '=sum', tonumber(ARGV[2]) - tonumber(weight))
+  local delta = tonumber(ARGV[2]) - tonumber(weight)
+  if delta ~= 0 then redis.call('HINCRBY', KEYS[2], '=sum', int(delta)) end
 end
 reserved = tonumber(reserved)
-if reserved >= 0 and redis.call('HEXISTS', KEYS[3], 'usd') == 1 then
-  redis.call('HINCRBY', KEYS[3], 'usd', tonumber(ARGV[3]) - reserved)
+if reserved >= 0 then
+  -- The hold is released only if it had not lapsed; what was spent counts either way.
+  if redis.call('ZREM', KEYS[4], ARGV[1]) == 1 and reserved ~= 0 then
+    redis.call('HINCRBY', KEYS[3], 'held', int(-reserved))
+  end
+  if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[3], 'usd', ARGV[3]) end
+end
+return 1
+"""
+)
+
+# KEYS: day, lease.  ARGV: token, expiry_ms, day_ttl_s.  Returns 1 if the lease is held.
+_RENEW = """
+local reserved = redis.call('HGET', KEYS[1], 'r:' .. ARGV[1])
+if not reserved or tonumber(reserved) < 0 then return 0 end
+local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if expiry then
+  if tonumber(ARGV[2]) > tonumber(expiry) then
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+  end
+else
+  -- Lapsed while its call still ran: hold it again.
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  if tonumber(reserved) ~= 0 then redis.call('HINCRBY', KEYS[1], 'held', reserved) end
 end
 return 1
 """
 
-# KEYS: log, tok, day.  ARGV: now_ms, window_ms.  Returns {count, used, newest_ms, spent}.
+# KEYS: log, tok, day, lease.  ARGV: now_ms, window_ms.
+# Returns {count, used, newest_ms, spent_and_held}.
 _STATUS = (
-    _TRIM
+    _HELPERS
     + """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 trim(KEYS[1], KEYS[2], now, window)
+expire(KEYS[3], KEYS[4], now)
 local count = redis.call('ZCARD', KEYS[1])
 local used = tonumber(redis.call('HGET', KEYS[2], '=sum') or '0')
 local newest = -1
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 if #last == 2 then newest = tonumber(last[2]) end
 local spent = tonumber(redis.call('HGET', KEYS[3], 'usd') or '0')
-return {count, used, newest, spent}
+local held = tonumber(redis.call('HGET', KEYS[3], 'held') or '0')
+return {count, used, newest, spent + held}
 """
 )
 
@@ -231,6 +308,7 @@ class RedisQuotaStore:
         self._clock = clock
         self._reserve_script = client.register_script(_RESERVE)
         self._settle_script = client.register_script(_SETTLE)
+        self._renew_script = client.register_script(_RENEW)
         self._status_script = client.register_script(_STATUS)
         self._down_until = 0.0
         self._last_warning = -float("inf")
@@ -275,8 +353,10 @@ class RedisQuotaStore:
             clock=clock,
         )
 
-    async def reserve(self, caller: Caller, *, tokens: int, usd: Decimal) -> Reservation:
-        check_reservation_args(tokens, usd)
+    async def reserve(
+        self, caller: Caller, *, tokens: int, usd: Decimal, lease_s: float = DEFAULT_LEASE_S
+    ) -> Reservation:
+        check_reservation_args(tokens, usd, lease_s)
         limits = caller.limits
         now = self._clock()
         day = utc_day(now)
@@ -297,6 +377,7 @@ class RedisQuotaStore:
             int(day_end(day) * 1000),
             _MINUTE_TTL_MS,
             _DAY_TTL_S,
+            max(1, round(lease_s * 1000)),
         ]
         try:
             reply = await self._run(self._reserve_script, self._keys(caller.id, day), args)
@@ -308,7 +389,7 @@ class RedisQuotaStore:
                 )
             raise self._unavailable() from exc
         if reply[0] == 1:
-            return Reservation(caller.id, token, 1, tokens, usd, now, day)
+            return Reservation(caller.id, token, 1, tokens, usd, now, day, lease_s=lease_s)
 
         rpm_wait, tpm_wait, usd_wait, count, used, spent = (int(v) for v in reply[1:7])
         breaches: list[Breach] = []
@@ -334,6 +415,17 @@ class RedisQuotaStore:
         # A failure is logged (rate-limited) by _run; the reserved amounts then stay counted.
         with contextlib.suppress(_StoreDownError):
             await self._run(self._settle_script, keys, [reservation.token, tokens, _to_nano(usd)])
+
+    async def renew(self, reservation: Reservation, *, lease_s: float) -> None:
+        check_reservation_args(0, Decimal(0), lease_s)
+        if not reservation.tracked:
+            return
+        _, _, day_key, lease_key = self._keys(reservation.caller_id, reservation.day)
+        expiry_ms = round((self._clock() + lease_s) * 1000)
+        with contextlib.suppress(_StoreDownError):
+            await self._run(
+                self._renew_script, [day_key, lease_key], [reservation.token, expiry_ms, _DAY_TTL_S]
+            )
 
     async def release(self, reservation: Reservation) -> None:
         await self.settle(reservation, tokens=0, usd=Decimal(0))
@@ -362,7 +454,7 @@ class RedisQuotaStore:
 
     def _keys(self, caller_id: str, day: int) -> list[str]:
         base = f"{self._prefix}:{{{caller_id}}}"
-        return [f"{base}:log", f"{base}:tok", f"{base}:day:{day}"]
+        return [f"{base}:log", f"{base}:tok", f"{base}:day:{day}", f"{base}:lease:{day}"]
 
     async def _run(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[int | str]

@@ -54,12 +54,14 @@ async def test_keys_are_prefixed_and_all_expire(redis_url: str, raw_redis: Redis
     try:
         reservation = await store.reserve(WHO, tokens=10, usd=Decimal("0.5"))
         await store.settle(reservation, tokens=5, usd=Decimal("0.25"))
+        await store.reserve(WHO, tokens=10, usd=Decimal("0.5"))  # left outstanding
     finally:
         await store.close()
 
     keys = sorted(k.decode() if isinstance(k, bytes) else k for k in await raw_redis.keys("*"))
     assert keys == [
         f"gw-test:{{billing}}:day:{reservation.day}",
+        f"gw-test:{{billing}}:lease:{reservation.day}",
         "gw-test:{billing}:log",
         "gw-test:{billing}:tok",
     ]

@@ -11,6 +11,7 @@ import pytest
 
 from service.domain.callers import Caller, CallerLimits
 from service.domain.quotas import (
+    DEFAULT_LEASE_S,
     LimitUsage,
     N,
     QuotaStore,
@@ -123,8 +124,8 @@ async def test_every_violated_limit_is_named_and_nothing_is_reserved(
         "usd_per_day limit 1.00",
     ]
     assert error.metadata["limits"] == "requests_per_minute,tokens_per_minute,usd_per_day"
-    # All three must free up: the budget only at midnight UTC.
-    assert error.retry_after_s == pytest.approx(day_end(utc_day(clock.now)) - clock.now)
+    # All three must free up; the budget once the unsettled reservation's lease lapses.
+    assert error.retry_after_s == pytest.approx(DEFAULT_LEASE_S - 20)
     status = await store.status(who)
     assert used(status.requests_per_minute) == 1
     assert used(status.tokens_per_minute) == 50
