@@ -14,7 +14,7 @@ COPY schemas ./schemas
 # Wheels of the project and of its client package (the generated contract) plus their pinned
 # dependencies, installed into one prefix to copy over.
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install -c requirements.lock ./clients/python .
+ && /opt/venv/bin/pip install -c requirements.lock ./clients/python '.[postgres,redis]'
 
 
 FROM python:3.11-slim-bookworm

@@ -1,7 +1,6 @@
 """Runs ``python -m service`` unchanged, after applying the benchmark's prototype switches.
 
-``GATEWAY_EVENT_LOOP=uvloop`` installs uvloop first (unless the service already reads that
-setting itself), ``BENCH_GRPC_SERVER_OPTIONS`` (a JSON list of ``[name, value]`` pairs) is
+``BENCH_GRPC_SERVER_OPTIONS`` (a JSON list of ``[name, value]`` pairs) is
 appended to the gateway's gRPC server options, and ``BENCH_ABLATE=ledger`` turns the usage
 ledger's ``record`` into a no-op, to measure what the ledger costs (``otlp_encoder``: the
 OpenTelemetry SDK's span encoder instead of ours, ``span_recorder``: the SDK's
@@ -19,12 +18,6 @@ import runpy
 from typing import Any
 
 import orjson
-
-
-def _service_reads_event_loop() -> bool:
-    from service.config import GatewaySettings
-
-    return "event_loop" in GatewaySettings.model_fields
 
 
 def _extend_server_options(extra: list[tuple[str, Any]]) -> None:
@@ -110,10 +103,6 @@ def _report_gc() -> None:
 
 
 def main() -> None:
-    if os.environ.get("GATEWAY_EVENT_LOOP") == "uvloop" and not _service_reads_event_loop():
-        import uvloop
-
-        uvloop.install()
     extra = os.environ.get("BENCH_GRPC_SERVER_OPTIONS")
     if extra:
         _extend_server_options([(str(name), value) for name, value in orjson.loads(extra)])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,6 +32,24 @@ _MAX_SECONDS = 86_400.0
 
 class ConfigError(Exception):
     """Start-up configuration is unusable; the message is one clear line for the operator."""
+
+
+@contextmanager
+def needs_extra(extra: str, what: str) -> Iterator[None]:
+    """Turns a missing optional package (an extra not installed) into one clear line.
+
+    ``what`` names the feature and the setting that asked for it. An ImportError of one of
+    our own modules is a bug, not a missing extra, and is raised as it is.
+    """
+    try:
+        yield
+    except ImportError as exc:
+        if exc.name is None or exc.name.partition(".")[0] == "service":
+            raise
+        raise ConfigError(
+            f"{what} needs the {exc.name} package, which is not installed "
+            f"(install the '{extra}' extra: pip install 'llm-gateway[{extra}]')"
+        ) from None
 
 
 def split_host_port(address: str) -> tuple[str, int]:

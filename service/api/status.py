@@ -11,7 +11,6 @@ import math
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from service import errors
 
@@ -106,11 +105,6 @@ def to_rpc_status(error: errors.GatewayError, *, request_id: str = "") -> status
     return status_pb2.Status(code=code.value[0], message=error.message, details=details)
 
 
-def to_grpc_status(error: errors.GatewayError, *, request_id: str = "") -> grpc.Status:
-    status: grpc.Status = rpc_status.to_status(to_rpc_status(error, request_id=request_id))
-    return status
-
-
 def internal_status(request_id: str) -> status_pb2.Status:
     """For a bug: a generic message, never the exception text (it may hold anything)."""
     return to_rpc_status(
@@ -119,4 +113,4 @@ def internal_status(request_id: str) -> status_pb2.Status:
     )
 
 
-__all__ = ["STATUS_BY_ERROR", "status_code_for", "to_grpc_status", "to_rpc_status"]
+__all__ = ["STATUS_BY_ERROR", "status_code_for", "to_rpc_status"]

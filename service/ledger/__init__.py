@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from service.config import needs_extra
 from service.domain.usage import LedgerStore
-from service.ledger.postgres import PostgresLedger
 from service.ledger.sqlite import SqliteLedger
 
+if TYPE_CHECKING:
+    from service.ledger.postgres import PostgresLedger
+
 __all__ = ["PostgresLedger", "SqliteLedger", "open_ledger"]
+
+
+def __getattr__(name: str) -> object:
+    # PostgresLedger needs asyncpg (the 'postgres' extra): imported only when asked for.
+    if name == "PostgresLedger":
+        from service.ledger.postgres import PostgresLedger
+
+        return PostgresLedger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -28,6 +42,8 @@ def open_ledger(
     writer waits for a batch to fill before writing what it has (``flush`` never waits).
     """
     if isinstance(target, str) and target.startswith(_POSTGRES_SCHEMES):
+        with needs_extra("postgres", "the PostgreSQL ledger (GATEWAY_LEDGER_DSN)"):
+            from service.ledger.postgres import PostgresLedger
         return PostgresLedger(
             target,
             max_pending=max_pending,

@@ -7,8 +7,7 @@ imported only when chosen.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
@@ -16,7 +15,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from service.config import ConfigError, TelemetrySettings
+from service.config import ConfigError, TelemetrySettings, needs_extra
 from service.telemetry.core import SCOPE_VERSION, Telemetry
 
 _TRACE_EXPORTERS = frozenset({"otlp", "console", "none"})
@@ -40,18 +39,6 @@ def _chosen(variable: str, value: str, endpoint: str, allowed: frozenset[str]) -
             f"(choose from {', '.join(sorted(allowed))})"
         )
     return names - {"none"}
-
-
-@contextmanager
-def _exporter_package(extra: str, setting: str) -> Iterator[None]:
-    """Turns a missing optional exporter package into one clear configuration line."""
-    try:
-        yield
-    except ImportError as exc:
-        raise ConfigError(
-            f"{setting} needs the {exc.name or 'exporter'} package, which is not installed "
-            f"(install the '{extra}' extra: pip install 'llm-gateway[{extra}]')"
-        ) from None
 
 
 def build_telemetry(
@@ -98,7 +85,7 @@ def build_telemetry(
             tracer_provider = TracerProvider(resource=resource)
             closers.append(tracer_provider.shutdown)
             for name in sorted(traces):
-                with _exporter_package("otlp", _OTLP_TRACES):
+                with needs_extra("otlp", _OTLP_TRACES):
                     exporter = _span_exporter(name, settings)
                 tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         meter_provider = None
@@ -107,7 +94,7 @@ def build_telemetry(
             readers: list[MetricReader] = []
             for name in sorted(metrics):
                 if name == "prometheus":
-                    with _exporter_package("prometheus", _PROMETHEUS):
+                    with needs_extra("prometheus", _PROMETHEUS):
                         reader, port, stop = _prometheus(
                             prometheus_host,
                             _DEFAULT_PROMETHEUS_PORT
@@ -116,7 +103,7 @@ def build_telemetry(
                         )
                     closers.append(stop)
                 else:
-                    with _exporter_package("otlp", _OTLP_METRICS):
+                    with needs_extra("otlp", _OTLP_METRICS):
                         reader = _periodic_reader(name, settings)
                 readers.append(reader)
             meter_provider = MeterProvider(resource=resource, metric_readers=readers)
