@@ -13,7 +13,7 @@ NODE_STAMP := tools/node_modules/.installed
 # The Google protos the contract imports, copied from googleapis-common-protos for buf.
 PROTO_INCLUDE := build/proto-include/.installed
 
-.PHONY: help run test lint typecheck proto-lint proto-breaking generate check-generated pytest fmt bench image lock clean
+.PHONY: help run test lint typecheck proto-lint proto-breaking proto-bundle polyglot-check generate check-generated pytest fmt bench image lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -56,6 +56,12 @@ proto-breaking: $(NODE_STAMP) $(PROTO_INCLUDE) ## buf breaking against the last 
 
 GENERATED := clients/python/src/llmgateway/v1
 
+proto-bundle: $(PY_STAMP) ## Write the contract and every proto a client imports to build/proto-bundle
+	./scripts/proto-bundle.sh build/proto-bundle
+
+polyglot-check: $(PY_STAMP) $(NODE_STAMP) ## Go client check (installs Debian's Go packages; minutes; not in make test)
+	./scripts/polyglot-check.sh
+
 generate: $(PY_STAMP) ## Regenerate the contract's Python code (clients/python/src/llmgateway/v1) from proto/
 	./scripts/generate.sh
 
@@ -85,4 +91,4 @@ lock: ## Re-pin requirements.lock from a fresh resolve of pyproject.toml
 	/tmp/llmgw-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 
 clean: ## Remove the virtual environment and installed tools
-	rm -rf $(VENV) tools/node_modules .mypy_cache .ruff_cache build/proto-include
+	rm -rf $(VENV) tools/node_modules tools/build .mypy_cache .ruff_cache build

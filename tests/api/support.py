@@ -120,12 +120,15 @@ class Finished:
 
 
 async def run_process(
-    *args: str, env: dict[str, str] | None = None, time_limit: float = 20.0
+    *args: str,
+    env: dict[str, str] | None = None,
+    time_limit: float = 20.0,
+    cwd: Path | None = None,
 ) -> Finished:
     """Runs a child without blocking the event loop (the gateway under test shares it)."""
     process = await asyncio.create_subprocess_exec(
         *args,
-        cwd=ROOT,
+        cwd=cwd or ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
