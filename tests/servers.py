@@ -276,17 +276,24 @@ class RedisServer:
     def stop(self) -> None:
         _stop_process(self.process, signal.SIGTERM)
 
+    def restart(self) -> None:
+        """Start a fresh, empty server on the same port (after ``stop``); returns once it
+        answers PING."""
+        self.process = start_redis(port=self.port).process
 
-def start_redis(*, timeout_s: float = 10.0) -> RedisServer:
-    """Start ``redis-server`` from PATH on a free loopback port and wait until it answers PING."""
+
+def start_redis(*, timeout_s: float = 10.0, port: int | None = None) -> RedisServer:
+    """Start ``redis-server`` from PATH on a free loopback port (or ``port``, to restart a
+    stopped one where its clients expect it) and wait until it answers PING."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServerStartError(
             "redis-server is not on PATH: install it (Debian: apt-get install redis-server)"
         )
     last_error = ""
-    for _ in range(_START_ATTEMPTS):
-        port = free_port()
+    wanted = port
+    for _ in range(_START_ATTEMPTS if wanted is None else 1):
+        port = free_port() if wanted is None else wanted
         process = subprocess.Popen(
             [
                 binary,

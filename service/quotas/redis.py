@@ -30,8 +30,15 @@ window, and the expiry of its leases, by s.
 
 When Redis cannot be reached within ``timeout_s`` the ``FailurePolicy`` decides: fail closed
 (``ServiceUnavailableError``, reason ``QUOTA_STORE_UNAVAILABLE``) or fail open (admit, count,
-warn once per ``warn_interval_s``). After a failure the store does not try Redis again for
-``backoff_s``, so a dead Redis cannot add a timeout to every request.
+warn once per ``warn_interval_s``).
+
+Recovery: after a failure the store is *down*, and while down only one call at a time, at
+most every ``probe_every_s``, tries Redis (the probe); the others get the failure policy at
+once, so a dead or frozen Redis cannot add a timeout to every request. The first call that
+gets an answer marks the store up again, for everyone. A pooled connection that broke while
+Redis was away (a restart closes them all) is retried once on a fresh connection instead of
+failing its call, so a restart costs no refusals after the first answer; the scripts are
+idempotent, so a retry after a lost reply changes nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from service.domain.callers import Caller
@@ -295,7 +303,7 @@ class RedisQuotaStore:
         key_prefix: str = DEFAULT_KEY_PREFIX,
         failure_policy: FailurePolicy = FailurePolicy.FAIL_CLOSED,
         timeout_s: float = 0.5,
-        backoff_s: float = 1.0,
+        probe_every_s: float = 0.1,
         warn_interval_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -303,18 +311,20 @@ class RedisQuotaStore:
         self._prefix = key_prefix
         self._policy = failure_policy
         self._timeout_s = timeout_s
-        self._backoff_s = backoff_s
+        self._probe_every_s = probe_every_s
         self._warn_interval_s = warn_interval_s
         self._clock = clock
         self._reserve_script = client.register_script(_RESERVE)
         self._settle_script = client.register_script(_SETTLE)
         self._renew_script = client.register_script(_RENEW)
         self._status_script = client.register_script(_STATUS)
-        self._down_until = 0.0
+        self._down = False
+        self._probing = False
+        self._next_probe = 0.0
         self._last_warning = -float("inf")
         self._failures_since_warning = 0
         self.store_failures = 0
-        """Calls that found Redis unreachable (or skipped it while backing off)."""
+        """Calls that found Redis unreachable (or did not try it while it was down)."""
         self.unchecked_admissions = 0
         """Requests admitted without a check under ``fail_open``."""
 
@@ -326,7 +336,7 @@ class RedisQuotaStore:
         key_prefix: str = DEFAULT_KEY_PREFIX,
         failure_policy: FailurePolicy = FailurePolicy.FAIL_CLOSED,
         timeout_s: float = 0.5,
-        backoff_s: float = 1.0,
+        probe_every_s: float = 0.1,
         warn_interval_s: float = 60.0,
         max_connections: int = 256,
         clock: Callable[[], float] = time.time,
@@ -339,16 +349,17 @@ class RedisQuotaStore:
             timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            # redis-py retries 3 times with backoff by default: that would multiply the
-            # timeout on the request path. The failure policy decides instead.
-            retry=Retry(NoBackoff(), 0),
+            # One retry, at once and for a broken connection only: a connection Redis closed
+            # (it restarted) is then replaced within the call. redis-py's default (3 retries
+            # with backoff, timeouts too) would multiply the timeout on the request path.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         return cls(
             Redis.from_pool(pool),
             key_prefix=key_prefix,
             failure_policy=failure_policy,
             timeout_s=timeout_s,
-            backoff_s=backoff_s,
+            probe_every_s=probe_every_s,
             warn_interval_s=warn_interval_s,
             clock=clock,
         )
@@ -459,16 +470,24 @@ class RedisQuotaStore:
     async def _run(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[int | str]
     ) -> list[Any]:
-        if time.monotonic() < self._down_until:
-            self._note_failure(None)
-            raise _StoreDownError
+        probe = False
+        if self._down:
+            if self._probing or time.monotonic() < self._next_probe:
+                self._note_failure(None)
+                raise _StoreDownError
+            probe = self._probing = True
         try:
             async with asyncio.timeout(self._timeout_s):
                 reply = await script(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._down_until = time.monotonic() + self._backoff_s
+            self._down = True
+            self._next_probe = time.monotonic() + self._probe_every_s
             self._note_failure(exc)
             raise _StoreDownError from exc
+        finally:
+            if probe:
+                self._probing = False
+        self._down = False
         return list(reply) if isinstance(reply, list) else [reply]
 
     def _note_failure(self, exc: BaseException | None) -> None:
@@ -483,7 +502,7 @@ class RedisQuotaStore:
             self._failures_since_warning,
             self._policy,
             self.unchecked_admissions,
-            "backing off" if exc is None else f"{type(exc).__name__}: {exc}",
+            "not tried while down" if exc is None else f"{type(exc).__name__}: {exc}",
         )
         self._last_warning = now
         self._failures_since_warning = 0
@@ -493,7 +512,7 @@ class RedisQuotaStore:
             "quota store unreachable: cannot check the caller's limits, try again shortly",
             reason=Reason.QUOTA_STORE_UNAVAILABLE,
             metadata={"store": "redis"},
-            retry_after_s=max(self._backoff_s, 1.0),
+            retry_after_s=max(self._probe_every_s, 1.0),
         )
 
 

@@ -84,7 +84,7 @@ def own_redis(redis_factory: Callable[[], RedisServer]) -> RedisServer:
 
 
 async def test_fail_closed_on_a_frozen_redis_is_quick(own_redis: RedisServer) -> None:
-    store = RedisQuotaStore.from_url(own_redis.url, timeout_s=0.2, backoff_s=0)
+    store = RedisQuotaStore.from_url(own_redis.url, timeout_s=0.2, probe_every_s=0)
     try:
         await store.reserve(WHO, tokens=1, usd=Decimal(0))  # a pooled connection now exists
         own_redis.pause()  # connected, but nothing answers: the worst kind of outage
@@ -122,7 +122,7 @@ async def test_fail_open_admits_warns_once_and_counts(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = RedisQuotaStore.from_url(
-        own_redis.url, timeout_s=0.2, failure_policy=FailurePolicy.FAIL_OPEN, backoff_s=0
+        own_redis.url, timeout_s=0.2, failure_policy=FailurePolicy.FAIL_OPEN, probe_every_s=0
     )
     try:
         await store.reserve(WHO, tokens=1, usd=Decimal(0))
@@ -154,20 +154,60 @@ async def test_settle_during_an_outage_does_not_raise(own_redis: RedisServer) ->
         await store.close()
 
 
-async def test_backoff_skips_redis_after_a_failure(own_redis: RedisServer) -> None:
-    store = RedisQuotaStore.from_url(own_redis.url, timeout_s=0.2, backoff_s=60)
+async def test_while_down_only_one_call_at_a_time_tries_redis(own_redis: RedisServer) -> None:
+    store = RedisQuotaStore.from_url(own_redis.url, timeout_s=0.3, probe_every_s=60)
+    try:
+        await store.reserve(WHO, tokens=1, usd=Decimal(0))
+        own_redis.pause()
+        with pytest.raises(ServiceUnavailableError):
+            await store.reserve(WHO, tokens=1, usd=Decimal(0))  # found it down: 0.3 s
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailableError) as info:
+            await store.reserve(WHO, tokens=1, usd=Decimal(0))
+        assert time.monotonic() - started < 0.05  # not tried again before the next probe
+        assert info.value.retry_after_s == 60
+    finally:
+        own_redis.resume()
+        await store.close()
+
+
+async def test_one_probe_at_a_time_the_others_fail_at_once(own_redis: RedisServer) -> None:
+    store = RedisQuotaStore.from_url(own_redis.url, timeout_s=0.3, probe_every_s=0)
     try:
         await store.reserve(WHO, tokens=1, usd=Decimal(0))
         own_redis.pause()
         with pytest.raises(ServiceUnavailableError):
             await store.reserve(WHO, tokens=1, usd=Decimal(0))
+
+        probe = asyncio.ensure_future(store.reserve(WHO, tokens=1, usd=Decimal(0)))
+        await asyncio.sleep(0)  # the probe is waiting on the frozen Redis
         started = time.monotonic()
-        with pytest.raises(ServiceUnavailableError) as info:
-            await store.reserve(WHO, tokens=1, usd=Decimal(0))
-        assert time.monotonic() - started < 0.05  # no second timeout to sit through
-        assert info.value.retry_after_s == 60
+        results = await asyncio.gather(
+            *(store.reserve(WHO, tokens=1, usd=Decimal(0)) for _ in range(20)),
+            return_exceptions=True,
+        )
+        assert time.monotonic() - started < 0.1
+        assert all(isinstance(r, ServiceUnavailableError) for r in results)
+        with pytest.raises(ServiceUnavailableError):
+            await probe
     finally:
         own_redis.resume()
+        await store.close()
+
+
+async def test_a_restart_costs_no_call_on_a_pooled_connection(own_redis: RedisServer) -> None:
+    store = RedisQuotaStore.from_url(own_redis.url, timeout_s=0.5)
+    try:
+        # Ten connections in the pool, every one of them broken by the restart.
+        await asyncio.gather(*(store.reserve(WHO, tokens=1, usd=Decimal(0)) for _ in range(10)))
+        own_redis.stop()
+        own_redis.restart()
+        results = await asyncio.gather(
+            *(store.reserve(WHO, tokens=1, usd=Decimal(0)) for _ in range(10))
+        )
+        assert all(r.tracked for r in results)
+        assert store.store_failures == 0
+    finally:
         await store.close()
 
 
