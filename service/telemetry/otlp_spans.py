@@ -12,12 +12,19 @@ span (the machine was noisy) and this encoder 11-19 µs, ~7x less; 13-21 µs (~6
 the parse.
 
 Equivalence: it mirrors every field and rule of the SDK's encoder (opentelemetry-exporter-otlp-
-proto-common 1.45): the grouping by resource then by instrumentation scope (by the SDK objects'
-own equality), ids, trace state, the ``SPAN_FLAGS_CONTEXT_*IS_REMOTE`` flags, kinds, times,
+proto-common 1.43 to 1.45): the grouping by resource then by instrumentation scope (by the SDK
+objects' own equality), ids, trace state, the ``SPAN_FLAGS_CONTEXT_*IS_REMOTE`` flags, kinds, times,
 attributes (scalars, sequences, mappings; an attribute the SDK cannot encode is logged and left
 out), dropped counts, events, links (which the SDK gives no trace state), status and schema URLs.
 ``tests/telemetry/test_otlp_spans.py`` asserts message equality and byte-for-byte equality of
 the serialization against the SDK's encoder.
+
+Guarded: ``FastOTLPSpanExporter`` plugs in by overriding the SDK exporter's private
+``_translate_data``. Should an SDK release stop calling it, the SDK's own encoder would run
+instead (correct, only slower), so the exporter counts the batches it encodes
+(``fast_batches``), a test exports through the public ``export()`` and asserts the count, and
+the exporter logs a warning at start-up when the SDK class has no ``_translate_data`` at all.
+The OpenTelemetry packages are pinned in ``pyproject.toml`` to the versions tested.
 """
 
 from __future__ import annotations
@@ -474,5 +481,16 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
 class FastOTLPSpanExporter(OTLPSpanExporter):
     """``OTLPSpanExporter`` with the fast encoder; everything else is the SDK's."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast_batches = 0
+        """Batches this encoder translated: stays 0 if the SDK no longer asks it."""
+        if not callable(getattr(OTLPSpanExporter, "_translate_data", None)):
+            _logger.warning(
+                "the OTLP span exporter has no _translate_data: spans are encoded by the "
+                "SDK's own (slower) encoder"
+            )
+
     def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+        self.fast_batches += 1
         return encode_spans(data)

@@ -16,19 +16,26 @@ sampling decision, span context (flags included) and ``ReadableSpan`` as
 What is left out, deliberately:
 
 * attribute validation and limits: the gateway's own code sets every attribute, from a fixed
-  set of names with str, int, float, bool or tuple-of-str values;
+  set of names with str, int, float, bool or tuple-of-str values, far fewer than the SDK's
+  default limits;
 * span processors' ``on_start`` (the gateway's pipeline, ``BatchSpanProcessor`` or
-  ``SimpleSpanProcessor``, does nothing there) and the SDK's experimental tracer
-  configurator and self-metrics;
+  ``SimpleSpanProcessor``, does nothing there) and the SDK's self-metrics;
 * ``record_exception`` records the exception's type only: messages of third-party
   exceptions can quote request data.
 
-A tracer that is not the SDK's own ``Tracer`` (a proxy, a subclass) gets its own
-``start_span``, unchanged.
+Guarded: the recorder reads a few of the SDK tracer's private attributes (its scope, span
+limits and span processors; pinned in ``pyproject.toml`` to the versions tested). At start-up
+(``SpanRecorder(tracer)``) it checks them, and uses the tracer's own ``start_span`` instead,
+with one INFO line saying why, when it cannot be sure to record what the SDK would: a tracer
+that is not the SDK's own ``Tracer`` (a proxy, a subclass), an SDK whose internals moved, span
+limits tighter than the SDK's defaults (``OTEL_SPAN_*_LIMIT``, ``OTEL_ATTRIBUTE_*_LIMIT``),
+a span processor other than ``BatchSpanProcessor``/``SimpleSpanProcessor`` (its ``on_start``
+may matter), or a tracer its configurator disabled. ``fast`` says which path was chosen.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from time import time_ns
 from types import TracebackType
@@ -37,7 +44,14 @@ from typing import Final
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
 from opentelemetry.sdk import trace as sdk_trace
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import (
+    ConcurrentMultiSpanProcessor,
+    Event,
+    ReadableSpan,
+    SpanLimits,
+    SynchronousMultiSpanProcessor,
+)
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
@@ -56,6 +70,55 @@ _RANDOM_TRACE_ID: Final = TraceFlags.RANDOM_TRACE_ID
 _UNSET: Final = Status(StatusCode.UNSET)
 _EXCEPTION_TYPE: Final = "exception.type"
 
+log = logging.getLogger(__name__)
+
+# Processors whose on_start does nothing, so that skipping it changes nothing.
+_KNOWN_PROCESSORS: Final = (BatchSpanProcessor, SimpleSpanProcessor)
+# The SDK's default count limits. The gateway's spans (some 30 attributes, a few events, no
+# links) stay far below them, so under them (or none) the SDK would drop nothing either.
+_DEFAULT_COUNT_LIMIT: Final = 128
+_COUNT_LIMITS: Final = (
+    "max_attributes",
+    "max_span_attributes",
+    "max_events",
+    "max_links",
+    "max_event_attributes",
+    "max_link_attributes",
+)
+_LENGTH_LIMITS: Final = ("max_attribute_length", "max_span_attribute_length")
+
+
+def why_not_recorded(tracer: trace_api.Tracer) -> str | None:
+    """Why the recorder must leave ``tracer`` to its own ``start_span``; None when it need not."""
+    if type(tracer) is not sdk_trace.Tracer:
+        return f"the tracer is a {type(tracer).__name__}, not the SDK's own Tracer"
+    if not isinstance(getattr(tracer, "_instrumentation_scope", None), InstrumentationScope):
+        return "the SDK's Tracer has no _instrumentation_scope (its internals changed)"
+    enabled = getattr(tracer, "_is_enabled", None)
+    if callable(enabled) and not enabled():
+        return "the tracer's configurator disabled it"
+    limits = getattr(tracer, "_span_limits", None)
+    if not isinstance(limits, SpanLimits):
+        return "the SDK's Tracer has no _span_limits (its internals changed)"
+    for name in _COUNT_LIMITS:
+        value = getattr(limits, name, None)
+        if value is not None and value < _DEFAULT_COUNT_LIMIT:
+            return f"span limits are configured ({name}={value})"
+    for name in _LENGTH_LIMITS:
+        value = getattr(limits, name, None)
+        if value is not None:
+            return f"span limits are configured ({name}={value})"
+    multi = tracer.span_processor
+    processors = getattr(multi, "_span_processors", None)
+    if type(multi) not in (SynchronousMultiSpanProcessor, ConcurrentMultiSpanProcessor) or (
+        not isinstance(processors, tuple)
+    ):
+        return f"the span processor {type(multi).__name__} is not one the recorder knows"
+    for processor in processors:
+        if type(processor) not in _KNOWN_PROCESSORS:
+            return f"the span processor {type(processor).__name__} is not one the recorder knows"
+    return None
+
 
 class SpanRecorder:
     """Starts spans for one tracer: recorded cheaply when it is the SDK's, else by the tracer."""
@@ -64,17 +127,26 @@ class SpanRecorder:
 
     def __init__(self, tracer: trace_api.Tracer) -> None:
         self._tracer = tracer
-        if type(tracer) is sdk_trace.Tracer:
-            self._sdk_tracer = tracer
-            info = tracer.instrumentation_info
-            self._sampler = tracer.sampler
-            self._ids = tracer.id_generator
-            self._processor = tracer.span_processor
-            self._scope: InstrumentationScope | None = InstrumentationScope(
-                info.name, info.version, info.schema_url
-            )
-        else:
-            self._scope = None
+        self._scope: InstrumentationScope | None = None
+        reason = why_not_recorded(tracer)
+        if reason is not None:
+            # Only worth a line when an SDK tracer takes the slow path (a no-op tracer is cheap).
+            if isinstance(tracer, sdk_trace.Tracer):
+                log.info("spans are started by the SDK's own tracer (slower): %s", reason)
+            return
+        assert isinstance(tracer, sdk_trace.Tracer)
+        self._sdk_tracer = tracer
+        self._sampler = tracer.sampler
+        self._ids = tracer.id_generator
+        self._processor = tracer.span_processor
+        # The scope the SDK gives its spans, attributes included (the public
+        # instrumentation_info is deprecated and has none).
+        self._scope = tracer._instrumentation_scope
+
+    @property
+    def fast(self) -> bool:
+        """Whether spans are recorded here rather than by the tracer's ``start_span``."""
+        return self._scope is not None
 
     def start(
         self,

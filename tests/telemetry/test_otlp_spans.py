@@ -14,7 +14,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
@@ -29,6 +29,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
+from bench.otlp_sink import OtlpSink
 from service.telemetry import otlp_spans
 from service.telemetry.otlp_spans import (
     ATTRIBUTE_CACHE_MAX,
@@ -401,3 +402,17 @@ def test_fast_exporter_translates_like_the_sdk(sdk_spans: _Spans) -> None:
         assert exporter._translate_data(spans) == sdk_encode_spans(spans)
     finally:
         exporter.shutdown()
+
+
+def test_export_runs_the_fast_encoder(sdk_spans: _Spans) -> None:
+    # Through the public export() path to a real OTLP/gRPC collector on loopback: were the SDK
+    # to stop calling _translate_data, its own encoder would run and fast_batches stay 0.
+    spans = sdk_spans.random_spans(random.Random(12), 25)
+    with OtlpSink() as sink:
+        exporter = FastOTLPSpanExporter(endpoint=sink.endpoint, insecure=True)
+        try:
+            assert exporter.export(spans) is SpanExportResult.SUCCESS
+        finally:
+            exporter.shutdown()
+        assert (sink.exports, sink.spans) == (1, len(spans))
+    assert exporter.fast_batches == 1

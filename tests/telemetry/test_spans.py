@@ -3,6 +3,7 @@ processors, field by field, whatever the sampler decides."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ import pytest
 from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
@@ -33,8 +34,9 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from service.telemetry import Telemetry
 from service.telemetry.otlp_spans import encode_spans
-from service.telemetry.spans import RecordedSpan, SpanRecorder
+from service.telemetry.spans import RecordedSpan, SpanRecorder, why_not_recorded
 
 ROOT = Context()
 ATTRIBUTES: dict[str, AttributeValue] = {
@@ -254,3 +256,103 @@ def test_flags_follow_a_random_id_generator_like_the_sdks() -> None:
     sdk_child = tracer.start_span("b", context=child_context)
     our_child = SpanRecorder(tracer).start("b", child_context, SpanKind.INTERNAL, {})
     assert our_child.get_span_context().trace_flags == sdk_child.get_span_context().trace_flags
+
+
+def test_the_pinned_sdk_keeps_the_fast_path(ours: Pipeline) -> None:
+    # The SDK internals the recorder reads are where it expects them: a release that moves
+    # them fails here rather than slowing every RPC down unnoticed.
+    assert why_not_recorded(ours.tracer) is None
+    assert SpanRecorder(ours.tracer).fast
+
+
+def _many_attributes() -> dict[str, AttributeValue]:
+    return {f"a{i}": "x" * 40 for i in range(12)}
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        (SpanLimits(max_span_attributes=4), "max_span_attributes=4"),
+        (SpanLimits(max_attribute_length=8), "max_attribute_length=8"),
+        (SpanLimits(max_events=1), "max_events=1"),
+    ],
+    ids=["attribute-count", "attribute-length", "event-count"],
+)
+def test_span_limits_hand_spans_to_the_sdk(
+    limits: SpanLimits, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider = TracerProvider(span_limits=limits)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("llmgateway", "0.1.0")
+    with caplog.at_level(logging.INFO, logger="service.telemetry.spans"):
+        recorder = SpanRecorder(tracer)
+    assert not recorder.fast
+    assert any(reason in r.getMessage() for r in caplog.records)
+    span = recorder.start("a", ROOT, SpanKind.SERVER, _many_attributes())
+    span.add_event("first")
+    span.add_event("second")
+    span.end()
+    (finished,) = exporter.get_finished_spans()
+    # The SDK applied the limits, as it would without the recorder.
+    assert not isinstance(span, RecordedSpan)
+    attributes = dict(finished.attributes or {})
+    if limits.max_span_attributes == 4:
+        assert len(attributes) == 4
+        assert finished.dropped_attributes == 8
+    if limits.max_attribute_length == 8:
+        assert all(value == "x" * 8 for value in attributes.values())
+    if limits.max_events == 1:
+        assert len(finished.events) == 1
+        assert finished.dropped_events == 1
+
+
+def test_limits_from_the_environment_hand_spans_to_the_sdk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "16")
+    tracer = TracerProvider().get_tracer("llmgateway", "0.1.0")
+    assert why_not_recorded(tracer) == "span limits are configured (max_attribute_length=16)"
+    assert not SpanRecorder(tracer).fast
+
+
+def test_limits_at_or_above_the_defaults_keep_the_fast_path() -> None:
+    provider = TracerProvider(span_limits=SpanLimits(max_attributes=1000, max_events=128))
+    assert SpanRecorder(provider.get_tracer("llmgateway")).fast
+
+
+class StampingProcessor(SpanProcessor):
+    """A processor the recorder does not know: its on_start matters (it adds an attribute)."""
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        span.set_attribute("stamped", True)
+
+
+def test_an_unknown_span_processor_hands_spans_to_the_sdk(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(StampingProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with caplog.at_level(logging.INFO, logger="service.telemetry.spans"):
+        recorder = SpanRecorder(provider.get_tracer("llmgateway", "0.1.0"))
+    assert not recorder.fast
+    assert any("StampingProcessor" in r.getMessage() for r in caplog.records)
+    recorder.start("a", ROOT, SpanKind.SERVER, {"k": "v"}).end()
+    (finished,) = exporter.get_finished_spans()
+    # Its on_start ran, as it does for the SDK's own spans.
+    assert dict(finished.attributes or {}) == {"k": "v", "stamped": True}
+
+
+def test_the_gateway_telemetry_falls_back_too() -> None:
+    provider = TracerProvider(span_limits=SpanLimits(max_attributes=2))
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    telemetry = Telemetry(tracer_provider=provider)
+    assert telemetry.spans is not None
+    assert not telemetry.spans.fast
+    known = TracerProvider()
+    known.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    fast = Telemetry(tracer_provider=known)
+    assert fast.spans is not None
+    assert fast.spans.fast
