@@ -5,6 +5,7 @@ built-in OpenRouter simulator started in-process and a demo caller (key ``demo-k
 that demo mode listens on 127.0.0.1 unless ``GATEWAY_LISTEN`` says otherwise. Without a key
 and without that setting the gateway refuses to start.
 
+SIGHUP reloads the callers file, the schemas folder and the key file (``service.reload``).
 SIGTERM: health turns NOT_SERVING, calls are still served for ``GATEWAY_DRAIN_DELAY_S``, then
 refused while the calls in flight get ``GATEWAY_SHUTDOWN_GRACE_S``. SIGINT (Ctrl-C) skips the
 delay, and a second signal cuts a running delay short.
@@ -32,7 +33,6 @@ from service.config import (
     describe_invalid,
 )
 from service.domain.callers import Caller, hash_key
-from service.key_file import read_key_file
 from service.logs import configure_logging
 from service.server import GatewayServer, load_caller_list
 from service.telemetry import Telemetry, build_telemetry
@@ -90,10 +90,6 @@ async def serve(
             "set GATEWAY_SIMULATOR=true to serve against the built-in simulator instead"
         )
     settings = demo_settings(settings)
-    if not simulator and openrouter.api_key_file is not None:
-        openrouter = openrouter.model_copy(
-            update={"api_key": read_key_file(openrouter.api_key_file)}
-        )
     telemetry = (
         Telemetry()
         if telemetry_settings is None
@@ -147,9 +143,19 @@ async def _until_stopped(server: GatewayServer) -> None:
         skip_delay = sig is signal.SIGINT
         stopping.set()
 
+    reloads: set[asyncio.Task[object]] = set()
+
+    def on_hangup() -> None:
+        # Held until done: the loop keeps only weak references to tasks.
+        task: asyncio.Task[object] = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await stopping.wait()
+    loop.remove_signal_handler(signal.SIGHUP)
     delay = 0.0 if skip_delay else server.settings.drain_delay_s
     print(
         f"draining… (serving for {delay:g} s more, then refusing new calls)"

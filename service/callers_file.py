@@ -3,6 +3,7 @@
 [[callers]]
 id = "billing-service"
 key_sha256 = "9f86d081884c7d65…"       # sha256 of the key, hex; never the key itself
+# or, while rotating a key, the old and the new one: key_sha256 = ["9f86…", "60303a…"]
 allowed_models = ["openai/*", "anthropic/claude-*"]
 [callers.limits]
 requests_per_minute = 600
@@ -15,8 +16,16 @@ from __future__ import annotations
 import tomllib
 from decimal import Decimal
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from service.config import ConfigError
 from service.domain.callers import Caller, CallerLimits
@@ -30,13 +39,27 @@ class _Limits(BaseModel):
     usd_per_day: Decimal | None = Field(default=None, gt=0)
 
 
+_Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
+MAX_KEYS_PER_CALLER = 8
+"""A caller holds one key, or a few while rotating; more is a mistake in the file."""
+
+
 class _Caller(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    key_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    key_sha256: list[_Digest] = Field(min_length=1, max_length=MAX_KEYS_PER_CALLER)
+    """One hash, or a list of them (a string is a list of one)."""
     allowed_models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     limits: _Limits = Field(default_factory=_Limits)
+
+    @field_validator("key_sha256", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    def digests(self) -> tuple[bytes, ...]:
+        return tuple(dict.fromkeys(bytes.fromhex(digest) for digest in self.key_sha256))
 
     @field_validator("allowed_models")
     @classmethod
@@ -63,15 +86,21 @@ def parse_callers(text: str, *, source: str = "callers file") -> list[Caller]:
         where = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"{source}: {where}: {first['msg']}") from None
     seen: set[str] = set()
+    owners: dict[bytes, str] = {}
     callers = []
     for entry in parsed.callers:
         if entry.id in seen:
             raise ConfigError(f"{source}: caller id {entry.id!r} is given twice")
         seen.add(entry.id)
+        digests = entry.digests()
+        for digest in digests:
+            other = owners.setdefault(digest, entry.id)
+            if other != entry.id:
+                raise ConfigError(f"{source}: callers {other!r} and {entry.id!r} share a key hash")
         callers.append(
             Caller(
                 id=entry.id,
-                key_sha256=bytes.fromhex(entry.key_sha256),
+                key_sha256=digests[0] if len(digests) == 1 else digests,
                 allowed_models=tuple(entry.allowed_models),
                 limits=CallerLimits(
                     requests_per_minute=entry.limits.requests_per_minute,
@@ -83,9 +112,20 @@ def parse_callers(text: str, *, source: str = "callers file") -> list[Caller]:
     return callers
 
 
+MAX_CALLERS_FILE_BYTES = 16 * 1024 * 1024
+"""Tens of thousands of callers fit in far less; a larger file is the wrong file."""
+
+
 def load_callers(path: Path) -> list[Caller]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_CALLERS_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read callers file {path}: {exc.strerror}") from None
+    if len(data) > MAX_CALLERS_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CALLERS_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     return parse_callers(text, source=str(path))

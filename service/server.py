@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,18 +29,36 @@ from service.config import ConfigError, GatewaySettings, OpenRouterSettings
 from service.domain.callers import Caller, CallerRegistry
 from service.domain.gateway import Gateway, GatewayPolicy
 from service.domain.limits import RequestLimits
-from service.domain.quotas import FailurePolicy, LeasePolicy
+from service.domain.quotas import FailurePolicy, LeasePolicy, QuotaStore
 from service.domain.schemas import SchemaLoadError, SchemaRegistry
 from service.errors import GatewayError
+from service.key_file import read_key_file
 from service.ledger import open_ledger
 from service.ledger.reconcile import Reconciler
 from service.quotas import open_quota_store
+from service.reload import (
+    ConfigReloader,
+    ReloadOutcome,
+    api_key_source,
+    callers_source,
+    schemas_source,
+)
 from service.telemetry import Telemetry, UpstreamTelemetry
+from service.telemetry.core import Instruments
 from service.upstream.openrouter import OpenRouterClient
 
 log = logging.getLogger(__name__)
 
 _REFUSAL_GRACE_S = 0.5
+
+
+@runtime_checkable
+class _SharedStoreCounts(Protocol):
+    """What a shared quota store (Redis) counts about its outages; the Redis module is not
+    imported here, as its client library is an optional extra."""
+
+    store_failures: int
+    unchecked_admissions: int
 
 
 def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
@@ -113,6 +132,10 @@ class GatewayServer:
             raise
 
     async def _start(self) -> None:
+        if self.openrouter.api_key_file is not None:
+            self.openrouter = self.openrouter.model_copy(
+                update={"api_key": read_key_file(self.openrouter.api_key_file)}
+            )
         client = OpenRouterClient(
             self.openrouter, observer=UpstreamTelemetry.create(self.telemetry)
         )
@@ -178,6 +201,12 @@ class GatewayServer:
             quotas=quotas,
             ledger=ledger,
         )
+        self.gateway = gateway
+        self.registry = registry = CallerRegistry(self.callers)
+        await self._start_reloader(registry, gateway, schemas, client)
+        if self.telemetry.instruments is not None:
+            self.telemetry.instruments.observe_ledger(ledger.counters)
+            self._observe_quota_store(self.telemetry.instruments, quotas)
         credentials = _credentials(self.settings)
         server = grpc.aio.server(options=server_options(self.settings))
         # Bound before the servicer is made, so that its spans can name the port.
@@ -195,7 +224,7 @@ class GatewayServer:
         self._servicer = servicer = CompletionServicer(
             gateway,
             Authenticator(
-                CallerRegistry(self.callers),
+                registry,
                 trust_client_certificates=self.settings.tls_client_ca_file is not None,
             ),
             on_finish=self.on_finish,
@@ -211,6 +240,42 @@ class GatewayServer:
         self._server = server
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_reloader(
+        self,
+        registry: CallerRegistry,
+        gateway: Gateway,
+        schemas: SchemaRegistry,
+        client: OpenRouterClient,
+    ) -> None:
+        sources = [schemas_source(self.settings.schemas_dir, schemas)]
+        if self.settings.callers_file is not None:
+            sources.append(callers_source(self.settings.callers_file, registry, gateway))
+        if self.openrouter.api_key_file is not None:
+            sources.append(api_key_source(self.openrouter.api_key_file, client))
+        reloader = ConfigReloader(
+            sources,
+            interval_s=self.settings.reload_interval_s,
+            instruments=self.telemetry.instruments,
+        )
+        await reloader.start()
+        self._stack.push_async_callback(reloader.close)
+        self.reloader = reloader
+
+    @staticmethod
+    def _observe_quota_store(instruments: Instruments, quotas: QuotaStore) -> None:
+        if isinstance(quotas, _SharedStoreCounts):
+            instruments.observe_quota_store(
+                lambda: quotas.store_failures, lambda: quotas.unchecked_admissions
+            )
+        else:
+            # The in-process store cannot be unreachable; the series exist all the same, so
+            # that dashboards and alerts read zero rather than nothing.
+            instruments.observe_quota_store(lambda: 0, lambda: 0)
+
+    async def reload(self) -> list[ReloadOutcome]:
+        """Reload the callers file, schemas and key file now (SIGHUP)."""
+        return await self.reloader.reload()
 
     async def stop(self, grace_s: float | None = None, *, delay_s: float | None = None) -> None:
         """Drain: NOT_SERVING at once; keep serving new calls for ``delay_s`` (default

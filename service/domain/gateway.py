@@ -114,6 +114,10 @@ class Gateway:
         # Glob matching per call adds up; callers and policy are fixed for the process.
         self._allowed_cache: dict[tuple[str, str], bool] = {}
 
+    def callers_changed(self) -> None:
+        """The callers were reloaded: forget what was decided from their old allow-lists."""
+        self._allowed_cache.clear()
+
     @property
     def default_model(self) -> str:
         return self._policy.default_model

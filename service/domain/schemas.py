@@ -232,6 +232,11 @@ class SchemaRegistry:
             schemas[path.stem] = _load_file(path)
         return cls(schemas, inline_cache_size=inline_cache_size)
 
+    def replace(self, loaded: SchemaRegistry) -> None:
+        """Take ``loaded``'s registered schemas in one step (a reload); calls already running
+        keep the schema they resolved, and the inline cache stays."""
+        self._schemas = loaded._schemas
+
     def get(self, name: str) -> RegisteredSchema:
         """The registered schema of that exact name (version included)."""
         schema = self._schemas.get(name)

@@ -15,6 +15,7 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvid
 from opentelemetry.trace import SpanContext, Tracer, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
+from service.domain.usage import LedgerCounters
 from service.telemetry.spans import SpanRecorder
 
 SCOPE: Final = "llmgateway"
@@ -48,6 +49,8 @@ ATTEMPT: Final = "llmgateway.upstream.attempt"
 ATTEMPTS: Final = "llmgateway.upstream.attempts"
 RETRIES: Final = "llmgateway.upstream.retries"
 OUTCOME: Final = "llmgateway.outcome"
+CONFIG_SOURCE: Final = "llmgateway.config.source"
+LEDGER_OUTCOME: Final = "llmgateway.ledger.outcome"
 UPSTREAM_PROVIDER: Final = "llmgateway.upstream.provider"
 RETRY_DELAY: Final = "llmgateway.retry.delay_s"
 FALLBACK_USED: Final = "llmgateway.fallback_used"
@@ -178,11 +181,87 @@ class Instruments:
             unit="{retry}",
             description="Upstream retries, by the error retried.",
         )
+        self.errors = Tally(RPC_METHOD, CALLER_ID, ERROR_TYPE)
+        meter.create_observable_counter(
+            "llmgateway.errors",
+            [self.errors.observe],
+            unit="{request}",
+            description="Failed RPCs, by ErrorInfo reason (QUOTA_EXCEEDED: quota refusals).",
+        )
+        self.upstream_responses = Tally(HTTP_RESPONSE_STATUS_CODE)
+        meter.create_observable_counter(
+            "llmgateway.upstream.responses",
+            [self.upstream_responses.observe],
+            unit="{response}",
+            description="Upstream chat attempts that got an HTTP answer, by status code.",
+        )
+        self.reloads = Tally(CONFIG_SOURCE, OUTCOME)
+        meter.create_observable_counter(
+            "llmgateway.config.reloads",
+            [self.reloads.observe],
+            unit="{reload}",
+            description="Reloads of the callers file, schemas and key file (ok or failed).",
+        )
+        self._meter = meter
         self.overhead: Histogram = meter.create_histogram(
             "llmgateway.overhead",
             unit="s",
             description="Time an RPC spent outside the upstream call (the gateway's own cost).",
             explicit_bucket_boundaries_advisory=_OVERHEAD_BUCKETS,
+        )
+
+    def observe_ledger(self, counters: Callable[[], LedgerCounters]) -> None:
+        """Report the usage ledger's queue and what it wrote, rejected and dropped, read from
+        ``counters`` whenever a reader collects."""
+
+        def pending(options: CallbackOptions) -> Iterator[Observation]:
+            yield Observation(counters().pending)
+
+        def records(options: CallbackOptions) -> Iterator[Observation]:
+            now = counters()
+            for outcome, count in (
+                ("written", now.written),
+                ("rejected", now.rejected),
+                ("dropped", now.dropped),
+            ):
+                yield Observation(count, {LEDGER_OUTCOME: outcome})
+
+        self._meter.create_observable_gauge(
+            "llmgateway.ledger.pending",
+            [pending],
+            unit="{record}",
+            description="Usage records queued, not yet written.",
+        )
+        self._meter.create_observable_counter(
+            "llmgateway.ledger.records",
+            [records],
+            unit="{record}",
+            description="Usage records written, rejected by the database, or dropped.",
+        )
+
+    def observe_quota_store(
+        self, failures: Callable[[], int], unchecked: Callable[[], int]
+    ) -> None:
+        """Report calls that found the shared quota store unreachable, and requests admitted
+        unchecked meanwhile (``fail_open``)."""
+
+        def observe(read: Callable[[], int]) -> Callable[[CallbackOptions], Iterator[Observation]]:
+            def callback(options: CallbackOptions) -> Iterator[Observation]:
+                yield Observation(read())
+
+            return callback
+
+        self._meter.create_observable_counter(
+            "llmgateway.quota.store.failures",
+            [observe(failures)],
+            unit="{call}",
+            description="Quota checks that found the shared quota store unreachable.",
+        )
+        self._meter.create_observable_counter(
+            "llmgateway.quota.unchecked",
+            [observe(unchecked)],
+            unit="{request}",
+            description="Requests admitted without a quota check (fail_open, store down).",
         )
 
 

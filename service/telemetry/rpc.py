@@ -266,6 +266,8 @@ class RpcCall:
         caller = record.caller_id
         model = self.model
         metrics.requests.add((method.name, status, caller, model))
+        if code is not grpc.StatusCode.OK:
+            metrics.errors.add((method.name, caller, self.error_type))
         metrics.duration.record(
             duration, {**method.duration_attributes, RPC_GRPC_STATUS_CODE: status}
         )

@@ -167,6 +167,7 @@ class Attempt:
         metrics = self._owner.metrics
         if metrics is not None:
             metrics.attempts.add((_OK,))
+            metrics.upstream_responses.add((200,))
 
     def retrying(self, error: UpstreamError, delay_s: float) -> None:
         if self._done:
@@ -194,10 +195,10 @@ class Attempt:
 
     def _fail(self, error: BaseException, outcome: str) -> None:
         self._done = True
+        status = error.status if isinstance(error, UpstreamError) else None
         span = self._span
         if span is not None:
             attributes: dict[str, AttributeValue] = {ERROR_TYPE: outcome}
-            status = error.status if isinstance(error, UpstreamError) else None
             if status is not None:
                 attributes[HTTP_RESPONSE_STATUS_CODE] = status
             span.set_attributes(attributes)
@@ -208,3 +209,5 @@ class Attempt:
         metrics = self._owner.metrics
         if metrics is not None:
             metrics.attempts.add((outcome,))
+            if status is not None:
+                metrics.upstream_responses.add((status,))

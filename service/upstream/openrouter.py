@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Final
 
 import aiohttp
+from pydantic import SecretStr
 
 from service.config import OpenRouterSettings
 from service.domain.completion import (
@@ -94,6 +95,11 @@ class OpenRouterClient:
     def __repr__(self) -> str:
         state = "open" if self._session is not None else "closed"
         return f"OpenRouterClient(base_url={self._base!r}, {state})"
+
+    def use_api_key(self, key: SecretStr) -> None:
+        """Send ``key`` from the next request on (a rotated ``OPENROUTER_API_KEY_FILE``);
+        requests already sent keep theirs."""
+        self._settings = self._settings.model_copy(update={"api_key": key})
 
     # --- lifecycle -----------------------------------------------------------------------
 
