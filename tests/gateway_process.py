@@ -37,7 +37,7 @@ def callers_toml(callers: Sequence[Caller]) -> str:
         lines += [
             "[[callers]]",
             f'id = "{caller.id}"',
-            f'key_sha256 = "{caller.key_sha256.hex()}"',
+            "key_sha256 = [" + ", ".join(f'"{d.hex()}"' for d in caller.key_digests) + "]",
             f"allowed_models = [{models}]",
         ]
         limits = caller.limits
