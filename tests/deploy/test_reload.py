@@ -18,6 +18,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -57,7 +58,9 @@ def _replace(path: Path, text: str) -> None:
     os.replace(staged, path)
 
 
-Stub = pb_grpc.CompletionServiceAsyncStub
+if TYPE_CHECKING:
+    # The async stub type exists in the type stubs only.
+    Stub = pb_grpc.CompletionServiceAsyncStub
 
 
 async def _complete(gw: Harness | Stub, secret: str) -> grpc.StatusCode:
