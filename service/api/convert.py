@@ -350,10 +350,15 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 def _quota(
-    kind: pb.QuotaKind.ValueType, usage: LimitUsage[int] | LimitUsage[Decimal] | None
+    kind: pb.QuotaKind.ValueType,
+    usage: LimitUsage[int] | LimitUsage[Decimal] | None,
+    *,
+    known: bool,
 ) -> list[pb.Quota]:
     if usage is None:
         return []
+    if not known:
+        return [pb.Quota(kind=kind, limit=float(usage.limit), usage_unknown=True)]
     return [
         pb.Quota(
             kind=kind,
@@ -368,6 +373,7 @@ def _quota(
 def usage_response(
     caller_id: str, since: datetime, until: datetime, totals: UsageTotals, quotas: QuotaStatus
 ) -> pb.GetUsageResponse:
+    known = quotas.known
     return pb.GetUsageResponse(
         caller_id=caller_id,
         start_time=timestamp(since),
@@ -377,8 +383,8 @@ def usage_response(
         completion_tokens=totals.completion_tokens,
         cost_usd=float(totals.cost_usd),
         quotas=[
-            *_quota(pb.QUOTA_KIND_REQUESTS_PER_MINUTE, quotas.requests_per_minute),
-            *_quota(pb.QUOTA_KIND_TOKENS_PER_MINUTE, quotas.tokens_per_minute),
-            *_quota(pb.QUOTA_KIND_USD_PER_DAY, quotas.usd_per_day),
+            *_quota(pb.QUOTA_KIND_REQUESTS_PER_MINUTE, quotas.requests_per_minute, known=known),
+            *_quota(pb.QUOTA_KIND_TOKENS_PER_MINUTE, quotas.tokens_per_minute, known=known),
+            *_quota(pb.QUOTA_KIND_USD_PER_DAY, quotas.usd_per_day, known=known),
         ],
     )

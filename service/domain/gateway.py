@@ -11,6 +11,7 @@ import fnmatch
 import hashlib
 import logging
 import math
+import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -30,11 +31,17 @@ from service.domain.completion import (
 from service.domain.limits import RequestLimits, prepare
 from service.domain.models import ModelInfo
 from service.domain.ports import CompletionBackend
-from service.domain.quotas import LeasePolicy, QuotaStatus, QuotaStore, Reservation
+from service.domain.quotas import (
+    LeasePolicy,
+    QuotaStatus,
+    QuotaStore,
+    Reservation,
+    unknown_quota_status,
+)
 from service.domain.schemas import RegisteredSchema, SchemaRegistry
 from service.domain.structured import MAX_ATTEMPTS, StructuredCompleter, StructuredResult
 from service.domain.usage import LedgerStore, UsageTotals
-from service.errors import InvalidRequestError, PermissionDeniedError
+from service.errors import InvalidRequestError, PermissionDeniedError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +370,13 @@ class Gateway:
         ):
             # Nothing to report, and no reason to depend on the quota store being up.
             return since, until, totals, QuotaStatus(caller.id, None, None, None)
-        return since, until, totals, await self._quotas.status(caller)
+        try:
+            quotas = await self._quotas.status(caller)
+        except ServiceUnavailableError:
+            # The totals come from the ledger: report them, and the limits without their
+            # usage, whatever the failure policy (it decides admissions, not reads).
+            quotas = unknown_quota_status(caller, time.time())
+        return since, until, totals, quotas
 
     def finish(self, record: CallRecord, status: str, ended_at: float) -> None:
         """The RPC is over: one ledger row, whatever its outcome (written off the call path)."""

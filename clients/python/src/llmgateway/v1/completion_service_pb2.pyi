@@ -1487,6 +1487,7 @@ class Quota(_message.Message):
     USED_FIELD_NUMBER: _builtins.int
     REMAINING_FIELD_NUMBER: _builtins.int
     RESET_TIME_FIELD_NUMBER: _builtins.int
+    USAGE_UNKNOWN_FIELD_NUMBER: _builtins.int
     kind: Global___QuotaKind.ValueType
     """Output only. Which limit."""
     limit: _builtins.float
@@ -1495,6 +1496,10 @@ class Quota(_message.Message):
     """Output only. Used so far in the current window, including in-flight reservations."""
     remaining: _builtins.float
     """Output only. `limit` - `used`, at least 0."""
+    usage_unknown: _builtins.bool
+    """Output only. True when the quota store (Redis) could not be reached: `limit` is the
+    caller's, but `used`, `remaining` and `reset_time` are unknown and left unset (0).
+    """
     @_builtins.property
     def reset_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the window frees up again."""
@@ -1507,10 +1512,11 @@ class Quota(_message.Message):
         used: _builtins.float = ...,
         remaining: _builtins.float = ...,
         reset_time: _timestamp_pb2.Timestamp | None = ...,
+        usage_unknown: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reset_time", b"reset_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "limit", b"limit", "remaining", b"remaining", "reset_time", b"reset_time", "used", b"used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "limit", b"limit", "remaining", b"remaining", "reset_time", b"reset_time", "usage_unknown", b"usage_unknown", "used", b"used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
