@@ -19,6 +19,7 @@ Outside pytest, ``start_postgres()`` and ``start_redis()`` return servers to ``s
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -26,6 +27,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -133,6 +135,50 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _reachable_by_others(path: Path) -> bool:
+    """Whether a user that neither owns ``path`` nor is in its group can reach it: every
+    directory from the root down is searchable by others (a clone under a 0700 home is not)."""
+    return all(d.stat().st_mode & stat.S_IXOTH for d in (path, *path.parents))
+
+
+_public_installs: dict[Path, Path] = {}
+
+
+def _public_install(install: Path) -> Path:
+    """A copy of the PostgreSQL installation (bin/, lib/, share/) that any user can run.
+
+    As root the server runs as an unprivileged user, which cannot reach binaries inside a
+    venv below a 0700 directory (a clone under /root). The copy lives in the system's temp
+    folder with world-readable modes, once per process, and is removed at exit.
+    """
+    cached = _public_installs.get(install)
+    if cached is not None:
+        return cached
+    root = Path(tempfile.mkdtemp(prefix="llmgw-pginstall-"))
+    copy = root / "pginstall"
+    try:
+        shutil.copytree(install, copy, symlinks=True)
+        for path in (root, *copy.rglob("*")):
+            if path.is_symlink():
+                continue
+            mode = path.stat().st_mode
+            if path.is_dir() or mode & stat.S_IXUSR:
+                path.chmod(mode | 0o755)
+            else:
+                path.chmod(mode | 0o644)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    if not _reachable_by_others(copy):
+        raise ServerStartError(
+            f"the PostgreSQL binaries are not reachable by {_UNPRIVILEGED_USER!r}, even copied "
+            f"to {copy}: set TMPDIR to a directory that other users can search"
+        )
+    _public_installs[install] = copy
+    return copy
+
+
 @dataclass(frozen=True)
 class _RunAs:
     """Process credentials for subprocess: unchanged (all None) unless we are root."""
@@ -158,6 +204,8 @@ def start_postgres(*, timeout_s: float = 30.0) -> PostgresServer:
     """initdb into a temporary directory and start PostgreSQL on a free loopback port."""
     bin_dir = postgres_bin_dir()
     run_as = _run_as()
+    if run_as.user is not None and not _reachable_by_others(bin_dir):
+        bin_dir = _public_install(bin_dir.parent) / "bin"
     # Not pytest's tmp_path: its base is 0700 and the unprivileged user must reach the files.
     root = Path(tempfile.mkdtemp(prefix="llmgw-pg-"))
     root.chmod(0o755)
