@@ -13,7 +13,7 @@ NODE_STAMP := tools/node_modules/.installed
 # The Google protos the contract imports, copied from googleapis-common-protos for buf.
 PROTO_INCLUDE := build/proto-include/.installed
 
-.PHONY: help run test lint typecheck proto-lint proto-breaking proto-bundle polyglot-check generate check-generated pytest fmt bench image lock clean
+.PHONY: k8s-schemas help run test lint typecheck proto-lint proto-breaking proto-bundle polyglot-check generate check-generated pytest fmt bench image lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -72,12 +72,16 @@ check-generated: $(PY_STAMP) ## Fail when the generated Python code is stale
 
 pytest: $(PY_STAMP) $(NODE_STAMP)
 	./scripts/ensure-redis.sh
+	./scripts/ensure-prometheus.sh
 	$(BIN)/pytest -q
 
 fmt: $(PY_STAMP) $(NODE_STAMP) $(PROTO_INCLUDE) ## Format Python and proto files
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 	$(BUF) format -w proto
+
+k8s-schemas: $(PY_STAMP) ## Regenerate the Kubernetes ConfigMap of schemas/ (deploy/kubernetes/base)
+	$(BIN)/python scripts/k8s-schemas-configmap.py
 
 bench: $(PY_STAMP) ## Benchmarks against the simulator (minutes; not part of make test)
 	$(BIN)/python -m bench

@@ -101,6 +101,11 @@ class ConfigReloader:
         self.outcomes: list[ReloadOutcome] = []
         """Every reload so far, in order (tests wait on it with ``wait_for``)."""
         self._recorded = asyncio.Event()
+        if instruments is not None:
+            # Zero from the start, so that rates and alerts see the first failure as one.
+            for source in self._sources:
+                for outcome in ("ok", "failed"):
+                    instruments.reloads.add((source.name, outcome), 0)
 
     @property
     def sources(self) -> tuple[str, ...]:

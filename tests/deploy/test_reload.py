@@ -72,6 +72,18 @@ async def _complete(gw: Harness | Stub, secret: str) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def _reloads(callers_ok: int = 0, callers_failed: int = 0) -> dict[object, float]:
+    """The reload counter's series: every source and outcome from zero on."""
+    counts = {("callers", "ok"): callers_ok, ("callers", "failed"): callers_failed}
+    return {
+        key(**{"llmgateway.config.source": source, "llmgateway.outcome": outcome}): counts.get(
+            (source, outcome), 0
+        )
+        for source in ("callers", "schemas")
+        for outcome in ("ok", "failed")
+    }
+
+
 @asynccontextmanager
 async def _watched_gateway(
     tmp_path: Path, otel: Captured | None = None
@@ -115,9 +127,7 @@ async def test_a_key_rotates_and_a_caller_is_added_without_a_restart(tmp_path: P
             assert await _complete(gw, GAMMA_KEY) is grpc.StatusCode.OK
             rows = [record.caller_id for record, _ in await gw.wait_finished(7)]
             assert rows[-2:] == ["alpha", "gamma"]
-            assert sums(otel, "llmgateway.config.reloads") == {
-                key(**{"llmgateway.config.source": "callers", "llmgateway.outcome": "ok"}): 2
-            }
+            assert sums(otel, "llmgateway.config.reloads") == _reloads(callers_ok=2)
     finally:
         otel.shutdown()
 
@@ -149,9 +159,7 @@ async def test_a_bad_callers_file_keeps_the_running_callers(
                 "reload of callers failed, keeping the running configuration: "
             )
             assert str(callers) in lines[0]
-            assert sums(otel, "llmgateway.config.reloads") == {
-                key(**{"llmgateway.config.source": "callers", "llmgateway.outcome": "failed"}): 1
-            }
+            assert sums(otel, "llmgateway.config.reloads") == _reloads(callers_failed=1)
             # Fixing the file is picked up again.
             _replace(callers, _callers(("alpha", [NEW_KEY])))
             [_, fixed] = await gw.server.reloader.wait_for(2)
