@@ -13,7 +13,7 @@ NODE_STAMP := tools/node_modules/.installed
 # The Google protos the contract imports, copied from googleapis-common-protos for buf.
 PROTO_INCLUDE := build/proto-include/.installed
 
-.PHONY: k8s-schemas help run test lint typecheck proto-lint proto-breaking proto-bundle polyglot-check generate check-generated pytest fmt bench image lock clean
+.PHONY: image-check k8s-schemas help run test lint typecheck proto-lint proto-breaking proto-bundle polyglot-check generate check-generated pytest fmt bench image lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ bench: $(PY_STAMP) ## Benchmarks against the simulator (minutes; not part of mak
 
 image: ## Build the container image (needs a Docker engine)
 	docker build -t llm-gateway:dev .
+
+image-check: $(PY_STAMP) ## Build the image with buildah (no engine, no registry needed) and run it: serve, answer, drain
+	./scripts/image-check.sh
 
 lock: ## Re-pin requirements.lock from a fresh resolve of pyproject.toml
 	rm -rf /tmp/llmgw-lock && $(PYTHON) -m venv /tmp/llmgw-lock

@@ -12,86 +12,21 @@ import asyncio
 import re
 import signal
 import time
-from dataclasses import dataclass
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
 
-from tests.api.support import (
-    PYTHON,
-    ROOT,
-    StreamCall,
-    health_check,
-    health_watch,
-    service_env,
-)
-from tests.harness import auth, rich_error, start_gateway, user
+from service.healthcheck import local_address
+from tests.api.support import PYTHON, ROOT, health_watch, run_process, service_env
+from tests.deploy.drain import LONG, check_sequence, probe_until_refused, rest_of
+from tests.harness import auth, start_gateway, user
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 DELAY_S = 0.6
-# Longer than the delay: the stream is in flight when calls start being refused.
-LONG = "Long one [[sim:pace=40]] [[sim:tokens=40]]"
-MAX_PROBES = 2_000
-
-
-async def _rest(stream: StreamCall) -> list[pb.StreamCompleteResponse]:
-    rest: list[pb.StreamCompleteResponse] = []
-    while (message := await stream.read()) is not grpc.aio.EOF:
-        assert isinstance(message, pb.StreamCompleteResponse)
-        rest.append(message)
-    return rest
-
-
-@dataclass
-class Probe:
-    at: float
-    """Seconds since the stop began."""
-    health: int
-    code: grpc.StatusCode
-    reason: str = ""
-
-
-async def _probe_until_refused(
-    channel: grpc.aio.Channel, began: float, key: str, *, after_refusal: int = 3
-) -> list[Probe]:
-    """Health check then a Complete, again and again, until ``after_refusal`` calls past the
-    first refusal."""
-    stub = pb_grpc.CompletionServiceStub(channel)
-    check = health_check(channel)
-    probes: list[Probe] = []
-    refused = 0
-    for _ in range(MAX_PROBES):
-        health = await check(health_pb2.HealthCheckRequest())
-        try:
-            await stub.Complete(pb.CompleteRequest(messages=[user("Hi")]), metadata=auth(key))
-            probes.append(Probe(time.monotonic() - began, health.status, grpc.StatusCode.OK))
-        except grpc.aio.AioRpcError as exc:
-            error = rich_error(exc)
-            probes.append(
-                Probe(time.monotonic() - began, health.status, error.code, error.info.reason)
-            )
-            refused += 1
-            if refused > after_refusal:
-                return probes
-    raise AssertionError(f"never refused in {MAX_PROBES} calls")
-
-
-def _check_sequence(probes: list[Probe], delay_s: float) -> None:
-    first_refusal = next(i for i, p in enumerate(probes) if p.code is not grpc.StatusCode.OK)
-    served, refused = probes[:first_refusal], probes[first_refusal:]
-    # Health said NOT_SERVING from the first probe on, while calls were still served ...
-    assert all(p.health == NOT_SERVING for p in probes)
-    assert len(served) >= 3, probes[:5]
-    assert all(p.code is grpc.StatusCode.OK for p in served)
-    # ... for the whole delay, and only then were they refused, every one after the first.
-    assert served[-1].at < refused[0].at
-    assert refused[0].at >= delay_s - 0.05, (served[-1].at, refused[0].at)
-    assert {(p.code, p.reason) for p in refused} == {
-        (grpc.StatusCode.UNAVAILABLE, "SERVICE_UNAVAILABLE")
-    }
 
 
 async def test_calls_are_served_through_the_delay_then_refused_while_streams_finish() -> None:
@@ -109,11 +44,11 @@ async def test_calls_are_served_through_the_delay_then_refused_while_streams_fin
         assert getattr(await watch.read(), "status", None) == NOT_SERVING
         watch.cancel()
 
-        probes = await _probe_until_refused(gw.channel, began, key="key-alpha-CALLERSECRET")
-        _check_sequence(probes, DELAY_S)
+        probes = await probe_until_refused(gw.channel, began, key="key-alpha-CALLERSECRET")
+        check_sequence(probes, DELAY_S)
         assert not stopping.done()  # the stream in flight holds the drain open
 
-        rest = await _rest(stream)
+        rest = await rest_of(stream)
         assert await stream.code() is grpc.StatusCode.OK
         assert rest[-1].HasField("end")
         assert sum(m.HasField("delta") for m in [first, *rest]) == 40
@@ -167,9 +102,9 @@ async def test_sigterm_keeps_serving_for_the_delay_then_refuses_then_exits_0() -
             process.send_signal(signal.SIGTERM)
             assert getattr(await watch.read(), "status", None) == NOT_SERVING
             watch.cancel()
-            probes = await _probe_until_refused(channel, began, key="demo-key")
-            _check_sequence(probes, delay_s)
-            rest = await _rest(stream)
+            probes = await probe_until_refused(channel, began, key="demo-key")
+            check_sequence(probes, delay_s)
+            rest = await rest_of(stream)
             assert await stream.code() is grpc.StatusCode.OK
             assert rest[-1].HasField("end")
         assert process.stderr is not None
@@ -211,3 +146,30 @@ async def test_a_second_signal_cuts_the_delay_short() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.parametrize(
+    ("listen", "asked"),
+    [
+        ("0.0.0.0:50051", "127.0.0.1:50051"),
+        ("[::]:7000", "[::1]:7000"),
+        ("10.1.2.3:9", "10.1.2.3:9"),
+        ("unix:/run/gw.sock", "unix:/run/gw.sock"),
+    ],
+)
+def test_the_healthcheck_asks_where_the_gateway_listens(listen: str, asked: str) -> None:
+    assert local_address(listen) == asked
+
+
+async def test_the_healthcheck_command_follows_gateway_listen() -> None:
+    async with start_gateway() as gw:
+        for state, code in ((None, 0), ("stop", 1)):
+            if state == "stop":
+                await gw.server.health.enter_graceful_shutdown()
+            outcome = await run_process(
+                PYTHON,
+                "-m",
+                "service.healthcheck",
+                env=service_env(GATEWAY_LISTEN=f"0.0.0.0:{gw.server.port}"),
+            )
+            assert outcome.returncode == code, outcome.stderr
