@@ -5,15 +5,20 @@ Shared by the in-process and process tests (``test_drain_delay.py``) and the ima
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
 
-from tests.api.support import StreamCall, health_check
+from tests.api.support import StreamCall, health_check, health_watch
 from tests.harness import auth, rich_error, user
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -78,3 +83,55 @@ def check_sequence(probes: list[Probe], delay_s: float) -> None:
     assert {(p.code, p.reason) for p in refused} == {
         (grpc.StatusCode.UNAVAILABLE, "SERVICE_UNAVAILABLE")
     }
+
+
+async def serving_address(process: asyncio.subprocess.Process) -> str:
+    """Reads a starting gateway's stderr up to its banner and returns where it serves."""
+    assert process.stderr is not None
+    lines: list[str] = []
+    async with asyncio.timeout(60):
+        while not lines or "serving on" not in lines[-1]:
+            lines.append((await process.stderr.readline()).decode())
+            assert lines[-1], f"exited before serving: {lines}"
+    found = re.search(r"serving on (\S+)", lines[-1])
+    assert found is not None
+    return found.group(1)
+
+
+@asynccontextmanager
+async def serving_process(
+    *command: str, **options: Any
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """A gateway process (``command``) once it serves, and its address; killed if still
+    running at the end."""
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, **options
+    )
+    try:
+        yield process, await serving_address(process)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def drain_with_a_stream_in_flight(
+    channel: grpc.aio.Channel, terminate: Callable[[], None], *, key: str, delay_s: float
+) -> None:
+    """The whole rollout sequence against a serving gateway: a stream in flight, then
+    ``terminate()`` (SIGTERM): NOT_SERVING at once, calls served through the delay, then
+    refused, and the stream ends OK with its ``end``."""
+    watch = health_watch(channel)(health_pb2.HealthCheckRequest())
+    assert getattr(await watch.read(), "status", None) == SERVING
+    stream = pb_grpc.CompletionServiceStub(channel).StreamComplete(
+        pb.StreamCompleteRequest(messages=[user(LONG)]), metadata=auth(key)
+    )
+    assert isinstance(await stream.read(), pb.StreamCompleteResponse)
+    began = time.monotonic()
+    terminate()
+    assert getattr(await watch.read(), "status", None) == NOT_SERVING
+    watch.cancel()
+    check_sequence(await probe_until_refused(channel, began, key=key), delay_s)
+    rest = await rest_of(stream)
+    assert await stream.code() is grpc.StatusCode.OK
+    assert rest[-1].HasField("end")

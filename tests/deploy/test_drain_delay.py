@@ -9,7 +9,6 @@ The tests poll health and call through the whole sequence, in-process and throug
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import time
 
@@ -17,11 +16,17 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
-from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
 
 from service.healthcheck import local_address
 from tests.api.support import PYTHON, ROOT, health_watch, run_process, service_env
-from tests.deploy.drain import LONG, check_sequence, probe_until_refused, rest_of
+from tests.deploy.drain import (
+    LONG,
+    check_sequence,
+    drain_with_a_stream_in_flight,
+    probe_until_refused,
+    rest_of,
+    serving_process,
+)
 from tests.harness import auth, start_gateway, user
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -66,72 +71,29 @@ async def test_a_stop_without_a_delay_refuses_at_once() -> None:
         assert time.monotonic() - began < DELAY_S
 
 
-async def _serving_address(process: asyncio.subprocess.Process) -> str:
-    assert process.stderr is not None
-    lines: list[str] = []
-    async with asyncio.timeout(20):
-        while not lines or "serving on" not in lines[-1]:
-            lines.append((await process.stderr.readline()).decode())
-            assert lines[-1], f"exited before serving: {lines}"
-    found = re.search(r"serving on (\S+)", lines[-1])
-    assert found is not None
-    return found.group(1)
-
-
 async def test_sigterm_keeps_serving_for_the_delay_then_refuses_then_exits_0() -> None:
     delay_s = 1.0
-    process = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "service",
-        cwd=ROOT,
-        env=service_env(GATEWAY_DRAIN_DELAY_S=str(delay_s), GATEWAY_SHUTDOWN_GRACE_S="10"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        address = await _serving_address(process)
-        async with grpc.aio.insecure_channel(address) as channel:
-            watch = health_watch(channel)(health_pb2.HealthCheckRequest())
-            assert getattr(await watch.read(), "status", None) == SERVING
-            stream = pb_grpc.CompletionServiceStub(channel).StreamComplete(
-                pb.StreamCompleteRequest(messages=[user(LONG)]), metadata=auth("demo-key")
+    env = service_env(GATEWAY_DRAIN_DELAY_S=str(delay_s), GATEWAY_SHUTDOWN_GRACE_S="10")
+    async with serving_process(PYTHON, "-m", "service", cwd=ROOT, env=env) as (process, at):
+        async with grpc.aio.insecure_channel(at) as channel:
+            await drain_with_a_stream_in_flight(
+                channel,
+                lambda: process.send_signal(signal.SIGTERM),
+                key="demo-key",
+                delay_s=delay_s,
             )
-            assert isinstance(await stream.read(), pb.StreamCompleteResponse)
-            began = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            assert getattr(await watch.read(), "status", None) == NOT_SERVING
-            watch.cancel()
-            probes = await probe_until_refused(channel, began, key="demo-key")
-            check_sequence(probes, delay_s)
-            rest = await rest_of(stream)
-            assert await stream.code() is grpc.StatusCode.OK
-            assert rest[-1].HasField("end")
         assert process.stderr is not None
         async with asyncio.timeout(15):
             output = (await process.stderr.read()).decode()
             assert await process.wait() == 0
         assert "draining… (serving for 1 s more, then refusing new calls)" in output
         assert "Traceback" not in output
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_a_second_signal_cuts_the_delay_short() -> None:
-    process = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "service",
-        cwd=ROOT,
-        env=service_env(GATEWAY_DRAIN_DELAY_S="60"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        address = await _serving_address(process)
-        async with grpc.aio.insecure_channel(address) as channel:
+    env = service_env(GATEWAY_DRAIN_DELAY_S="60")
+    async with serving_process(PYTHON, "-m", "service", cwd=ROOT, env=env) as (process, at):
+        async with grpc.aio.insecure_channel(at) as channel:
             watch = health_watch(channel)(health_pb2.HealthCheckRequest())
             assert getattr(await watch.read(), "status", None) == SERVING
             process.send_signal(signal.SIGTERM)
@@ -142,10 +104,6 @@ async def test_a_second_signal_cuts_the_delay_short() -> None:
         async with asyncio.timeout(15):
             assert await process.wait() == 0
         assert time.monotonic() - began < 10  # not the 60 s delay
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,15 @@ def _tool(name: str) -> str:
     return found
 
 
+def _promtool(*args: str) -> str:
+    """Runs promtool and returns its output; fails the test when it does."""
+    result = subprocess.run(
+        [_tool("promtool"), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def rule_expressions() -> list[str]:
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return [rule["expr"] for group in groups for rule in group["rules"]]
@@ -103,15 +112,7 @@ def used_in(expression: str) -> Used:
 
 
 def test_the_alert_rules_pass_their_unit_tests() -> None:
-    result = subprocess.run(
-        [_tool("promtool"), "test", "rules", str(RULE_TESTS)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
+    assert "SUCCESS" in _promtool("test", "rules", str(RULE_TESTS))
 
 
 def test_every_alert_has_a_unit_test() -> None:
@@ -142,14 +143,7 @@ def test_every_dashboard_query_parses(tmp_path: Path) -> None:
     }
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump(rules))
-    result = subprocess.run(
-        [_tool("promtool"), "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _promtool("check", "rules", str(path))
 
 
 def test_the_dashboard_has_the_panels_operators_need() -> None:
