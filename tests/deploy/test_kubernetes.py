@@ -241,6 +241,15 @@ def test_every_setting_given_is_a_valid_setting(rendered: list[Document]) -> Non
     assert others <= {"POD_NAME", "POD_NAMESPACE"}
 
 
+def test_env_references_name_earlier_variables(rendered: list[Document]) -> None:
+    # Kubernetes expands $(NAME) only for variables defined earlier in the list.
+    seen: set[str] = set()
+    for variable in _container(rendered)["env"]:
+        for name in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", variable.get("value", "")):
+            assert name in seen, f"{variable['name']} refers to $({name}) before it is defined"
+        seen.add(variable["name"])
+
+
 def test_the_schemas_configmap_is_generated_from_schemas(tmp_path: Path) -> None:
     out = tmp_path / "configmap.yaml"
     subprocess.run(
