@@ -11,6 +11,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.domain.completion import (
+    Annotation,
     AudioPart,
     Blob,
     Completion,
@@ -19,24 +20,36 @@ from service.domain.completion import (
     FileParser,
     FilePart,
     FinishReason,
+    GeneratedImage,
     ImageDetail,
     ImagePart,
+    Logprobs,
     MediaSource,
     MediaUrl,
     Message,
+    Modality,
+    OutputDelta,
     Part,
     PdfEngine,
+    ReasoningConfig,
     ReasoningDelta,
+    ReasoningDetail,
+    ReasoningDetailType,
+    ReasoningEffort,
+    ReasoningSummary,
     Role,
     SamplingParams,
     StreamEvent,
     StreamStarted,
     TextPart,
+    TokenLogprob,
     ToolCall,
     ToolCallDelta,
     ToolChoice,
     ToolChoiceMode,
     ToolDefinition,
+    UnsupportedOutput,
+    UrlCitation,
     Usage,
     VideoPart,
 )
@@ -68,6 +81,35 @@ _PDF_ENGINES: dict[int, PdfEngine] = {
     pb.PDF_ENGINE_NATIVE: PdfEngine.NATIVE,
     pb.PDF_ENGINE_CLOUDFLARE_AI: PdfEngine.CLOUDFLARE_AI,
     pb.PDF_ENGINE_MISTRAL_OCR: PdfEngine.MISTRAL_OCR,
+}
+_MODALITIES: dict[pb.Modality.ValueType, Modality] = {
+    pb.MODALITY_TEXT: Modality.TEXT,
+    pb.MODALITY_IMAGE: Modality.IMAGE,
+    pb.MODALITY_FILE: Modality.FILE,
+    pb.MODALITY_AUDIO: Modality.AUDIO,
+    pb.MODALITY_VIDEO: Modality.VIDEO,
+}
+_DETAIL_TYPES: dict[pb.ReasoningDetailType.ValueType, ReasoningDetailType] = {
+    pb.REASONING_DETAIL_TYPE_TEXT: ReasoningDetailType.TEXT,
+    pb.REASONING_DETAIL_TYPE_SUMMARY: ReasoningDetailType.SUMMARY,
+    pb.REASONING_DETAIL_TYPE_ENCRYPTED: ReasoningDetailType.ENCRYPTED,
+}
+_DETAIL_TYPES_OUT: dict[ReasoningDetailType, pb.ReasoningDetailType.ValueType] = {
+    kind: number for number, kind in _DETAIL_TYPES.items()
+}
+_EFFORTS: dict[int, ReasoningEffort] = {
+    pb.REASONING_EFFORT_NONE: ReasoningEffort.NONE,
+    pb.REASONING_EFFORT_MINIMAL: ReasoningEffort.MINIMAL,
+    pb.REASONING_EFFORT_LOW: ReasoningEffort.LOW,
+    pb.REASONING_EFFORT_MEDIUM: ReasoningEffort.MEDIUM,
+    pb.REASONING_EFFORT_HIGH: ReasoningEffort.HIGH,
+    pb.REASONING_EFFORT_XHIGH: ReasoningEffort.XHIGH,
+    pb.REASONING_EFFORT_MAX: ReasoningEffort.MAX,
+}
+_SUMMARIES: dict[int, ReasoningSummary] = {
+    pb.REASONING_SUMMARY_VERBOSITY_AUTO: ReasoningSummary.AUTO,
+    pb.REASONING_SUMMARY_VERBOSITY_CONCISE: ReasoningSummary.CONCISE,
+    pb.REASONING_SUMMARY_VERBOSITY_DETAILED: ReasoningSummary.DETAILED,
 }
 _FINISH: dict[FinishReason, pb.FinishReason.ValueType] = {
     FinishReason.UNSPECIFIED: pb.FINISH_REASON_UNSPECIFIED,
@@ -157,9 +199,138 @@ def _messages(messages: Sequence[pb.Message], violations: list[FieldViolation]) 
                     _part(part, f"messages[{i}].parts[{j}]", violations)
                     for j, part in enumerate(message.parts)
                 ),
+                reasoning_details=tuple(
+                    _detail_in(detail, f"messages[{i}].reasoning_details[{k}]", violations)
+                    for k, detail in enumerate(message.reasoning_details)
+                ),
             )
         )
     return result
+
+
+def _detail_in(
+    detail: pb.ReasoningDetail, field: str, violations: list[FieldViolation]
+) -> ReasoningDetail:
+    kind = _DETAIL_TYPES.get(detail.type)
+    if kind is None:
+        violations.append(FieldViolation(f"{field}.type", "must be set"))
+        kind = ReasoningDetailType.TEXT
+    has = detail.HasField
+    return ReasoningDetail(
+        type=kind,
+        id=detail.id if has("id") else None,
+        format=detail.format if has("format") else None,
+        index=detail.index if has("index") else None,
+        text=detail.text if has("text") else None,
+        signature=detail.signature if has("signature") else None,
+        summary=detail.summary if has("summary") else None,
+        data=detail.data if has("data") else None,
+    )
+
+
+def _reasoning_details_out(details: Sequence[ReasoningDetail]) -> list[pb.ReasoningDetail]:
+    # Only the fields that were sent: unset stays unset, so a block comes back as it went.
+    return [
+        pb.ReasoningDetail(
+            type=_DETAIL_TYPES_OUT[d.type],
+            id=d.id,
+            format=d.format,
+            index=d.index,
+            text=d.text,
+            signature=d.signature,
+            summary=d.summary,
+            data=d.data,
+        )
+        for d in details
+    ]
+
+
+def _blob_or_url(source: MediaSource) -> dict[str, Any]:
+    if isinstance(source, Blob):
+        return {"inline_data": pb.Blob(mime_type=source.mime_type, data=source.data)}
+    return {"url": source.url}
+
+
+def _images_out(values: Sequence[GeneratedImage]) -> list[pb.GeneratedImage]:
+    return [pb.GeneratedImage(index=v.index, **_blob_or_url(v.source)) for v in values]
+
+
+def _part_out(part: Part) -> pb.Part:
+    if isinstance(part, TextPart):
+        return pb.Part(text=part.text)
+    if isinstance(part, ImagePart):
+        return pb.Part(image=pb.ImagePart(**_blob_or_url(part.source)))
+    raise AssertionError(f"no annotation holds a {type(part).__name__}")
+
+
+def _annotations_out(values: Sequence[Annotation]) -> list[pb.Annotation]:
+    out = []
+    for value in values:
+        if isinstance(value, UrlCitation):
+            cite = pb.UrlCitation(
+                url=value.url,
+                title=value.title,
+                content=value.content,
+                start_index=value.start_index,
+                end_index=value.end_index,
+            )
+            out.append(pb.Annotation(url_citation=cite))
+        else:
+            parts = [_part_out(part) for part in value.content]
+            file = pb.FileAnnotation(hash=value.hash, name=value.name, content=parts)
+            out.append(pb.Annotation(file=file))
+    return out
+
+
+def _tokens(values: Sequence[TokenLogprob]) -> list[pb.TokenLogprob]:
+    return [
+        pb.TokenLogprob(
+            token=v.token,
+            logprob=v.logprob,
+            token_bytes=v.bytes,
+            top_logprobs=[
+                pb.TopLogprob(token=t.token, logprob=t.logprob, token_bytes=t.bytes)
+                for t in v.top_logprobs
+            ],
+        )
+        for v in values
+    ]
+
+
+def _logprobs_out(value: Logprobs | None) -> pb.Logprobs | None:
+    if value is None:
+        return None
+    return pb.Logprobs(content=_tokens(value.content), refusal=_tokens(value.refusal))
+
+
+def _unsupported_out(values: Sequence[UnsupportedOutput]) -> list[pb.UnsupportedOutput]:
+    return [pb.UnsupportedOutput(kind=v.kind, count=v.count) for v in values]
+
+
+def _reasoning(
+    message: pb.CompleteRequest | pb.StreamCompleteRequest | pb.CompleteStructuredRequest,
+) -> ReasoningConfig | None:
+    if not message.HasField("reasoning"):
+        return None
+    config = message.reasoning
+    has = config.HasField
+    return ReasoningConfig(
+        effort=_EFFORTS.get(config.effort),
+        max_tokens=config.max_tokens if has("max_tokens") else None,
+        exclude=config.exclude if has("exclude") else None,
+        enabled=config.enabled if has("enabled") else None,
+        summary=_SUMMARIES.get(config.summary),
+    )
+
+
+def _output_modality(
+    value: pb.Modality.ValueType, field: str, violations: list[FieldViolation]
+) -> Modality:
+    modality = _MODALITIES.get(value)
+    if modality is None:
+        violations.append(FieldViolation(field, "must be set"))
+        return Modality.TEXT
+    return modality
 
 
 def _file_parser(
@@ -212,7 +383,16 @@ def completion_request(
     messages = _messages(message.messages, violations)
     tools: tuple[ToolDefinition, ...] = ()
     tool_choice = None
+    outputs: tuple[Modality, ...] = ()
+    logprobs = False
+    top_logprobs: int | None = None
     if not isinstance(message, pb.CompleteStructuredRequest):
+        outputs = tuple(
+            _output_modality(value, f"output_modalities[{i}]", violations)
+            for i, value in enumerate(message.output_modalities)
+        )
+        logprobs = message.logprobs
+        top_logprobs = message.top_logprobs if message.HasField("top_logprobs") else None
         tools = tuple(
             ToolDefinition(
                 name=t.name,
@@ -231,6 +411,10 @@ def completion_request(
         tools=tools,
         tool_choice=tool_choice,
         file_parser=_file_parser(message),
+        reasoning=_reasoning(message),
+        output_modalities=outputs,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
         decode_violations=tuple(violations),
     )
 
@@ -245,6 +429,11 @@ def usage(value: Usage | None) -> pb.Usage:
         reasoning_tokens=value.reasoning_tokens,
         cached_tokens=value.cached_tokens,
         cost_usd=value.cost_usd or 0.0,
+        prompt_image_tokens=value.prompt_image_tokens,
+        prompt_audio_tokens=value.prompt_audio_tokens,
+        prompt_video_tokens=value.prompt_video_tokens,
+        completion_image_tokens=value.completion_image_tokens,
+        completion_audio_tokens=value.completion_audio_tokens,
     )
 
 
@@ -266,6 +455,12 @@ def complete_response(completion: Completion) -> pb.CompleteResponse:
         finish_reason=_FINISH[completion.finish_reason],
         native_finish_reason=completion.native_finish_reason,
         usage=usage(completion.usage),
+        reasoning_details=_reasoning_details_out(completion.reasoning_details),
+        images=_images_out(completion.images),
+        annotations=_annotations_out(completion.annotations),
+        refusal=completion.refusal,
+        logprobs=_logprobs_out(completion.logprobs),
+        unsupported_outputs=_unsupported_out(completion.unsupported),
     )
 
 
@@ -295,22 +490,30 @@ def structured_response(result: StructuredResult) -> pb.CompleteStructuredRespon
     )
 
 
+def _tool_call_delta(delta: ToolCallDelta) -> pb.ToolCallDelta:
+    return pb.ToolCallDelta(
+        index=delta.index, id=delta.id or "", name=delta.name or "", arguments=delta.arguments
+    )
+
+
 def stream_response(event: StreamEvent) -> pb.StreamCompleteResponse:
     if isinstance(event, ContentDelta):
         return pb.StreamCompleteResponse(delta=pb.StreamDelta(content=event.text))
     if isinstance(event, ReasoningDelta):
         return pb.StreamCompleteResponse(delta=pb.StreamDelta(reasoning=event.text))
     if isinstance(event, ToolCallDelta):
+        return pb.StreamCompleteResponse(delta=pb.StreamDelta(tool_calls=[_tool_call_delta(event)]))
+    if isinstance(event, OutputDelta):
         return pb.StreamCompleteResponse(
             delta=pb.StreamDelta(
-                tool_calls=[
-                    pb.ToolCallDelta(
-                        index=event.index,
-                        id=event.id or "",
-                        name=event.name or "",
-                        arguments=event.arguments,
-                    )
-                ]
+                content=event.content,
+                reasoning=event.reasoning,
+                tool_calls=[_tool_call_delta(call) for call in event.tool_calls],
+                reasoning_details=_reasoning_details_out(event.reasoning_details),
+                images=_images_out(event.images),
+                annotations=_annotations_out(event.annotations),
+                refusal=event.refusal,
+                logprobs=_logprobs_out(event.logprobs),
             )
         )
     if isinstance(event, StreamStarted):
@@ -322,6 +525,8 @@ def stream_response(event: StreamEvent) -> pb.StreamCompleteResponse:
             finish_reason=_FINISH[event.finish_reason],
             native_finish_reason=event.native_finish_reason,
             usage=usage(event.usage),
+            reasoning_details=_reasoning_details_out(event.reasoning_details),
+            unsupported_outputs=_unsupported_out(event.unsupported),
         )
     )
 

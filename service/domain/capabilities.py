@@ -30,6 +30,24 @@ def _refuse(field: str, model: ModelInfo, what: str, **metadata: str) -> Unsuppo
 
 def check_capabilities(request: CompletionRequest, candidates: Sequence[ModelInfo]) -> None:
     """Raise ``UnsupportedFeatureError`` for the first need a candidate does not meet."""
+    if request.reasoning is not None and request.reasoning.wanted:
+        for model in candidates:
+            if not model.supports_reasoning:
+                raise _refuse("reasoning", model, "does not reason")
+    for modality in request.output_modalities:
+        for model in candidates:
+            if not model.makes(modality):
+                raise _refuse(
+                    "output_modalities",
+                    model,
+                    f"does not answer with {modality.value}",
+                    modality=modality.value,
+                )
+    needs = [("logprobs", request.logprobs), ("top_logprobs", request.top_logprobs is not None)]
+    for parameter, asked in needs:
+        for model in candidates if asked else ():
+            if parameter not in model.supported_parameters:
+                raise _refuse(parameter, model, f"does not support {parameter}")
     native_pdf = (
         request.file_parser is not None and request.file_parser.pdf_engine is PdfEngine.NATIVE
     )

@@ -170,6 +170,15 @@ class ReasoningDetail:
     summary: str | None = field(default=None, repr=False)
     data: str | None = field(default=None, repr=False)
 
+    @property
+    def chars(self) -> int:
+        return sum(len(v) for v in (self.text, self.signature, self.summary, self.data) if v)
+
+    @property
+    def readable(self) -> str:
+        """What a person can read of the block: its text or summary ('' when encrypted)."""
+        return self.text or self.summary or ""
+
 
 def merge_reasoning_details(pieces: Sequence[ReasoningDetail]) -> tuple[ReasoningDetail, ...]:
     """Stream pieces joined into whole blocks, as OpenRouter documents it: pieces with the
@@ -217,8 +226,12 @@ class Message:
 
     @property
     def text_chars(self) -> int:
-        """Characters of text: ``content`` plus every text part."""
-        return len(self.content) + sum(len(p.text) for p in self.parts if isinstance(p, TextPart))
+        """Characters the message carries as text: ``content``, text parts and the reasoning
+        blocks sent back (their signatures and encrypted data included)."""
+        chars = len(self.content) + sum(len(p.text) for p in self.parts if isinstance(p, TextPart))
+        for detail in self.reasoning_details:
+            chars += detail.chars
+        return chars
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +310,11 @@ class ReasoningConfig:
     exclude: bool | None = None
     enabled: bool | None = None
     summary: ReasoningSummary | None = None
+
+    @property
+    def wanted(self) -> bool:
+        """Whether this asks the model to reason (``{}`` does, as OpenRouter reads it)."""
+        return self.enabled is not False and self.effort is not ReasoningEffort.NONE
 
 
 class PdfEngine(StrEnum):
@@ -478,6 +496,19 @@ class Completion:
     logprobs: Logprobs | None = None
     unsupported: tuple[UnsupportedOutput, ...] = ()
 
+    @property
+    def produced(self) -> bool:
+        """Whether the answer holds any output (for time-to-first-token)."""
+        return bool(
+            self.content
+            or self.reasoning
+            or self.tool_calls
+            or self.images
+            or self.refusal
+            or self.reasoning_details
+            or self.unsupported
+        )
+
 
 # --- Streaming events, in the order a stream yields them -------------------------------
 
@@ -546,7 +577,9 @@ class StreamFinished:
     unsupported: tuple[UnsupportedOutput, ...] = ()
 
 
-StreamEvent = StreamStarted | ContentDelta | ReasoningDelta | ToolCallDelta | StreamFinished
+StreamEvent = (
+    StreamStarted | ContentDelta | ReasoningDelta | ToolCallDelta | OutputDelta | StreamFinished
+)
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from service.domain.completion import (
     ImagePart,
     MediaSource,
     Message,
+    Modality,
     Part,
     Role,
     SamplingParams,
@@ -162,6 +163,12 @@ def _check_messages(
                 violations.append(
                     FieldViolation(f"{field}.tool_calls[{j}]", "needs an id and a name")
                 )
+        if message.reasoning_details and message.role is not Role.ASSISTANT:
+            violations.append(
+                FieldViolation(
+                    f"{field}.reasoning_details", "is only allowed on an assistant message"
+                )
+            )
     if total > limits.max_total_chars:
         violations.append(
             FieldViolation("messages", f"longer than {limits.max_total_chars} characters in all")
@@ -279,6 +286,43 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+def _check_reasoning(
+    request: CompletionRequest, limits: RequestLimits, violations: list[FieldViolation]
+) -> None:
+    reasoning = request.reasoning
+    if reasoning is None or reasoning.max_tokens is None:
+        return
+    if reasoning.effort is not None:
+        violations.append(
+            FieldViolation("reasoning.max_tokens", "set effort or max_tokens, not both")
+        )
+    answer = request.sampling.max_tokens or limits.default_max_tokens
+    if not 1 <= reasoning.max_tokens < answer:
+        # Reasoning tokens are part of the completion: a budget of all of it leaves no answer
+        # (Anthropic refuses it outright).
+        violations.append(
+            FieldViolation("reasoning.max_tokens", f"must be at least 1 and below {answer}")
+        )
+
+
+MAX_TOP_LOGPROBS = 20
+# Audio answers need streaming and a voice; this contract does not carry them yet.
+_OUTPUT_MODALITIES = frozenset({Modality.TEXT, Modality.IMAGE})
+
+
+def _check_outputs(request: CompletionRequest, violations: list[FieldViolation]) -> None:
+    for i, modality in enumerate(request.output_modalities):
+        if modality not in _OUTPUT_MODALITIES:
+            violations.append(
+                FieldViolation(f"output_modalities[{i}]", "must be MODALITY_TEXT or MODALITY_IMAGE")
+            )
+    if request.top_logprobs is not None:
+        if not request.logprobs:
+            violations.append(FieldViolation("top_logprobs", "requires logprobs"))
+        elif not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
+            violations.append(FieldViolation("top_logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}]"))
+
+
 def _check_tools(request: CompletionRequest, violations: list[FieldViolation]) -> None:
     if len(request.tools) > MAX_TOOLS:
         violations.append(FieldViolation("tools", f"at most {MAX_TOOLS} tools"))
@@ -334,6 +378,8 @@ def prepare(
     violations: list[FieldViolation] = list(request.decode_violations)
     _check_messages(request.messages, limits, violations)
     _check_sampling(request.sampling, limits, violations)
+    _check_reasoning(request, limits, violations)
+    _check_outputs(request, violations)
     _check_tools(request, violations)
     if len(request.fallback_models) > MAX_FALLBACK_MODELS:
         violations.append(

@@ -75,6 +75,8 @@ class ReasoningStyle(StrEnum):
 
 
 TEXT = ("text",)
+IMAGE_TOKENS = 1290
+"""Completion tokens of one generated image (Gemini's count in the replay case)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,22 +133,38 @@ class ModelInfo:
             + self.image_price * media.images
         )
 
+    def _completion_cost(self, completion_tokens: int, images: int) -> Decimal:
+        if not self.image_output_price:
+            return self.completion_price * completion_tokens
+        # Priced per image, its tokens are not billed again as completion tokens.
+        text = completion_tokens - images * IMAGE_TOKENS
+        return self.completion_price * text + self.image_output_price * images
+
     def cost(
-        self, prompt_tokens: int, completion_tokens: int, media: PromptMedia | None = None
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        media: PromptMedia | None = None,
+        images: int = 0,
     ) -> tuple[float, float]:
         """Prompt and completion cost in USD, as the floats the wire carries."""
         return (
             float(self._prompt_cost(prompt_tokens, media)),
-            float(self.completion_price * completion_tokens),
+            float(self._completion_cost(completion_tokens, images)),
         )
 
     def total_cost(
-        self, prompt_tokens: int, completion_tokens: int, media: PromptMedia | None = None
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        media: PromptMedia | None = None,
+        images: int = 0,
     ) -> float:
         """The whole cost, summed exactly before becoming a float, as OpenRouter's short
         decimals (0.0000594, never 5.9399999999999994e-05) are."""
         return float(
-            self._prompt_cost(prompt_tokens, media) + self.completion_price * completion_tokens
+            self._prompt_cost(prompt_tokens, media)
+            + self._completion_cost(completion_tokens, images)
         )
 
     def to_json(self) -> dict[str, Any]:

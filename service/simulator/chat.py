@@ -20,7 +20,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .catalog import DEFAULT_MODEL_ID, ROUTABLE_PARAMETERS, Catalog, ModelInfo
+from .catalog import (
+    DEFAULT_MODEL_ID,
+    IMAGE_TOKENS,
+    ROUTABLE_PARAMETERS,
+    Catalog,
+    ModelInfo,
+    ReasoningStyle,
+)
 from .context import CONTEXT_KEY, SimulatorContext
 from .errors import (
     ErrorReply,
@@ -30,9 +37,19 @@ from .errors import (
     no_endpoints_for_parameters,
     scenario_error,
 )
-from .generate import Reply, prompt_tokens, random_id, usage_json
+from .generate import Reply, prompt_tokens, random_id, seed_for, usage_json
 from .intake import Admitted, admit, check_auth, error_response
-from .media import MediaError, PromptMedia, pdf_engine, read_parts
+from .media import MediaError, ParsedFile, PromptMedia, pdf_engine, read_parts
+from .outputs import (
+    citations,
+    file_annotations,
+    image_entries,
+    logprob_entry,
+    unknown_annotations,
+    unknown_message_fields,
+    unknown_reasoning,
+)
+from .reasoning import history_problem, stream_pieces, unary_details
 from .replies import ReplyInputs, compose_reply
 from .scenarios import (
     DEFAULT_SCENARIO,
@@ -51,9 +68,15 @@ from .sse import (
     ROLE_CHOICES,
     ChunkEncoder,
     SseWriter,
+    annotation_choices,
     content_choices,
+    content_logprob_choices,
+    delta_choices,
     finish_choices,
+    image_choices,
     reasoning_choices,
+    reasoning_detail_choices,
+    refusal_choices,
     tool_arguments_choices,
     tool_call_start_choices,
 )
@@ -104,6 +127,7 @@ class _Progress:
     phase: str = "delay"
     tokens_sent: int = 0
     reasoning_sent: int = 0
+    images_sent: int = 0
     first_byte_at: float | None = None
     response: web.StreamResponse | None = None
     finished: bool = False
@@ -162,6 +186,9 @@ def _prepare(ctx: SimulatorContext, admitted: Admitted, generation_id: str, crea
     missing = _missing_modality(media, model, body)
     if missing is not None:
         raise _RejectedError(no_endpoints_for_modality(missing))
+    problem = history_problem(messages)
+    if problem is not None:
+        raise _RejectedError(bad_request(problem))
     user = body.get("user")
     extra = [body[key] for key in ("tools", "response_format") if body.get(key)]
     return _Call(
@@ -335,19 +362,32 @@ def _unary(
         return web.Response()
 
     message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None}
-    message["reasoning"] = reply.reasoning_text
-    if reply.reasoning:
-        message["reasoning_details"] = [
-            {
-                "type": "reasoning.text",
-                "text": reply.reasoning_text,
-                "format": "unknown",
-                "index": 0,
-            }
-        ]
+    message["reasoning"] = None
+    kinds = scenario.unknown_outputs
+    details: list[dict[str, Any]] = []
+    if reply.reasoning and not reply.reasoning_hidden:
+        text, details = unary_details(call.model.reasoning_style, "".join(reply.reasoning))
+        message["reasoning"] = text
+    details = [*details, *unknown_reasoning(kinds)]
+    if details:
+        message["reasoning_details"] = details
     if reply.tool_call is not None:
         message["tool_calls"] = [reply.tool_call.to_json()]
-    choice: dict[str, Any] = {"logprobs": None, "index": 0}
+    if reply.refusal:
+        message["content"] = None
+        message["refusal"] = "".join(reply.refusal)
+    if reply.images:
+        message["images"] = image_entries(seed_for(call.generation_id), reply.images, indexed=False)
+    annotations = _annotations(call, reply)
+    if annotations:
+        message["annotations"] = annotations
+    message.update(unknown_message_fields(kinds))
+    if "content-part" in kinds:
+        message["content"] = [
+            {"type": "text", "text": reply.text},
+            {"type": "sim_widget", "sim_widget": {"id": "w1"}},
+        ]
+    choice: dict[str, Any] = {"logprobs": _unary_logprobs(call, reply), "index": 0}
     finish_reason = reply.finish_reason
     progress.tokens_sent = reply.completion_tokens
     progress.reasoning_sent = len(reply.reasoning)
@@ -377,9 +417,11 @@ def _unary(
             progress.tokens_sent,
             progress.reasoning_sent,
             media=call.media,
+            images=reply.images,
             charged=charged,
         ),
     }
+    progress.images_sent = reply.images
     body = orjson.dumps(payload)
     if scenario.malformed:
         body = body[: len(body) // 2]
@@ -438,8 +480,12 @@ async def _stream(
     elif mid_error is not None and mid_error is not MidStreamError.MINIMAX:
         token_budget = min(token_budget, _MID_STREAM_ERROR_AFTER)
     malformed_pending = scenario.malformed
+    if reply.reasoning_hidden:
+        # Excluded reasoning is generated and billed, never sent.
+        progress.tokens_sent += len(reply.reasoning)
+        progress.reasoning_sent += len(reply.reasoning)
 
-    for choices, tokens, is_reasoning in _token_frames(reply):
+    for choices, tokens, is_reasoning in _token_frames(reply, call):
         if progress.tokens_sent + tokens > token_budget:
             break
         if malformed_pending and progress.tokens_sent >= _MALFORMED_AFTER:
@@ -458,12 +504,20 @@ async def _stream(
         _record_generation(ctx, call, progress, None, cancelled=False, native="network_error")
         return response
 
+    for extra in _extra_chunks(call, reply):
+        await writer.data(encoder.choices(extra))
+    images: list[dict[str, Any]] = []
+    if reply.images and mid_error is None:
+        images = image_entries(seed_for(call.generation_id), reply.images, indexed=True)
+        progress.tokens_sent += reply.images * IMAGE_TOKENS
+        progress.images_sent = reply.images
     usage = usage_json(
         call.model,
         call.prompt_tokens,
         progress.tokens_sent,
         progress.reasoning_sent,
         media=call.media,
+        images=progress.images_sent,
     )
     if mid_error is not None and mid_error is not MidStreamError.MINIMAX:
         await writer.data(_error_chunk(encoder, mid_error, call.model.provider_name))
@@ -474,7 +528,11 @@ async def _stream(
     finish_reason = "length" if mid_error is MidStreamError.MINIMAX else reply.finish_reason
     if not scenario.no_finish:
         native = call.model.native_finish_reason(finish_reason)
-        await writer.data(encoder.choices(finish_choices(finish_reason, native)))
+        if images:
+            # As recorded: the whole image rides in the chunk that carries the finish reason.
+            await writer.data(encoder.choices(image_choices(images, finish_reason, native)))
+        else:
+            await writer.data(encoder.choices(finish_choices(finish_reason, native)))
     if mid_error is MidStreamError.MINIMAX:
         error = {"code": 400, "message": "Token limit reached"}
         await writer.data(
@@ -497,15 +555,79 @@ async def _stream(
     return response
 
 
-def _token_frames(reply: Reply) -> list[tuple[bytes, int, bool]]:
+def _token_frames(reply: Reply, call: _Call) -> list[tuple[bytes, int, bool]]:
     """(choices JSON, tokens it carries, is reasoning) for each chunk after the role chunk."""
-    frames = [(reasoning_choices(piece), 1, True) for piece in reply.reasoning]
+    model = call.model
+    frames: list[tuple[bytes, int, bool]] = []
+    if reply.reasoning and not reply.reasoning_hidden:
+        if model.reasoning_style is ReasoningStyle.PLAIN:
+            frames = [(reasoning_choices(piece), 1, True) for piece in reply.reasoning]
+        else:
+            frames = [
+                (reasoning_detail_choices(text, details), tokens, True)
+                for text, details, tokens in stream_pieces(model.reasoning_style, reply.reasoning)
+            ]
     if reply.tool_call is not None:
         frames.append((tool_call_start_choices(reply.tool_call.id, reply.tool_call.name), 0, False))
         frames.extend((tool_arguments_choices(piece), 1, False) for piece in reply.arguments)
+    elif reply.refusal:
+        frames.extend((refusal_choices(piece), 1, False) for piece in reply.refusal)
     else:
-        frames.extend((content_choices(piece), 1, False) for piece in reply.content)
+        top = _logprobs_asked(call)
+        if top is None:
+            frames.extend((content_choices(piece), 1, False) for piece in reply.content)
+        else:
+            frames.extend(
+                (content_logprob_choices(piece, logprob_entry(piece, top)), 1, False)
+                for piece in reply.content
+            )
     return frames
+
+
+def _logprobs_asked(call: _Call) -> int | None:
+    """``top_logprobs`` (0 if unset) when the request asks for logprobs the model gives."""
+    if call.body.get("logprobs") is not True or not call.model.supports("logprobs"):
+        return None
+    top = call.body.get("top_logprobs")
+    return top if isinstance(top, int) and not isinstance(top, bool) and top > 0 else 0
+
+
+def _unary_logprobs(call: _Call, reply: Reply) -> dict[str, Any] | None:
+    top = _logprobs_asked(call)
+    if top is None:
+        return None
+    return {
+        "content": [logprob_entry(piece, top) for piece in reply.content],
+        "refusal": [logprob_entry(piece, top) for piece in reply.refusal] or None,
+    }
+
+
+def _parsed_files(call: _Call) -> list[ParsedFile]:
+    """Files the file-parser read: not with the native engine, nor (by default) for a model
+    that reads files itself. The native engine makes no annotations."""
+    engine = pdf_engine(call.body)
+    if engine == "native" or (engine is None and call.model.takes("file")):
+        return []
+    return call.media.files
+
+
+def _annotations(call: _Call, reply: Reply) -> list[dict[str, Any]]:
+    return [
+        *citations(reply.text, call.scenario.citations),
+        *file_annotations(_parsed_files(call)),
+        *unknown_annotations(call.scenario.unknown_outputs),
+    ]
+
+
+def _extra_chunks(call: _Call, reply: Reply) -> list[bytes]:
+    """Chunks after the text and before the finish: one per annotation (as recorded), and
+    the kinds the gateway's contract does not carry."""
+    kinds = call.scenario.unknown_outputs
+    chunks = [annotation_choices(a) for a in _annotations(call, reply)]
+    if unknown_reasoning(kinds):
+        chunks.append(reasoning_detail_choices(None, unknown_reasoning(kinds)))
+    chunks.extend(delta_choices(field) for field in [unknown_message_fields(kinds)] if field)
+    return chunks
 
 
 def _error_chunk(encoder: ChunkEncoder, variant: MidStreamError, provider: str) -> bytes:
@@ -586,7 +708,9 @@ def _record_generation(
             tokens_completion=completion,
             tokens_reasoning=progress.reasoning_sent,
             total_cost=(
-                call.model.total_cost(call.prompt_tokens, completion, call.media)
+                call.model.total_cost(
+                    call.prompt_tokens, completion, call.media, progress.images_sent
+                )
                 if charged
                 else 0.0
             ),

@@ -10,13 +10,13 @@ import random
 import string
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
 import orjson
 
-from .catalog import ModelInfo
+from .catalog import IMAGE_TOKENS, ModelInfo
 from .media import PromptMedia
 
 # A prime number of words, so the stride below visits them all before repeating.
@@ -132,10 +132,20 @@ class Reply:
     tool_call: ToolCall | None = None
     arguments: tuple[str, ...] = ()
     finish_reason: str = "stop"
+    reasoning_hidden: bool = False
+    """``reasoning.exclude``: the model reasons (and bills it) but the reply shows none."""
+    refusal: tuple[str, ...] = ()
+    """The model refused: these pieces are ``refusal``, and ``content`` is empty."""
+    images: int = 0
+    """Generated images; each is IMAGE_TOKENS completion tokens, outside ``max_tokens``."""
+
+    @property
+    def text_tokens(self) -> int:
+        return len(self.content) + len(self.reasoning) + len(self.arguments) + len(self.refusal)
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.content) + len(self.reasoning) + len(self.arguments)
+        return self.text_tokens + self.images * IMAGE_TOKENS
 
     @property
     def text(self) -> str:
@@ -148,15 +158,23 @@ class Reply:
 
 def cap_reply(reply: Reply, limit: int | None) -> Reply:
     """Cut a reply at `limit` completion tokens (reasoning first, like real models)."""
-    if limit is None or reply.completion_tokens <= limit:
+    if limit is None or reply.text_tokens <= limit:
         return reply
     reasoning = reply.reasoning[:limit]
     remaining = limit - len(reasoning)
     if reply.tool_call is not None:
         arguments = reply.arguments[:remaining]
         call = ToolCall(reply.tool_call.id, reply.tool_call.name, "".join(arguments))
-        return Reply((), reasoning, call, arguments, "length")
-    return Reply(reply.content[:remaining], reasoning, None, (), "length")
+        return replace(
+            reply, reasoning=reasoning, tool_call=call, arguments=arguments, finish_reason="length"
+        )
+    return replace(
+        reply,
+        content=reply.content[:remaining],
+        reasoning=reasoning,
+        refusal=reply.refusal[:remaining],
+        finish_reason="length",
+    )
 
 
 def usage_json(
@@ -166,11 +184,14 @@ def usage_json(
     reasoning: int,
     *,
     media: PromptMedia | None = None,
+    images: int = 0,
     charged: bool = True,
 ) -> dict[str, Any]:
     """The `usage` object; `charged=False` applies zero-completion insurance (cost 0)."""
-    prompt_cost, completion_cost = model.cost(prompt, completion, media) if charged else (0.0, 0.0)
-    total = model.total_cost(prompt, completion, media) if charged else 0.0
+    prompt_cost, completion_cost = (
+        model.cost(prompt, completion, media, images) if charged else (0.0, 0.0)
+    )
+    total = model.total_cost(prompt, completion, media, images) if charged else 0.0
     prompt_details: dict[str, int] = {"cached_tokens": 0, "cache_write_tokens": 0}
     if media is not None and media.tokens:
         prompt_details["audio_tokens"] = media.audio_tokens
@@ -189,5 +210,8 @@ def usage_json(
             "upstream_inference_prompt_cost": prompt_cost,
             "upstream_inference_completions_cost": completion_cost,
         },
-        "completion_tokens_details": {"reasoning_tokens": reasoning, "image_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": reasoning,
+            "image_tokens": images * IMAGE_TOKENS,
+        },
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ from .generate import (
     seed_for,
     text_pieces,
 )
+from .outputs import REFUSAL
 from .scenarios import DirectiveError, JsonMode, Scenario, message_texts, strip_directives
 from .schema_instance import instance_for, schema_from_instructions, violating_instance
 from .state import SimulatorState
@@ -50,8 +51,40 @@ def compose_reply(inputs: ReplyInputs, state: SimulatorState, rng: random.Random
     scenario = inputs.scenario
     reasoning: tuple[str, ...] = ()
     seed = seed_for(_last_user_text(inputs.messages))
-    if scenario.reasoning_tokens:
-        reasoning = text_pieces(seed + 1, scenario.reasoning_tokens)
+    count = scenario.reasoning_tokens or _requested_reasoning(inputs)
+    if count:
+        reasoning = text_pieces(seed + 1, count)
+    hidden = _reasoning_excluded(inputs.body)
+    reply = _answer(inputs, state, rng, reasoning, seed)
+    if hidden and reply.reasoning:
+        reply = replace(reply, reasoning_hidden=True)
+    if scenario.refusal and reply.tool_call is None:
+        return cap_reply(replace(reply, content=(), refusal=REFUSAL), inputs.token_limit)
+    images = _images_asked(inputs)
+    if images:
+        only_images = inputs.body.get("modalities") == ["image"]
+        reply = replace(reply, images=images, content=() if only_images else reply.content)
+    return reply
+
+
+def _images_asked(inputs: ReplyInputs) -> int:
+    """Images to generate: one (or ``images=N``) when an image model is asked for images."""
+    modalities = inputs.body.get("modalities")
+    if not isinstance(modalities, list) or "image" not in modalities:
+        return 0
+    if not inputs.model.makes("image"):
+        return 0
+    return inputs.scenario.images or 1
+
+
+def _answer(
+    inputs: ReplyInputs,
+    state: SimulatorState,
+    rng: random.Random,
+    reasoning: tuple[str, ...],
+    seed: int,
+) -> Reply:
+    scenario = inputs.scenario
 
     tool = _tool_to_call(inputs)
     if tool is not None:
@@ -70,6 +103,29 @@ def compose_reply(inputs: ReplyInputs, state: SimulatorState, rng: random.Random
 
     count = scenario.tokens or inputs.default_tokens
     return cap_reply(Reply(text_pieces(seed, count), reasoning), inputs.token_limit)
+
+
+_DEFAULT_REASONING_TOKENS = 8
+
+
+def _requested_reasoning(inputs: ReplyInputs) -> int:
+    """Reasoning tokens a request's ``reasoning`` object asks of a model that reasons."""
+    config = inputs.body.get("reasoning")
+    legacy = inputs.body.get("include_reasoning") is True
+    if not inputs.model.supports("reasoning") or not (isinstance(config, dict) or legacy):
+        return 0
+    config = config if isinstance(config, dict) else {}
+    if config.get("enabled") is False or config.get("effort") == "none":
+        return 0
+    budget = config.get("max_tokens")
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
+        return min(budget, _DEFAULT_REASONING_TOKENS)
+    return _DEFAULT_REASONING_TOKENS
+
+
+def _reasoning_excluded(body: Mapping[str, Any]) -> bool:
+    config = body.get("reasoning")
+    return isinstance(config, dict) and config.get("exclude") is True
 
 
 def _last_user_text(messages: Sequence[Any]) -> str:

@@ -48,6 +48,15 @@ Directive                       Effect
 ``no-finish``                   Stream: no finish_reason chunk.
 ``crlf`` / ``cr``               Stream line endings ``\\r\\n`` / ``\\r``.
 ``keepalive=N``                 N leading ``: OPENROUTER PROCESSING`` comments.
+``images=N``                    N generated images (default 1 when ``modalities`` asks for
+                                images of an image model; this directive needs that too).
+``citations=N``                 N ``url_citation`` annotations on the answer.
+``refusal``                     The model refuses: ``refusal`` text, empty content.
+``unknown-output=KINDS``        Output the contract does not carry, comma-separated:
+                                ``audio`` (``message.audio`` / ``delta.audio``),
+                                ``annotation`` (a ``file_annotation``), ``reasoning`` (a
+                                ``reasoning.server_tool_call`` detail), ``content-part``
+                                (unary: content as parts with an unknown part type).
 ==============================  ==========================================================
 """
 
@@ -60,6 +69,8 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 _E = TypeVar("_E", bound=StrEnum)
+
+UNKNOWN_KINDS = frozenset({"audio", "annotation", "reasoning", "content-part"})
 
 DIRECTIVE_MARKER = b"[[sim:"
 
@@ -120,6 +131,10 @@ class Scenario:
     no_finish: bool = False
     line_ending: str = "\n"
     keepalive: int | None = None
+    images: int | None = None
+    citations: int = 0
+    refusal: bool = False
+    unknown_outputs: frozenset[str] = frozenset()
 
 
 DEFAULT_SCENARIO = Scenario()
@@ -204,10 +219,21 @@ def _apply(name: str, value: str | None) -> dict[str, Any]:
             return {"usage_shape": _enum(UsageShape, _required(name, value))}
         case "keepalive":
             return {"keepalive": _integer(name, value, minimum=0)}
+        case "images":
+            return {"images": _integer(name, value, minimum=1)}
+        case "citations":
+            return {"citations": _integer(name, value, minimum=1)}
+        case "unknown-output":
+            kinds = frozenset(k.strip().lower() for k in _required(name, value).split(","))
+            unknown = kinds - UNKNOWN_KINDS
+            if unknown:
+                raise DirectiveError(f"unknown-output: {', '.join(sorted(unknown))} not known")
+            return {"unknown_outputs": kinds}
     raise DirectiveError(f"unknown directive [[sim:{name}]]")
 
 
 _FLAGS: dict[str, dict[str, Any]] = {
+    "refusal": {"refusal": True},
     "fail-primary": {"fail_primary": True},
     "choice-error": {"choice_error": True},
     "hang": {"hang": True},

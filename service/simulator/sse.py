@@ -41,7 +41,12 @@ class ChunkEncoder:
         return self.chunk(b'"choices":' + choices + tail)
 
 
-def _choice(delta: dict[str, Any], finish_reason: str | None, native: str | None) -> bytes:
+def _choice(
+    delta: dict[str, Any],
+    finish_reason: str | None,
+    native: str | None,
+    logprobs: dict[str, Any] | None = None,
+) -> bytes:
     return orjson.dumps(
         [
             {
@@ -49,7 +54,7 @@ def _choice(delta: dict[str, Any], finish_reason: str | None, native: str | None
                 "delta": delta,
                 "finish_reason": finish_reason,
                 "native_finish_reason": native,
-                "logprobs": None,
+                "logprobs": logprobs,
             }
         ]
     )
@@ -64,6 +69,32 @@ def content_choices(piece: str) -> bytes:
 def reasoning_choices(piece: str) -> bytes:
     details = [{"type": "reasoning.text", "text": piece, "format": "unknown", "index": 0}]
     delta = {"role": "assistant", "content": "", "reasoning": piece, "reasoning_details": details}
+    return _choice(delta, None, None)
+
+
+def content_logprob_choices(piece: str, entry: dict[str, Any]) -> bytes:
+    return _choice({"role": "assistant", "content": piece}, None, None, {"content": [entry]})
+
+
+def refusal_choices(piece: str) -> bytes:
+    return _choice({"role": "assistant", "content": "", "refusal": piece}, None, None)
+
+
+def annotation_choices(annotation: dict[str, Any]) -> bytes:
+    return _choice({"content": "", "role": "assistant", "annotations": [annotation]}, None, None)
+
+
+def image_choices(images: list[dict[str, Any]], finish_reason: str, native: str | None) -> bytes:
+    delta = {"role": "assistant", "content": "", "images": images}
+    return _choice(delta, finish_reason, native)
+
+
+def delta_choices(fields: dict[str, Any]) -> bytes:
+    return _choice({"role": "assistant", "content": "", **fields}, None, None)
+
+
+def reasoning_detail_choices(text: str | None, details: list[dict[str, Any]]) -> bytes:
+    delta = {"role": "assistant", "content": "", "reasoning": text, "reasoning_details": details}
     return _choice(delta, None, None)
 
 

@@ -179,7 +179,7 @@ class OpenRouterClient:
             stats.provider = _str_or_empty(data.get("provider"))
             stats.usage = wire.parse_usage(data.get("usage"))
             completion = wire.parse_completion(data)
-            if completion.content or completion.reasoning or completion.tool_calls:
+            if completion.produced:
                 stats.first_token_at = loop.time()
             watched.succeeded(stats, completion.finish_reason.value)
             return completion

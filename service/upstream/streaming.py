@@ -13,13 +13,18 @@ from collections.abc import Callable
 from service.domain.completion import (
     ContentDelta,
     FinishReason,
+    OutputDelta,
     ReasoningDelta,
+    ReasoningDetail,
     StreamEvent,
     StreamFinished,
     StreamStarted,
     Usage,
+    count_unsupported,
+    merge_reasoning_details,
 )
 from service.upstream.errors import truncated_error
+from service.upstream.outputs import Extras
 from service.upstream.sse import SSEEvent
 from service.upstream.wire import DONE, StreamChunk, parse_chunk
 
@@ -34,6 +39,8 @@ class StreamAssembler:
 
     __slots__ = (
         "_clock",
+        "_details",
+        "_unsupported",
         "created",
         "done",
         "finish_reason",
@@ -58,6 +65,9 @@ class StreamAssembler:
         self.native_finish_reason: str | None = None
         self.usage: Usage | None = None
         self.first_token_at: float | None = None
+        # Reasoning pieces, merged into blocks at the end; outputs the contract cannot carry.
+        self._details: list[ReasoningDetail] = []
+        self._unsupported: list[str] = []
 
     def on_event(self, event: SSEEvent) -> list[StreamEvent]:
         if self.done:
@@ -80,6 +90,8 @@ class StreamAssembler:
             finish_reason=FinishReason.parse(self.finish_reason),
             native_finish_reason=self.native_finish_reason or "",
             usage=self.usage,
+            reasoning_details=merge_reasoning_details(self._details),
+            unsupported=count_unsupported(self._unsupported),
         )
 
     def _started(self) -> StreamStarted:
@@ -109,15 +121,44 @@ class StreamAssembler:
         out: list[StreamEvent] = []
         if not self.started and (self.generation_id or _has_delta(chunk)):
             out.append(self._started())
-        if chunk.reasoning:
-            out.append(ReasoningDelta(chunk.reasoning))
-        if chunk.content:
-            out.append(ContentDelta(chunk.content))
-        out.extend(chunk.tool_calls)
+        extra = chunk.extra
+        if extra is not None:
+            out.extend(self._rich(chunk, extra))
+        else:
+            if chunk.reasoning:
+                out.append(ReasoningDelta(chunk.reasoning))
+            if chunk.content:
+                out.append(ContentDelta(chunk.content))
+            out.extend(chunk.tool_calls)
         if self.first_token_at is None and _has_delta(chunk):
             self.first_token_at = self._clock()
         return out
 
+    def _rich(self, chunk: StreamChunk, extra: Extras) -> list[StreamEvent]:
+        """A chunk with more than text: one event holding all of it (or none, when what it
+        held cannot be carried and is only counted)."""
+        self._details.extend(extra.reasoning_details)
+        self._unsupported.extend(extra.unsupported)
+        delta = OutputDelta(
+            content=chunk.content,
+            reasoning=chunk.reasoning,
+            tool_calls=chunk.tool_calls,
+            reasoning_details=extra.reasoning_details,
+            images=extra.images,
+            annotations=extra.annotations,
+            refusal=extra.refusal,
+            logprobs=extra.logprobs,
+        )
+        return [delta] if delta != _EMPTY else []
+
+
+_EMPTY = OutputDelta()
+
 
 def _has_delta(chunk: StreamChunk) -> bool:
-    return bool(chunk.content or chunk.reasoning or chunk.tool_calls)
+    if chunk.content or chunk.reasoning or chunk.tool_calls:
+        return True
+    extra = chunk.extra
+    return extra is not None and bool(
+        extra.reasoning_details or extra.images or extra.annotations or extra.refusal
+    )

@@ -9,7 +9,6 @@ object, a ``choices`` list in a non-streamed answer).
 from __future__ import annotations
 
 import base64
-import math
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
@@ -28,6 +27,7 @@ from service.domain.completion import (
     Message,
     Modality,
     Part,
+    ReasoningConfig,
     ResponseFormatKind,
     Role,
     TextPart,
@@ -35,11 +35,17 @@ from service.domain.completion import (
     ToolCallDelta,
     ToolChoiceMode,
     Usage,
+    count_unsupported,
 )
 from service.domain.models import ModelInfo, ModelPricing
 from service.domain.ports import GenerationStats
 from service.errors import UpstreamError
 from service.upstream.errors import error_from_payload, protocol_error
+from service.upstream.outputs import Extras, detail_json, read_extras
+from service.upstream.readers import as_dict as _dict
+from service.upstream.readers import as_float_or_none as _float_or_none
+from service.upstream.readers import as_int as _int
+from service.upstream.readers import as_str as _str
 
 DONE = "[DONE]"
 """The data of the SSE event that ends an OpenRouter stream."""
@@ -90,6 +96,14 @@ def build_body(request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
             body["tool_choice"] = choice.mode.value
     if request.user:
         body["user"] = request.user
+    if request.reasoning is not None:
+        body["reasoning"] = _reasoning(request.reasoning)
+    if request.output_modalities:
+        body["modalities"] = [m.value for m in request.output_modalities]
+    if request.logprobs:
+        body["logprobs"] = True
+        if request.top_logprobs is not None:
+            body["top_logprobs"] = request.top_logprobs
     fmt = request.response_format
     if fmt is not None:
         if fmt.kind is ResponseFormatKind.JSON_SCHEMA:
@@ -130,6 +144,8 @@ def _message(message: Message) -> dict[str, Any]:
         out["name"] = message.name
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
+    if message.reasoning_details:
+        out["reasoning_details"] = [detail_json(d) for d in message.reasoning_details]
     if message.tool_calls:
         out["tool_calls"] = [
             {
@@ -139,6 +155,21 @@ def _message(message: Message) -> dict[str, Any]:
             }
             for call in message.tool_calls
         ]
+    return out
+
+
+def _reasoning(config: ReasoningConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if config.effort is not None:
+        out["effort"] = config.effort.value
+    if config.max_tokens is not None:
+        out["max_tokens"] = config.max_tokens
+    if config.exclude is not None:
+        out["exclude"] = config.exclude
+    if config.enabled is not None:
+        out["enabled"] = config.enabled
+    if config.summary is not None:
+        out["summary"] = config.summary.value
     return out
 
 
@@ -179,39 +210,7 @@ def _tool(
     return {"type": "function", "function": function}
 
 
-# --- small lenient readers ---------------------------------------------------------------
-
-
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _int(value: object) -> int:
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
-    return 0
-
-
-def _float_or_none(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-        return number if math.isfinite(number) else None
-    return None
-
-
-def _dict(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}
+# --- loading ------------------------------------------------------------------------
 
 
 def load_json(data: bytes | str, what: str) -> Any:
@@ -239,30 +238,29 @@ def parse_usage(value: object) -> Usage | None:
     prompt = _int(value.get("prompt_tokens"))
     completion = _int(value.get("completion_tokens"))
     total = value.get("total_tokens")
+    prompt_details = _dict(value.get("prompt_tokens_details"))
+    completion_details = _dict(value.get("completion_tokens_details"))
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=_int(total) if total is not None else prompt + completion,
-        reasoning_tokens=_int(
-            _dict(value.get("completion_tokens_details")).get("reasoning_tokens")
-        ),
-        cached_tokens=_int(_dict(value.get("prompt_tokens_details")).get("cached_tokens")),
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+        cached_tokens=_int(prompt_details.get("cached_tokens")),
         cost_usd=_float_or_none(value.get("cost")),
+        prompt_image_tokens=_int(prompt_details.get("image_tokens")),
+        prompt_audio_tokens=_int(prompt_details.get("audio_tokens")),
+        prompt_video_tokens=_int(prompt_details.get("video_tokens")),
+        completion_image_tokens=_int(completion_details.get("image_tokens")),
+        completion_audio_tokens=_int(completion_details.get("audio_tokens")),
     )
 
 
-def _reasoning_text(holder: Mapping[str, Any]) -> str:
+def _reasoning_text(holder: Mapping[str, Any], extras: Extras | None) -> str:
     reasoning = holder.get("reasoning")
     if isinstance(reasoning, str):
         return reasoning
-    # Some routes only fill ``reasoning_details``; read its text parts then.
-    details = holder.get("reasoning_details")
-    if isinstance(details, list):
-        parts = [
-            d["text"] for d in details if isinstance(d, dict) and isinstance(d.get("text"), str)
-        ]
-        return "".join(parts)
-    return ""
+    # Some routes (o3, grok) only fill ``reasoning_details``: read its text and summaries.
+    return extras.reasoning_text if extras is not None else ""
 
 
 def _arguments(value: object) -> str:
@@ -309,18 +307,31 @@ def parse_completion(data: Mapping[str, Any]) -> Completion:
                     arguments=_arguments(function.get("arguments")),
                 )
             )
+    extras = read_extras(message, choice.get("logprobs"), "message")
+    if extras is None:
+        extras = _NO_EXTRAS
+    content = extras.content if extras.content is not None else _str(message.get("content"))
     return Completion(
         id=_str(data.get("id")),
         model=_str(data.get("model")),
         provider=_str(data.get("provider")),
-        content=_str(message.get("content")),
+        content=content,
         finish_reason=FinishReason.parse(choice.get("finish_reason")),
         native_finish_reason=_str(choice.get("native_finish_reason")),
-        reasoning=_reasoning_text(message),
+        reasoning=_reasoning_text(message, extras),
         tool_calls=tuple(calls),
         usage=parse_usage(data.get("usage")) or Usage(),
         created=_int(data.get("created")),
+        reasoning_details=extras.reasoning_details,
+        images=extras.images,
+        annotations=extras.annotations,
+        refusal=extras.refusal,
+        logprobs=extras.logprobs,
+        unsupported=count_unsupported(extras.unsupported),
     )
+
+
+_NO_EXTRAS = Extras()
 
 
 # --- stream chunks -----------------------------------------------------------------------
@@ -345,6 +356,9 @@ class StreamChunk(NamedTuple):
     native_finish_reason: str | None
     usage: Usage | None
     error: UpstreamError | None
+    extra: Extras | None
+    """Reasoning blocks, images, citations, refusal, logprobs or unsupported outputs; None in
+    the common chunk that has none of them."""
 
 
 def parse_chunk(data: str | bytes) -> StreamChunk:
@@ -361,20 +375,24 @@ def parse_chunk(data: str | bytes) -> StreamChunk:
     finish: str | None = None
     native: str | None = None
     error: UpstreamError | None = None
+    extra: Extras | None = None
     choices = get("choices")
     # The usage chunk comes with ``choices`` missing, empty, or one empty delta: all fine.
     if type(choices) is list and choices and type(choices[0]) is dict:
         choice: dict[str, Any] = choices[0]
         delta = choice.get("delta")
         if type(delta) is dict:
+            extra = read_extras(delta, choice.get("logprobs"), "delta")
             text = delta.get("content")
             if type(text) is str:
                 content = text
+            elif extra is not None and extra.content is not None:
+                content = extra.content
             thought = delta.get("reasoning")
             if type(thought) is str:
                 reasoning = thought
-            elif "reasoning_details" in delta:
-                reasoning = _reasoning_text(delta)
+            elif extra is not None:
+                reasoning = extra.reasoning_text
             raw_calls = delta.get("tool_calls")
             if type(raw_calls) is list and raw_calls:
                 tool_calls = tuple(_tool_call_delta(raw, i) for i, raw in enumerate(raw_calls))
@@ -405,6 +423,7 @@ def parse_chunk(data: str | bytes) -> StreamChunk:
         native,
         parse_usage(usage) if usage is not None else None,
         error,
+        extra,
     )
 
 

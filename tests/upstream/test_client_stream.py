@@ -11,6 +11,7 @@ from service.domain.completion import (
     CallStats,
     ContentDelta,
     FinishReason,
+    OutputDelta,
     ReasoningDelta,
     StreamEvent,
     StreamFinished,
@@ -142,8 +143,10 @@ async def test_reasoning_deltas(client: OpenRouterClient) -> None:
     stats = CallStats()
     events = await collect(client, "[[sim:reasoning=5]] [[sim:tokens=3]]", stats)
     finished = check_shape(events)
-    reasoning = [e for e in events if isinstance(e, ReasoningDelta)]
+    # Each piece comes with its reasoning_details block piece: one event holds both.
+    reasoning = [e for e in events if isinstance(e, OutputDelta) and e.reasoning]
     assert len(reasoning) == 5
+    assert all(e.reasoning_details[0].text == e.reasoning for e in reasoning)
     # Reasoning comes before the answer.
     first_content = next(i for i, e in enumerate(events) if isinstance(e, ContentDelta))
     assert events.index(reasoning[-1]) < first_content

@@ -260,7 +260,11 @@ def test_stream_tool_call_and_reasoning_deltas() -> None:
         ]
     }
     assert wire.parse_chunk(orjson.dumps(reasoning)).reasoning == "think"
-    details_only = {"choices": [{"delta": {"reasoning_details": [{"text": "a"}, {"text": "b"}]}}]}
+    pieces = [
+        {"type": "reasoning.text", "text": "a"},
+        {"type": "reasoning.summary", "summary": "b"},
+    ]
+    details_only = {"choices": [{"delta": {"reasoning_details": pieces}}]}
     assert wire.parse_chunk(orjson.dumps(details_only)).reasoning == "ab"
 
 

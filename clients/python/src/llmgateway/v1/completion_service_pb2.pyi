@@ -61,6 +61,108 @@ ROLE_TOOL: Role.ValueType  # 5
 """The result of a tool call; requires `tool_call_id`."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _ReasoningDetailType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReasoningDetailTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasoningDetailType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REASONING_DETAIL_TYPE_UNSPECIFIED: _ReasoningDetailType.ValueType  # 0
+    """Not set: rejected in a request."""
+    REASONING_DETAIL_TYPE_TEXT: _ReasoningDetailType.ValueType  # 1
+    """Reasoning text (`text`), with a `signature` on models that sign it (Anthropic)."""
+    REASONING_DETAIL_TYPE_SUMMARY: _ReasoningDetailType.ValueType  # 2
+    """A summary of the reasoning (`summary`), e.g. OpenAI's reasoning summaries."""
+    REASONING_DETAIL_TYPE_ENCRYPTED: _ReasoningDetailType.ValueType  # 3
+    """Reasoning the provider keeps encrypted (`data`, opaque), e.g. OpenAI, xAI and Gemini."""
+
+class ReasoningDetailType(_ReasoningDetailType, metaclass=_ReasoningDetailTypeEnumTypeWrapper):
+    """ReasoningDetailType is the kind of a reasoning block."""
+
+REASONING_DETAIL_TYPE_UNSPECIFIED: ReasoningDetailType.ValueType  # 0
+"""Not set: rejected in a request."""
+REASONING_DETAIL_TYPE_TEXT: ReasoningDetailType.ValueType  # 1
+"""Reasoning text (`text`), with a `signature` on models that sign it (Anthropic)."""
+REASONING_DETAIL_TYPE_SUMMARY: ReasoningDetailType.ValueType  # 2
+"""A summary of the reasoning (`summary`), e.g. OpenAI's reasoning summaries."""
+REASONING_DETAIL_TYPE_ENCRYPTED: ReasoningDetailType.ValueType  # 3
+"""Reasoning the provider keeps encrypted (`data`, opaque), e.g. OpenAI, xAI and Gemini."""
+Global___ReasoningDetailType: _TypeAlias = ReasoningDetailType  # noqa: Y015
+
+class _ReasoningEffort:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReasoningEffortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasoningEffort.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REASONING_EFFORT_UNSPECIFIED: _ReasoningEffort.ValueType  # 0
+    """Not set: the model's default."""
+    REASONING_EFFORT_NONE: _ReasoningEffort.ValueType  # 1
+    """No reasoning (refused upstream by models whose reasoning is mandatory)."""
+    REASONING_EFFORT_MINIMAL: _ReasoningEffort.ValueType  # 2
+    """About 10 % of `max_tokens`."""
+    REASONING_EFFORT_LOW: _ReasoningEffort.ValueType  # 3
+    """About 20 %."""
+    REASONING_EFFORT_MEDIUM: _ReasoningEffort.ValueType  # 4
+    """About 50 %."""
+    REASONING_EFFORT_HIGH: _ReasoningEffort.ValueType  # 5
+    """About 80 %."""
+    REASONING_EFFORT_XHIGH: _ReasoningEffort.ValueType  # 6
+    """About 95 %."""
+    REASONING_EFFORT_MAX: _ReasoningEffort.ValueType  # 7
+    """The most the model offers (about 95 %)."""
+
+class ReasoningEffort(_ReasoningEffort, metaclass=_ReasoningEffortEnumTypeWrapper):
+    """ReasoningEffort is how hard a reasoning model thinks: a share of `max_tokens` spent on
+    reasoning (OpenRouter converts it to a token budget for models that take one).
+    """
+
+REASONING_EFFORT_UNSPECIFIED: ReasoningEffort.ValueType  # 0
+"""Not set: the model's default."""
+REASONING_EFFORT_NONE: ReasoningEffort.ValueType  # 1
+"""No reasoning (refused upstream by models whose reasoning is mandatory)."""
+REASONING_EFFORT_MINIMAL: ReasoningEffort.ValueType  # 2
+"""About 10 % of `max_tokens`."""
+REASONING_EFFORT_LOW: ReasoningEffort.ValueType  # 3
+"""About 20 %."""
+REASONING_EFFORT_MEDIUM: ReasoningEffort.ValueType  # 4
+"""About 50 %."""
+REASONING_EFFORT_HIGH: ReasoningEffort.ValueType  # 5
+"""About 80 %."""
+REASONING_EFFORT_XHIGH: ReasoningEffort.ValueType  # 6
+"""About 95 %."""
+REASONING_EFFORT_MAX: ReasoningEffort.ValueType  # 7
+"""The most the model offers (about 95 %)."""
+Global___ReasoningEffort: _TypeAlias = ReasoningEffort  # noqa: Y015
+
+class _ReasoningSummaryVerbosity:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReasoningSummaryVerbosityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasoningSummaryVerbosity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REASONING_SUMMARY_VERBOSITY_UNSPECIFIED: _ReasoningSummaryVerbosity.ValueType  # 0
+    """Not set: the model's default."""
+    REASONING_SUMMARY_VERBOSITY_AUTO: _ReasoningSummaryVerbosity.ValueType  # 1
+    """The provider chooses."""
+    REASONING_SUMMARY_VERBOSITY_CONCISE: _ReasoningSummaryVerbosity.ValueType  # 2
+    """Short."""
+    REASONING_SUMMARY_VERBOSITY_DETAILED: _ReasoningSummaryVerbosity.ValueType  # 3
+    """Long."""
+
+class ReasoningSummaryVerbosity(_ReasoningSummaryVerbosity, metaclass=_ReasoningSummaryVerbosityEnumTypeWrapper):
+    """ReasoningSummaryVerbosity is how detailed a reasoning summary is (models that summarise)."""
+
+REASONING_SUMMARY_VERBOSITY_UNSPECIFIED: ReasoningSummaryVerbosity.ValueType  # 0
+"""Not set: the model's default."""
+REASONING_SUMMARY_VERBOSITY_AUTO: ReasoningSummaryVerbosity.ValueType  # 1
+"""The provider chooses."""
+REASONING_SUMMARY_VERBOSITY_CONCISE: ReasoningSummaryVerbosity.ValueType  # 2
+"""Short."""
+REASONING_SUMMARY_VERBOSITY_DETAILED: ReasoningSummaryVerbosity.ValueType  # 3
+"""Long."""
+Global___ReasoningSummaryVerbosity: _TypeAlias = ReasoningSummaryVerbosity  # noqa: Y015
+
 class _ImageDetail:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -124,6 +226,44 @@ PDF_ENGINE_CLOUDFLARE_AI: PdfEngine.ValueType  # 2
 PDF_ENGINE_MISTRAL_OCR: PdfEngine.ValueType  # 3
 """OCR for scanned documents and PDFs with images; OpenRouter bills $2 per 1,000 pages."""
 Global___PdfEngine: _TypeAlias = PdfEngine  # noqa: Y015
+
+class _Modality:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModalityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Modality.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODALITY_UNSPECIFIED: _Modality.ValueType  # 0
+    """Not set: rejected."""
+    MODALITY_TEXT: _Modality.ValueType  # 1
+    """Text."""
+    MODALITY_IMAGE: _Modality.ValueType  # 2
+    """Images."""
+    MODALITY_FILE: _Modality.ValueType  # 3
+    """Documents (input only)."""
+    MODALITY_AUDIO: _Modality.ValueType  # 4
+    """Audio."""
+    MODALITY_VIDEO: _Modality.ValueType  # 5
+    """Video (input only)."""
+
+class Modality(_Modality, metaclass=_ModalityEnumTypeWrapper):
+    """Modality is a kind of content a model reads or writes (the catalog's
+    `architecture.input_modalities` / `output_modalities`).
+    """
+
+MODALITY_UNSPECIFIED: Modality.ValueType  # 0
+"""Not set: rejected."""
+MODALITY_TEXT: Modality.ValueType  # 1
+"""Text."""
+MODALITY_IMAGE: Modality.ValueType  # 2
+"""Images."""
+MODALITY_FILE: Modality.ValueType  # 3
+"""Documents (input only)."""
+MODALITY_AUDIO: Modality.ValueType  # 4
+"""Audio."""
+MODALITY_VIDEO: Modality.ValueType  # 5
+"""Video (input only)."""
+Global___Modality: _TypeAlias = Modality  # noqa: Y015
 
 class _ToolChoiceMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -257,6 +397,7 @@ class Message(_message.Message):
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     PARTS_FIELD_NUMBER: _builtins.int
+    REASONING_DETAILS_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     """Required. Who wrote this message."""
     content: _builtins.str
@@ -285,6 +426,15 @@ class Message(_message.Message):
         part (`messages[2].parts[1]`), before anything is sent upstream.
         """
 
+    @_builtins.property
+    def reasoning_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningDetail]:
+        """Optional, only for `ROLE_ASSISTANT`. The reasoning blocks of that turn exactly as the
+        gateway returned them (`CompleteResponse.reasoning_details`, or `StreamEnd.reasoning_details`
+        of a stream), sent upstream unchanged: providers check their signatures and encrypted data
+        and refuse a changed, reordered or partial sequence. Multi-turn and tool-use conversations
+        with reasoning models need them to keep the model's reasoning.
+        """
+
     def __init__(
         self,
         *,
@@ -294,14 +444,157 @@ class Message(_message.Message):
         tool_call_id: _builtins.str = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         parts: _abc.Iterable[Global___Part] | None = ...,
+        reasoning_details: _abc.Iterable[Global___ReasoningDetail] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "parts", b"parts", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "parts", b"parts", "reasoning_details", b"reasoning_details", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class ReasoningDetail(_message.Message):
+    """ReasoningDetail is one reasoning block (OpenRouter's `reasoning_details[]`). In a stream,
+    deltas carry pieces of blocks: pieces with the same `type` and `index` are one block, their
+    `text`, `summary`, `data` and `signature` concatenated in order; `StreamEnd` carries the
+    merged blocks. Fields are set exactly when the provider sent them, so a block sent back is the
+    block received; `signature` and `data` are opaque and must come back byte for byte.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    type: Global___ReasoningDetailType.ValueType
+    """Required in a request; set by the gateway in responses. The kind of block."""
+    id: _builtins.str
+    """Optional. The provider's id of the block (e.g. OpenAI's `rs_…`)."""
+    format: _builtins.str
+    """Optional. The provider's format, e.g. `anthropic-claude-v1`, `openai-responses-v1`,
+    `google-gemini-v1` or `unknown`.
+    """
+    index: _builtins.int
+    """Optional. The block's position among the answer's reasoning blocks."""
+    text: _builtins.str
+    """Optional. The reasoning text of a `REASONING_DETAIL_TYPE_TEXT` block."""
+    signature: _builtins.str
+    """Optional. The provider's signature over `text`."""
+    summary: _builtins.str
+    """Optional. The text of a `REASONING_DETAIL_TYPE_SUMMARY` block."""
+    data: _builtins.str
+    """Optional. The encrypted reasoning of a `REASONING_DETAIL_TYPE_ENCRYPTED` block."""
+    def __init__(
+        self,
+        *,
+        type: Global___ReasoningDetailType.ValueType = ...,
+        id: _builtins.str | None = ...,
+        format: _builtins.str | None = ...,
+        index: _builtins.int | None = ...,
+        text: _builtins.str | None = ...,
+        signature: _builtins.str | None = ...,
+        summary: _builtins.str | None = ...,
+        data: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_data", b"_data", "_format", b"_format", "_id", b"_id", "_index", b"_index", "_signature", b"_signature", "_summary", b"_summary", "_text", b"_text", "data", b"data", "format", b"format", "id", b"id", "index", b"index", "signature", b"signature", "summary", b"summary", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_data", b"_data", "_format", b"_format", "_id", b"_id", "_index", b"_index", "_signature", b"_signature", "_summary", b"_summary", "_text", b"_text", "data", b"data", "format", b"format", "id", b"id", "index", b"index", "signature", b"signature", "summary", b"summary", "text", b"text", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__data: _TypeAlias = _typing.Literal["data"]  # noqa: Y015
+    _WhichOneofArgType__data: _TypeAlias = _typing.Literal["_data", b"_data"]  # noqa: Y015
+    _WhichOneofReturnType__format: _TypeAlias = _typing.Literal["format"]  # noqa: Y015
+    _WhichOneofArgType__format: _TypeAlias = _typing.Literal["_format", b"_format"]  # noqa: Y015
+    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
+    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
+    _WhichOneofReturnType__index: _TypeAlias = _typing.Literal["index"]  # noqa: Y015
+    _WhichOneofArgType__index: _TypeAlias = _typing.Literal["_index", b"_index"]  # noqa: Y015
+    _WhichOneofReturnType__signature: _TypeAlias = _typing.Literal["signature"]  # noqa: Y015
+    _WhichOneofArgType__signature: _TypeAlias = _typing.Literal["_signature", b"_signature"]  # noqa: Y015
+    _WhichOneofReturnType__summary: _TypeAlias = _typing.Literal["summary"]  # noqa: Y015
+    _WhichOneofArgType__summary: _TypeAlias = _typing.Literal["_summary", b"_summary"]  # noqa: Y015
+    _WhichOneofReturnType__text: _TypeAlias = _typing.Literal["text"]  # noqa: Y015
+    _WhichOneofArgType__text: _TypeAlias = _typing.Literal["_text", b"_text"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__data) -> _WhichOneofReturnType__data | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__format) -> _WhichOneofReturnType__format | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__index) -> _WhichOneofReturnType__index | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__signature) -> _WhichOneofReturnType__signature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__summary) -> _WhichOneofReturnType__summary | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__text) -> _WhichOneofReturnType__text | None: ...
+
+Global___ReasoningDetail: _TypeAlias = ReasoningDetail  # noqa: Y015
+
+@_typing.final
+class ReasoningConfig(_message.Message):
+    """ReasoningConfig asks a reasoning model to reason, and how (OpenRouter's `reasoning`). A
+    field left unset is not sent. Asking for reasoning from a model whose catalog entry does
+    not list `reasoning` fails with FAILED_PRECONDITION / UNSUPPORTED_FEATURE (field
+    `reasoning`). Reasoning tokens are billed as completion tokens and counted in
+    `Usage.reasoning_tokens`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EFFORT_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    EXCLUDE_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    effort: Global___ReasoningEffort.ValueType
+    """Optional. How hard to think. Set `effort` or `max_tokens`, not both."""
+    max_tokens: _builtins.int
+    """Optional. A token budget for reasoning, at least 1 and below the request's `max_tokens`
+    (the answer needs room). Anthropic models need at least 1,024.
+    """
+    exclude: _builtins.bool
+    """Optional. Reason, but return no reasoning (`reasoning`, `reasoning_details` stay empty;
+    the tokens are still billed).
+    """
+    enabled: _builtins.bool
+    """Optional. Turn reasoning on (at the model's default effort) or off."""
+    summary: Global___ReasoningSummaryVerbosity.ValueType
+    """Optional. How detailed reasoning summaries are."""
+    def __init__(
+        self,
+        *,
+        effort: Global___ReasoningEffort.ValueType = ...,
+        max_tokens: _builtins.int | None = ...,
+        exclude: _builtins.bool | None = ...,
+        enabled: _builtins.bool | None = ...,
+        summary: Global___ReasoningSummaryVerbosity.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_exclude", b"_exclude", "_max_tokens", b"_max_tokens", "enabled", b"enabled", "exclude", b"exclude", "max_tokens", b"max_tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "_exclude", b"_exclude", "_max_tokens", b"_max_tokens", "effort", b"effort", "enabled", b"enabled", "exclude", b"exclude", "max_tokens", b"max_tokens", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__exclude: _TypeAlias = _typing.Literal["exclude"]  # noqa: Y015
+    _WhichOneofArgType__exclude: _TypeAlias = _typing.Literal["_exclude", b"_exclude"]  # noqa: Y015
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__exclude) -> _WhichOneofReturnType__exclude | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+
+Global___ReasoningConfig: _TypeAlias = ReasoningConfig  # noqa: Y015
 
 @_typing.final
 class Part(_message.Message):
@@ -540,6 +833,285 @@ class FileParserOptions(_message.Message):
 Global___FileParserOptions: _TypeAlias = FileParserOptions  # noqa: Y015
 
 @_typing.final
+class GeneratedImage(_message.Message):
+    """GeneratedImage is an image the model made (OpenRouter returns images as data URLs, which
+    the gateway decodes; an answer that points at a URL instead carries `url`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INLINE_DATA_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """Where the provider put the image."""
+    index: _builtins.int
+    """Output only. The image's position among the answer's images, when the provider says."""
+    @_builtins.property
+    def inline_data(self) -> Global___Blob:
+        """The image's bytes and media type, typically `image/png`."""
+
+    def __init__(
+        self,
+        *,
+        inline_data: Global___Blob | None = ...,
+        url: _builtins.str = ...,
+        index: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_index", b"_index", "index", b"index", "inline_data", b"inline_data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_index", b"_index", "index", b"index", "inline_data", b"inline_data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__index: _TypeAlias = _typing.Literal["index"]  # noqa: Y015
+    _WhichOneofArgType__index: _TypeAlias = _typing.Literal["_index", b"_index"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["inline_data", "url"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__index) -> _WhichOneofReturnType__index | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___GeneratedImage: _TypeAlias = GeneratedImage  # noqa: Y015
+
+@_typing.final
+class UrlCitation(_message.Message):
+    """UrlCitation is a web source the answer cites (web search, a model's own browsing)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    START_INDEX_FIELD_NUMBER: _builtins.int
+    END_INDEX_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """Output only. The source's URL."""
+    title: _builtins.str
+    """Output only. The page title; may be empty."""
+    content: _builtins.str
+    """Output only. The text of the source the model saw, when OpenRouter adds it."""
+    start_index: _builtins.int
+    """Output only. Start of the cited span in the answer's `content`, in characters (0 with
+    both indexes 0: the provider gave no span).
+    """
+    end_index: _builtins.int
+    """Output only. End of the cited span, exclusive."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        title: _builtins.str = ...,
+        content: _builtins.str = ...,
+        start_index: _builtins.int = ...,
+        end_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "end_index", b"end_index", "start_index", b"start_index", "title", b"title", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UrlCitation: _TypeAlias = UrlCitation  # noqa: Y015
+
+@_typing.final
+class FileAnnotation(_message.Message):
+    """FileAnnotation is a document OpenRouter's file parser read: its hash and parsed content."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HASH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    hash: _builtins.str
+    """Output only. Identifies the parsed content."""
+    name: _builtins.str
+    """Output only. The file's name."""
+    @_builtins.property
+    def content(self) -> _containers.RepeatedCompositeFieldContainer[Global___Part]:
+        """Output only. The parsed content: text parts, and image parts for pictures it holds."""
+
+    def __init__(
+        self,
+        *,
+        hash: _builtins.str = ...,
+        name: _builtins.str = ...,
+        content: _abc.Iterable[Global___Part] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "hash", b"hash", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileAnnotation: _TypeAlias = FileAnnotation  # noqa: Y015
+
+@_typing.final
+class Annotation(_message.Message):
+    """Annotation is a note on the answer: a citation or a parsed file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_CITATION_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def url_citation(self) -> Global___UrlCitation:
+        """A cited web source."""
+
+    @_builtins.property
+    def file(self) -> Global___FileAnnotation:
+        """A parsed file."""
+
+    def __init__(
+        self,
+        *,
+        url_citation: Global___UrlCitation | None = ...,
+        file: Global___FileAnnotation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "kind", b"kind", "url_citation", b"url_citation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "kind", b"kind", "url_citation", b"url_citation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["url_citation", "file"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Annotation: _TypeAlias = Annotation  # noqa: Y015
+
+@_typing.final
+class TopLogprob(_message.Message):
+    """TopLogprob is one of the likeliest tokens at a position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    TOKEN_BYTES_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """Output only. The token's text."""
+    logprob: _builtins.float
+    """Output only. Its log probability."""
+    token_bytes: _builtins.bytes
+    """Output only. Its UTF-8 bytes, when the provider gives them (a token may be part of a
+    character).
+    """
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        logprob: _builtins.float = ...,
+        token_bytes: _builtins.bytes | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_token_bytes", b"_token_bytes", "token_bytes", b"token_bytes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_token_bytes", b"_token_bytes", "logprob", b"logprob", "token", b"token", "token_bytes", b"token_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__token_bytes: _TypeAlias = _typing.Literal["token_bytes"]  # noqa: Y015
+    _WhichOneofArgType__token_bytes: _TypeAlias = _typing.Literal["_token_bytes", b"_token_bytes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__token_bytes) -> _WhichOneofReturnType__token_bytes | None: ...
+
+Global___TopLogprob: _TypeAlias = TopLogprob  # noqa: Y015
+
+@_typing.final
+class TokenLogprob(_message.Message):
+    """TokenLogprob is the log probability of one generated token, and the alternatives."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    TOKEN_BYTES_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """Output only. The token's text."""
+    logprob: _builtins.float
+    """Output only. Its log probability."""
+    token_bytes: _builtins.bytes
+    """Output only. Its UTF-8 bytes, when the provider gives them."""
+    @_builtins.property
+    def top_logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopLogprob]:
+        """Output only. The likeliest tokens at this position (`top_logprobs` of the request)."""
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        logprob: _builtins.float = ...,
+        token_bytes: _builtins.bytes | None = ...,
+        top_logprobs: _abc.Iterable[Global___TopLogprob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_token_bytes", b"_token_bytes", "token_bytes", b"token_bytes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_token_bytes", b"_token_bytes", "logprob", b"logprob", "token", b"token", "token_bytes", b"token_bytes", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__token_bytes: _TypeAlias = _typing.Literal["token_bytes"]  # noqa: Y015
+    _WhichOneofArgType__token_bytes: _TypeAlias = _typing.Literal["_token_bytes", b"_token_bytes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__token_bytes) -> _WhichOneofReturnType__token_bytes | None: ...
+
+Global___TokenLogprob: _TypeAlias = TokenLogprob  # noqa: Y015
+
+@_typing.final
+class Logprobs(_message.Message):
+    """Logprobs are the log probabilities of an answer's tokens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def content(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
+        """Output only. Of the answer's content tokens, in order."""
+
+    @_builtins.property
+    def refusal(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]:
+        """Output only. Of a refusal's tokens."""
+
+    def __init__(
+        self,
+        *,
+        content: _abc.Iterable[Global___TokenLogprob] | None = ...,
+        refusal: _abc.Iterable[Global___TokenLogprob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "refusal", b"refusal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Logprobs: _TypeAlias = Logprobs  # noqa: Y015
+
+@_typing.final
+class UnsupportedOutput(_message.Message):
+    """UnsupportedOutput is output the upstream returned that this version of the contract
+    cannot carry. Nothing is dropped silently: each kind is counted here and in the usage
+    ledger, so an answer that seems empty says what it held.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """Output only. Where the output was, e.g. `message.audio`, `delta.audio`,
+    `annotations.file_annotation`, `reasoning_details.reasoning.server_tool_call`,
+    `content.video_url`.
+    """
+    count: _builtins.int
+    """Output only. How many of them."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnsupportedOutput: _TypeAlias = UnsupportedOutput  # noqa: Y015
+
+@_typing.final
 class ToolCall(_message.Message):
     """ToolCall is a function call the model asked for."""
 
@@ -747,6 +1319,11 @@ class Usage(_message.Message):
     REASONING_TOKENS_FIELD_NUMBER: _builtins.int
     CACHED_TOKENS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
+    PROMPT_IMAGE_TOKENS_FIELD_NUMBER: _builtins.int
+    PROMPT_AUDIO_TOKENS_FIELD_NUMBER: _builtins.int
+    PROMPT_VIDEO_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_IMAGE_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_AUDIO_TOKENS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Output only. Tokens of the prompt, in the serving model's tokenizer."""
     completion_tokens: _builtins.int
@@ -759,6 +1336,20 @@ class Usage(_message.Message):
     """Output only. Of `prompt_tokens`, those read from the provider's prompt cache."""
     cost_usd: _builtins.float
     """Output only. Cost in US dollars as billed by OpenRouter; 0 when unknown."""
+    prompt_image_tokens: _builtins.int
+    """Output only. Of `prompt_tokens`, those of images, where the provider reports them (most
+    bill input images per image instead: see ModelPricing).
+    """
+    prompt_audio_tokens: _builtins.int
+    """Output only. Of `prompt_tokens`, those of audio."""
+    prompt_video_tokens: _builtins.int
+    """Output only. Of `prompt_tokens`, those of video."""
+    completion_image_tokens: _builtins.int
+    """Output only. Of `completion_tokens`, those of generated images."""
+    completion_audio_tokens: _builtins.int
+    """Output only. Of `completion_tokens`, those of generated audio.
+    Further kinds (cache writes, server-tool use, upstream cost details) are fields from 12 on.
+    """
     def __init__(
         self,
         *,
@@ -768,10 +1359,15 @@ class Usage(_message.Message):
         reasoning_tokens: _builtins.int = ...,
         cached_tokens: _builtins.int = ...,
         cost_usd: _builtins.float = ...,
+        prompt_image_tokens: _builtins.int = ...,
+        prompt_audio_tokens: _builtins.int = ...,
+        prompt_video_tokens: _builtins.int = ...,
+        completion_image_tokens: _builtins.int = ...,
+        completion_audio_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_audio_tokens", b"completion_audio_tokens", "completion_image_tokens", b"completion_image_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "prompt_audio_tokens", b"prompt_audio_tokens", "prompt_image_tokens", b"prompt_image_tokens", "prompt_tokens", b"prompt_tokens", "prompt_video_tokens", b"prompt_video_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -791,6 +1387,10 @@ class CompleteRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     FILE_PARSER_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    OUTPUT_MODALITIES_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. The OpenRouter model id, e.g. `openai/gpt-4o-mini`. Empty: the gateway's default
     model (see [ListModels][llmgateway.v1.CompletionService.ListModels]). Must be allowed for the
@@ -799,6 +1399,14 @@ class CompleteRequest(_message.Message):
     end_user_id: _builtins.str
     """Optional. The caller's own end user (an opaque id, at most 128 characters). Sent to
     OpenRouter in a hashed form so that abuse by one end user does not block the others.
+    """
+    logprobs: _builtins.bool
+    """Optional. Return the log probability of each answer token (models whose catalog entry
+    lists `logprobs`, else FAILED_PRECONDITION / UNSUPPORTED_FEATURE).
+    """
+    top_logprobs: _builtins.int
+    """Optional. With `logprobs`, also the likeliest 0 to 20 tokens at each position (models
+    listing `top_logprobs`).
     """
     @_builtins.property
     def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -830,6 +1438,18 @@ class CompleteRequest(_message.Message):
     def file_parser(self) -> Global___FileParserOptions:
         """Optional. How file parts are read. Default: OpenRouter's."""
 
+    @_builtins.property
+    def reasoning(self) -> Global___ReasoningConfig:
+        """Optional. Ask for reasoning. Default: the model's own behaviour."""
+
+    @_builtins.property
+    def output_modalities(self) -> _containers.RepeatedScalarFieldContainer[Global___Modality.ValueType]:
+        """Optional. What the answer may hold: `MODALITY_TEXT` and `MODALITY_IMAGE` (image models
+        answer with both, or images only). Default: text. Each must be among the model's (and
+        every fallback's) `output_modalities`, else FAILED_PRECONDITION / UNSUPPORTED_FEATURE
+        (field `output_modalities`); other kinds are INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
@@ -841,12 +1461,18 @@ class CompleteRequest(_message.Message):
         tools: _abc.Iterable[Global___Tool] | None = ...,
         tool_choice: Global___ToolChoice | None = ...,
         file_parser: Global___FileParserOptions | None = ...,
+        reasoning: Global___ReasoningConfig | None = ...,
+        output_modalities: _abc.Iterable[Global___Modality.ValueType] | None = ...,
+        logprobs: _builtins.bool = ...,
+        top_logprobs: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["file_parser", b"file_parser", "sampling", b"sampling", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "file_parser", b"file_parser", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "messages", b"messages", "model", b"model", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
+    _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_logprobs) -> _WhichOneofReturnType__top_logprobs | None: ...
 
 Global___CompleteRequest: _TypeAlias = CompleteRequest  # noqa: Y015
 
@@ -865,6 +1491,12 @@ class CompleteResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     NATIVE_FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    REASONING_DETAILS_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    UNSUPPORTED_OUTPUTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. OpenRouter's generation id (`gen-…`), for support and cost lookups."""
     model: _builtins.str
@@ -874,11 +1506,17 @@ class CompleteResponse(_message.Message):
     content: _builtins.str
     """Output only. The answer's text; empty when the model only called tools."""
     reasoning: _builtins.str
-    """Output only. The model's reasoning text, when the model exposes it."""
+    """Output only. The model's reasoning text, when the model exposes it: OpenRouter's
+    `reasoning`, or else the text and summaries of `reasoning_details` joined.
+    """
     finish_reason: Global___FinishReason.ValueType
     """Output only. Why generation stopped."""
     native_finish_reason: _builtins.str
     """Output only. The provider's own finish reason, unnormalised (e.g. `completed`)."""
+    refusal: _builtins.str
+    """Output only. The model's refusal to answer, when it refused (then `content` is usually
+    empty).
+    """
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Output only. Tool calls the model made."""
@@ -886,6 +1524,28 @@ class CompleteResponse(_message.Message):
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Output only. What the call consumed."""
+
+    @_builtins.property
+    def reasoning_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningDetail]:
+        """Output only. The reasoning blocks (text, summaries, encrypted), to send back unchanged
+        on the assistant message of the next turn.
+        """
+
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___GeneratedImage]:
+        """Output only. Images the model made (with `output_modalities` including image)."""
+
+    @_builtins.property
+    def annotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Annotation]:
+        """Output only. Citations and parsed files."""
+
+    @_builtins.property
+    def logprobs(self) -> Global___Logprobs:
+        """Output only. Log probabilities, when asked for with `logprobs`."""
+
+    @_builtins.property
+    def unsupported_outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnsupportedOutput]:
+        """Output only. What the answer held that this contract cannot carry, counted."""
 
     def __init__(
         self,
@@ -899,10 +1559,16 @@ class CompleteResponse(_message.Message):
         finish_reason: Global___FinishReason.ValueType = ...,
         native_finish_reason: _builtins.str = ...,
         usage: Global___Usage | None = ...,
+        reasoning_details: _abc.Iterable[Global___ReasoningDetail] | None = ...,
+        images: _abc.Iterable[Global___GeneratedImage] | None = ...,
+        annotations: _abc.Iterable[Global___Annotation] | None = ...,
+        refusal: _builtins.str = ...,
+        logprobs: Global___Logprobs | None = ...,
+        unsupported_outputs: _abc.Iterable[Global___UnsupportedOutput] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logprobs", b"logprobs", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "finish_reason", b"finish_reason", "id", b"id", "model", b"model", "native_finish_reason", b"native_finish_reason", "provider", b"provider", "reasoning", b"reasoning", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "content", b"content", "finish_reason", b"finish_reason", "id", b"id", "images", b"images", "logprobs", b"logprobs", "model", b"model", "native_finish_reason", b"native_finish_reason", "provider", b"provider", "reasoning", b"reasoning", "reasoning_details", b"reasoning_details", "refusal", b"refusal", "tool_calls", b"tool_calls", "unsupported_outputs", b"unsupported_outputs", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -957,6 +1623,7 @@ class CompleteStructuredRequest(_message.Message):
     SCHEMA_NAME_FIELD_NUMBER: _builtins.int
     INLINE_SCHEMA_FIELD_NUMBER: _builtins.int
     FILE_PARSER_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
     end_user_id: _builtins.str
@@ -987,6 +1654,10 @@ class CompleteStructuredRequest(_message.Message):
     def file_parser(self) -> Global___FileParserOptions:
         """Optional. How file parts are read. Default: OpenRouter's."""
 
+    @_builtins.property
+    def reasoning(self) -> Global___ReasoningConfig:
+        """Optional. Ask for reasoning. Default: the model's own behaviour."""
+
     def __init__(
         self,
         *,
@@ -998,10 +1669,11 @@ class CompleteStructuredRequest(_message.Message):
         schema_name: _builtins.str = ...,
         inline_schema: Global___InlineJsonSchema | None = ...,
         file_parser: Global___FileParserOptions | None = ...,
+        reasoning: Global___ReasoningConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["file_parser", b"file_parser", "inline_schema", b"inline_schema", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file_parser", b"file_parser", "inline_schema", b"inline_schema", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_schema: _TypeAlias = _typing.Literal["schema_name", "inline_schema"]  # noqa: Y015
     _WhichOneofArgType_schema: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
@@ -1101,10 +1773,22 @@ class StreamCompleteRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     FILE_PARSER_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    OUTPUT_MODALITIES_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
     end_user_id: _builtins.str
     """Optional. As in [CompleteRequest.end_user_id][llmgateway.v1.CompleteRequest.end_user_id]."""
+    logprobs: _builtins.bool
+    """Optional. Return the log probability of each answer token (models whose catalog entry
+    lists `logprobs`, else FAILED_PRECONDITION / UNSUPPORTED_FEATURE).
+    """
+    top_logprobs: _builtins.int
+    """Optional. With `logprobs`, also the likeliest 0 to 20 tokens at each position (models
+    listing `top_logprobs`).
+    """
     @_builtins.property
     def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional. As in
@@ -1131,6 +1815,18 @@ class StreamCompleteRequest(_message.Message):
     def file_parser(self) -> Global___FileParserOptions:
         """Optional. How file parts are read. Default: OpenRouter's."""
 
+    @_builtins.property
+    def reasoning(self) -> Global___ReasoningConfig:
+        """Optional. Ask for reasoning. Default: the model's own behaviour."""
+
+    @_builtins.property
+    def output_modalities(self) -> _containers.RepeatedScalarFieldContainer[Global___Modality.ValueType]:
+        """Optional. What the answer may hold: `MODALITY_TEXT` and `MODALITY_IMAGE` (image models
+        answer with both, or images only). Default: text. Each must be among the model's (and
+        every fallback's) `output_modalities`, else FAILED_PRECONDITION / UNSUPPORTED_FEATURE
+        (field `output_modalities`); other kinds are INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
@@ -1142,12 +1838,18 @@ class StreamCompleteRequest(_message.Message):
         tools: _abc.Iterable[Global___Tool] | None = ...,
         tool_choice: Global___ToolChoice | None = ...,
         file_parser: Global___FileParserOptions | None = ...,
+        reasoning: Global___ReasoningConfig | None = ...,
+        output_modalities: _abc.Iterable[Global___Modality.ValueType] | None = ...,
+        logprobs: _builtins.bool = ...,
+        top_logprobs: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["file_parser", b"file_parser", "sampling", b"sampling", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "file_parser", b"file_parser", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "messages", b"messages", "model", b"model", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
+    _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_logprobs) -> _WhichOneofReturnType__top_logprobs | None: ...
 
 Global___StreamCompleteRequest: _TypeAlias = StreamCompleteRequest  # noqa: Y015
 
@@ -1224,13 +1926,40 @@ class StreamDelta(_message.Message):
     CONTENT_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    REASONING_DETAILS_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """Output only. The next piece of the answer's text."""
     reasoning: _builtins.str
     """Output only. The next piece of the model's reasoning text."""
+    refusal: _builtins.str
+    """Output only. The next piece of a refusal."""
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCallDelta]:
         """Output only. Pieces of tool calls."""
+
+    @_builtins.property
+    def reasoning_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningDetail]:
+        """Output only. Pieces of reasoning blocks, as they arrive (see ReasoningDetail); a piece's
+        text is usually in `reasoning` of the same delta too.
+        """
+
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___GeneratedImage]:
+        """Output only. Images the model made; an image arrives whole, in one delta."""
+
+    @_builtins.property
+    def annotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Annotation]:
+        """Output only. Citations and parsed files, as they arrive (usually one a delta, before the
+        end).
+        """
+
+    @_builtins.property
+    def logprobs(self) -> Global___Logprobs:
+        """Output only. Log probabilities of this delta's tokens."""
 
     def __init__(
         self,
@@ -1238,10 +1967,15 @@ class StreamDelta(_message.Message):
         content: _builtins.str = ...,
         reasoning: _builtins.str = ...,
         tool_calls: _abc.Iterable[Global___ToolCallDelta] | None = ...,
+        reasoning_details: _abc.Iterable[Global___ReasoningDetail] | None = ...,
+        images: _abc.Iterable[Global___GeneratedImage] | None = ...,
+        annotations: _abc.Iterable[Global___Annotation] | None = ...,
+        refusal: _builtins.str = ...,
+        logprobs: Global___Logprobs | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logprobs", b"logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "reasoning", b"reasoning", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "content", b"content", "images", b"images", "logprobs", b"logprobs", "reasoning", b"reasoning", "reasoning_details", b"reasoning_details", "refusal", b"refusal", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1256,6 +1990,8 @@ class StreamEnd(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     NATIVE_FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    REASONING_DETAILS_FIELD_NUMBER: _builtins.int
+    UNSUPPORTED_OUTPUTS_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     """Output only. Why generation stopped."""
     native_finish_reason: _builtins.str
@@ -1264,16 +2000,28 @@ class StreamEnd(_message.Message):
     def usage(self) -> Global___Usage:
         """Output only. What the call consumed. Zero counts when the provider reported none."""
 
+    @_builtins.property
+    def reasoning_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningDetail]:
+        """Output only. The stream's reasoning pieces merged into whole blocks, as Complete would
+        return them: send these back on the assistant message of the next turn.
+        """
+
+    @_builtins.property
+    def unsupported_outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnsupportedOutput]:
+        """Output only. What the stream held that this contract cannot carry, counted."""
+
     def __init__(
         self,
         *,
         finish_reason: Global___FinishReason.ValueType = ...,
         native_finish_reason: _builtins.str = ...,
         usage: Global___Usage | None = ...,
+        reasoning_details: _abc.Iterable[Global___ReasoningDetail] | None = ...,
+        unsupported_outputs: _abc.Iterable[Global___UnsupportedOutput] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "native_finish_reason", b"native_finish_reason", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "native_finish_reason", b"native_finish_reason", "reasoning_details", b"reasoning_details", "unsupported_outputs", b"unsupported_outputs", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
