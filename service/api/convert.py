@@ -56,7 +56,7 @@ from service.domain.completion import (
 from service.domain.models import ModelInfo
 from service.domain.quotas import LimitUsage, QuotaStatus
 from service.domain.structured import StructuredMode, StructuredResult
-from service.domain.usage import UsageTotals
+from service.domain.usage import MediaTotals, UsageTotals
 from service.errors import FieldViolation
 
 _ROLES: dict[int, Role] = {
@@ -575,6 +575,29 @@ def _quota(
     ]
 
 
+def _media_totals(media: MediaTotals) -> dict[str, Any]:
+    kinds = (
+        (pb.MODALITY_IMAGE, media.image_inputs, media.image_input_bytes),
+        (pb.MODALITY_FILE, media.file_inputs, media.file_input_bytes),
+        (pb.MODALITY_AUDIO, media.audio_inputs, media.audio_input_bytes),
+        (pb.MODALITY_VIDEO, media.video_inputs, media.video_input_bytes),
+    )
+    return {
+        "prompt_image_tokens": media.prompt_image_tokens,
+        "prompt_audio_tokens": media.prompt_audio_tokens,
+        "prompt_video_tokens": media.prompt_video_tokens,
+        "completion_image_tokens": media.completion_image_tokens,
+        "completion_audio_tokens": media.completion_audio_tokens,
+        "media_inputs": [
+            pb.MediaInputTotal(modality=kind, parts=parts, bytes=size)
+            for kind, parts, size in kinds
+            if parts
+        ],
+        "images_generated": media.images_out,
+        "unsupported_outputs": media.unsupported_outputs,
+    }
+
+
 def usage_response(
     caller_id: str, since: datetime, until: datetime, totals: UsageTotals, quotas: QuotaStatus
 ) -> pb.GetUsageResponse:
@@ -587,6 +610,7 @@ def usage_response(
         prompt_tokens=totals.prompt_tokens,
         completion_tokens=totals.completion_tokens,
         cost_usd=float(totals.cost_usd),
+        **_media_totals(totals.media),
         quotas=[
             *_quota(pb.QUOTA_KIND_REQUESTS_PER_MINUTE, quotas.requests_per_minute, known=known),
             *_quota(pb.QUOTA_KIND_TOKENS_PER_MINUTE, quotas.tokens_per_minute, known=known),

@@ -17,7 +17,19 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from service.domain.completion import CallStats, CompletionRequest, Usage
+from service.domain.completion import (
+    PART_MODALITY,
+    AudioPart,
+    CallStats,
+    CompletionRequest,
+    FilePart,
+    ImagePart,
+    Modality,
+    TextPart,
+    Usage,
+    VideoPart,
+    part_bytes,
+)
 from service.domain.models import ModelInfo
 from service.domain.usage import UsageRecord
 
@@ -45,6 +57,44 @@ _TOKENS_FOR_TOOLS = 512
 documents ~350 tokens for its current models), counted on top of the tools' own text."""
 
 
+@dataclass(frozen=True, slots=True)
+class MediaInputs:
+    """A request's media parts by kind: how many, and their inline bytes (URLs count 0)."""
+
+    images: int = 0
+    image_bytes: int = 0
+    files: int = 0
+    file_bytes: int = 0
+    audio: int = 0
+    audio_bytes: int = 0
+    videos: int = 0
+    video_bytes: int = 0
+
+    @classmethod
+    def of(cls, request: CompletionRequest) -> MediaInputs:
+        counts = dict.fromkeys(_MEDIA_KINDS, 0)
+        sizes = dict.fromkeys(_MEDIA_KINDS, 0)
+        for message in request.messages:
+            for part in message.parts:
+                kind = PART_MODALITY[type(part)]
+                if kind in counts:
+                    counts[kind] += 1
+                    sizes[kind] += part_bytes(part)
+        return cls(
+            images=counts[Modality.IMAGE],
+            image_bytes=sizes[Modality.IMAGE],
+            files=counts[Modality.FILE],
+            file_bytes=sizes[Modality.FILE],
+            audio=counts[Modality.AUDIO],
+            audio_bytes=sizes[Modality.AUDIO],
+            videos=counts[Modality.VIDEO],
+            video_bytes=sizes[Modality.VIDEO],
+        )
+
+
+_MEDIA_KINDS = (Modality.IMAGE, Modality.FILE, Modality.AUDIO, Modality.VIDEO)
+
+
 @dataclass(slots=True)
 class CallRecord:
     """What one RPC did, filled in as it goes; becomes a ledger row and log line at the end."""
@@ -63,15 +113,28 @@ class CallRecord:
     stats: CallStats = field(default_factory=CallStats)
     fallback_used: bool = False
     repair_used: bool = False
+    media_in: MediaInputs = field(default_factory=MediaInputs)
+    """The caller's media parts by kind, once the request passed validation."""
+    images_out: int = 0
+    unsupported: dict[str, int] = field(default_factory=dict)
+    """Outputs the contract could not carry, by kind, across all of the RPC's answers."""
     finished: bool = False
     """Set once the RPC's outcome is accounted, so it is accounted exactly once."""
 
 
 def estimate_prompt_tokens(request: CompletionRequest) -> int:
-    """At least as many tokens as any provider's tokenizer makes of the prompt (see above)."""
+    """At least as many tokens as any provider's tokenizer makes of the prompt's text (see
+    above); media parts are bounded per model by ``media_prompt_bound``."""
     tokens = _TOKENS_PER_REQUEST + _TOKENS_PER_MESSAGE * len(request.messages)
     for message in request.messages:
         tokens += _utf8_bound(message.content)
+        for part in message.parts:
+            if isinstance(part, TextPart):
+                tokens += _utf8_bound(part.text)
+        for detail in message.reasoning_details:
+            # Reasoning sent back is read as prompt (encrypted data as its own tokens).
+            for value in (detail.text, detail.summary, detail.data, detail.signature):
+                tokens += _utf8_bound(value or "")
         tokens += _utf8_bound(message.name or "") + _utf8_bound(message.tool_call_id or "")
         for call in message.tool_calls:
             tokens += _utf8_bound(call.id) + _utf8_bound(call.name) + _utf8_bound(call.arguments)
@@ -109,12 +172,91 @@ class CostEstimate:
     usd: Decimal
 
 
+# Media: what a part can cost, bounded without decoding it.
+IMAGE_INPUT_TOKENS = 3_000
+"""An input image's tokens at most: providers scale images down to a fixed budget (OpenAI's
+high detail ~1,100-2,500 tokens with its multipliers, Anthropic ~1,600, Gemini 258-1,290)."""
+AUDIO_BYTES_PER_TOKEN = 16
+"""Audio tokens follow duration (OpenAI 10, Gemini 32 a second); 16 bytes a token still
+bounds audio compressed to 6 kbit/s at 32 tokens a second."""
+VIDEO_BYTES_PER_TOKEN = 16
+"""Gemini's ~300 tokens a second of video: bounded down to ~38 kbit/s of inline video."""
+RESERVED_OUTPUT_IMAGES = 4
+"""Images one answer is reserved for. OpenRouter's chat route has no image count; the
+answers recorded hold one. An answer with more than four costs more than was reserved."""
+IMAGE_OUTPUT_TOKENS = 2_000
+"""Tokens of one generated image at most (1,290 recorded for a 1024x1024 Gemini image)."""
+_UNKNOWN_CONTEXT = 200_000
+"""The prompt bound for unmeasurable media when a model's context length is unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaBound:
+    """What a request's media can add to its prompt on one model."""
+
+    tokens: int = 0
+    """Prompt tokens of images, audio and video (audio's at ``audio_tokens``)."""
+    audio_tokens: int = 0
+    images: int = 0
+    unbounded: bool = False
+    """A document, or a video by URL: its tokens cannot be bounded from what the gateway
+    sees (a PDF page can be thousands of tokens in a few hundred bytes), so the prompt is
+    bounded by the model's context length."""
+
+
+def media_prompt_bound(request: CompletionRequest) -> MediaBound:
+    tokens = audio = images = 0
+    unbounded = False
+    for message in request.messages:
+        for part in message.parts:
+            if isinstance(part, ImagePart):
+                images += 1
+                tokens += IMAGE_INPUT_TOKENS
+            elif isinstance(part, AudioPart):
+                audio += math.ceil(len(part.data) / AUDIO_BYTES_PER_TOKEN)
+            elif isinstance(part, VideoPart) and part_bytes(part):
+                tokens += math.ceil(part_bytes(part) / VIDEO_BYTES_PER_TOKEN)
+            elif isinstance(part, FilePart | VideoPart):
+                unbounded = True
+    return MediaBound(tokens + audio, audio, images, unbounded)
+
+
+def _prompt_bound(text: int, media: MediaBound, model: ModelInfo) -> int:
+    """A provider refuses a prompt longer than the context: that is the bound of last resort."""
+    context = model.context_length
+    prompt = text + media.tokens
+    if media.unbounded:
+        prompt = context or max(prompt, _UNKNOWN_CONTEXT)
+    return min(prompt, context) if context else prompt
+
+
+def _model_worst_case(
+    request: CompletionRequest, model: ModelInfo, text: int, media: MediaBound
+) -> CostEstimate:
+    pricing = model.pricing
+    prompt = _prompt_bound(text, media, model)
+    completion = request.sampling.max_tokens or 0
+    usd = pricing.cost(prompt, completion)
+    usd += pricing.image * media.images
+    usd += max(pricing.audio - pricing.prompt, Decimal(0)) * min(media.audio_tokens, prompt)
+    tokens = prompt + completion
+    if Modality.IMAGE in request.output_modalities:
+        per_image = pricing.image_output + IMAGE_OUTPUT_TOKENS * max(
+            pricing.image_token, pricing.completion
+        )
+        usd += RESERVED_OUTPUT_IMAGES * per_image
+        tokens += RESERVED_OUTPUT_IMAGES * IMAGE_OUTPUT_TOKENS
+    return CostEstimate(tokens=tokens, usd=usd)
+
+
 def worst_case(request: CompletionRequest, candidates: list[ModelInfo]) -> CostEstimate:
     """The most this request can cost: every candidate model might serve it."""
-    prompt = estimate_prompt_tokens(request)
-    completion = request.sampling.max_tokens or 0
-    usd = max((m.pricing.cost(prompt, completion) for m in candidates), default=Decimal(0))
-    return CostEstimate(tokens=prompt + completion, usd=usd)
+    text = estimate_prompt_tokens(request)
+    media = media_prompt_bound(request)
+    if not candidates:
+        return CostEstimate(tokens=text + (request.sampling.max_tokens or 0), usd=Decimal(0))
+    each = [_model_worst_case(request, model, text, media) for model in candidates]
+    return CostEstimate(tokens=max(e.tokens for e in each), usd=max(e.usd for e in each))
 
 
 def usage_cost(usage: Usage, model: ModelInfo | None) -> Decimal:
@@ -130,6 +272,7 @@ def usage_cost(usage: Usage, model: ModelInfo | None) -> Decimal:
 def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecord:
     stats = record.stats
     usage = stats.usage
+    media = record.media_in
     cost: Decimal | None = None
     if usage is not None and usage.cost_usd is not None:
         cost = usage_cost(usage, None)
@@ -159,4 +302,20 @@ def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecor
         fallback_used=record.fallback_used,
         repair_used=record.repair_used,
         cancelled=status in ("CANCELLED", "DEADLINE_EXCEEDED") and usage is None,
+        prompt_image_tokens=usage.prompt_image_tokens if usage else 0,
+        prompt_audio_tokens=usage.prompt_audio_tokens if usage else 0,
+        prompt_video_tokens=usage.prompt_video_tokens if usage else 0,
+        completion_image_tokens=usage.completion_image_tokens if usage else 0,
+        completion_audio_tokens=usage.completion_audio_tokens if usage else 0,
+        image_inputs=media.images,
+        image_input_bytes=media.image_bytes,
+        file_inputs=media.files,
+        file_input_bytes=media.file_bytes,
+        audio_inputs=media.audio,
+        audio_input_bytes=media.audio_bytes,
+        video_inputs=media.videos,
+        video_input_bytes=media.video_bytes,
+        images_out=record.images_out,
+        unsupported_outputs=sum(record.unsupported.values()),
+        unsupported_kinds=";".join(f"{k}={n}" for k, n in sorted(record.unsupported.items())),
     )

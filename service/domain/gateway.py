@@ -17,16 +17,18 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from service.domain.accounting import CallRecord, usage_cost, usage_record, worst_case
+from service.domain.accounting import CallRecord, MediaInputs, usage_cost, usage_record, worst_case
 from service.domain.callers import Caller
 from service.domain.capabilities import check_capabilities
 from service.domain.completion import (
     CallStats,
     Completion,
     CompletionRequest,
+    OutputDelta,
     StreamEvent,
     StreamFinished,
     StreamStarted,
+    add_unsupported,
 )
 from service.domain.limits import RequestLimits, prepare
 from service.domain.models import ModelInfo
@@ -187,6 +189,7 @@ class Gateway:
                 )
             candidates.append(fallback_info)
         check_capabilities(prepared, candidates)
+        record.media_in = MediaInputs.of(prepared)
         return PreparedCall(caller, prepared, info, tuple(candidates))
 
     # --- quotas ---------------------------------------------------------------------------
@@ -273,6 +276,8 @@ class Gateway:
             raise
         await self._settle(reservation, call, record)
         record.fallback_used = bool(request.fallback_models) and completion.model != request.model
+        record.images_out += len(completion.images)
+        add_unsupported(record.unsupported, completion.unsupported)
         return completion
 
     async def stream(
@@ -290,8 +295,12 @@ class Gateway:
                         record.fallback_used = (
                             bool(request.fallback_models) and event.model != request.model
                         )
-                    elif isinstance(event, StreamFinished) and event.usage is not None:
-                        record.stats.usage = event.usage
+                    elif isinstance(event, OutputDelta):
+                        record.images_out += len(event.images)
+                    elif isinstance(event, StreamFinished):
+                        if event.usage is not None:
+                            record.stats.usage = event.usage
+                        add_unsupported(record.unsupported, event.unsupported)
                     yield event
         finally:
             if stop_renewing is not None:
@@ -345,6 +354,7 @@ class Gateway:
             record.repair_used = len(attempts) > 1
             await asyncio.shield(self._settle(reservation, call, record))
         record.repair_used = result.repaired
+        add_unsupported(record.unsupported, result.completion.unsupported)
         record.fallback_used = result.fallback_used or (
             bool(request.fallback_models) and result.completion.model != request.model
         )

@@ -56,6 +56,26 @@ class UsageRecord:
     cancelled: bool = False
     reconciled: bool = False
     """True once tokens and cost were replaced by OpenRouter's own record of the generation."""
+    # Media: token counts by modality (parts of prompt/completion tokens, as reported), the
+    # caller's inline parts by kind (count and bytes; URL parts count 0 bytes), generated
+    # images, and outputs the contract could not carry ("kind=count" pairs, ";"-joined).
+    # Never the media themselves.
+    prompt_image_tokens: int = 0
+    prompt_audio_tokens: int = 0
+    prompt_video_tokens: int = 0
+    completion_image_tokens: int = 0
+    completion_audio_tokens: int = 0
+    image_inputs: int = 0
+    image_input_bytes: int = 0
+    file_inputs: int = 0
+    file_input_bytes: int = 0
+    audio_inputs: int = 0
+    audio_input_bytes: int = 0
+    video_inputs: int = 0
+    video_input_bytes: int = 0
+    images_out: int = 0
+    unsupported_outputs: int = 0
+    unsupported_kinds: str = ""
 
     def __post_init__(self) -> None:
         if self.time.tzinfo is None or self.time.utcoffset() is None:
@@ -69,6 +89,7 @@ class UsageRecord:
             "cached_tokens": self.cached_tokens,
             "latency_ms": self.latency_ms,
             "retries": self.retries,
+            **{name: getattr(self, name) for name in MEDIA_COUNT_FIELDS},
         }
         negative = [name for name, value in counts.items() if value < 0]
         if self.ttft_ms is not None and self.ttft_ms < 0:
@@ -92,6 +113,47 @@ class UsageRecord:
         )
 
 
+MEDIA_COUNT_FIELDS = (
+    "prompt_image_tokens",
+    "prompt_audio_tokens",
+    "prompt_video_tokens",
+    "completion_image_tokens",
+    "completion_audio_tokens",
+    "image_inputs",
+    "image_input_bytes",
+    "file_inputs",
+    "file_input_bytes",
+    "audio_inputs",
+    "audio_input_bytes",
+    "video_inputs",
+    "video_input_bytes",
+    "images_out",
+    "unsupported_outputs",
+)
+"""The record's media counters, summed by ``totals`` in the order of ``MediaTotals``."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaTotals:
+    """Sums of the media counters over a caller's records (see ``UsageRecord``)."""
+
+    prompt_image_tokens: int = 0
+    prompt_audio_tokens: int = 0
+    prompt_video_tokens: int = 0
+    completion_image_tokens: int = 0
+    completion_audio_tokens: int = 0
+    image_inputs: int = 0
+    image_input_bytes: int = 0
+    file_inputs: int = 0
+    file_input_bytes: int = 0
+    audio_inputs: int = 0
+    audio_input_bytes: int = 0
+    video_inputs: int = 0
+    video_input_bytes: int = 0
+    images_out: int = 0
+    unsupported_outputs: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class UsageTotals:
     """Sums over a caller's records in a time range."""
@@ -103,6 +165,7 @@ class UsageTotals:
     """Sum of the known costs."""
     unknown_cost_requests: int = 0
     """Records whose cost is unknown, so ``cost_usd`` understates by their share."""
+    media: MediaTotals = MediaTotals()
 
 
 @dataclass(frozen=True, slots=True)

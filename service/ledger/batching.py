@@ -36,7 +36,7 @@ from datetime import datetime
 from typing import TypedDict
 
 from service.domain.ports import GenerationStats
-from service.domain.usage import LedgerCounters, UsageRecord, UsageTotals
+from service.domain.usage import MEDIA_COUNT_FIELDS, LedgerCounters, UsageRecord, UsageTotals
 
 _log = logging.getLogger(__name__)
 
@@ -66,8 +66,12 @@ RECORD_COLUMNS = (
     "repair_used",
     "cancelled",
     "reconciled",
+    *MEDIA_COUNT_FIELDS,
+    "unsupported_kinds",
 )
 """A usage record's columns in both SQL stores, in the order of their row tuples."""
+MEDIA_SUMS = ", ".join(f"coalesce(sum({name}), 0)" for name in MEDIA_COUNT_FIELDS)
+"""The media counters' sums, in ``MediaTotals`` order, for the stores' totals queries."""
 
 
 class QueuePolicy(TypedDict, total=False):

@@ -18,8 +18,14 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from service.domain.ports import GenerationStats
-from service.domain.usage import UsageRecord, UsageTotals, cost_from_stats
-from service.ledger.batching import RECORD_COLUMNS, BatchingLedger, QueuePolicy
+from service.domain.usage import (
+    MEDIA_COUNT_FIELDS,
+    MediaTotals,
+    UsageRecord,
+    UsageTotals,
+    cost_from_stats,
+)
+from service.ledger.batching import MEDIA_SUMS, RECORD_COLUMNS, BatchingLedger, QueuePolicy
 
 _MIGRATION_LOCK = 0x4C4C4D47_4C454447  # "LLMGLEDG": any constant unique to this schema
 """Advisory lock key that serialises schema migrations between replicas."""
@@ -84,6 +90,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # 3: media per row (tokens by modality, the caller's parts by kind with their bytes,
+    # generated images, outputs the contract could not carry); rows before have zeros.
+    (
+        *(
+            f"ALTER TABLE usage_records ADD COLUMN {name} bigint NOT NULL DEFAULT 0 "
+            f"CHECK ({name} >= 0)"
+            for name in MEDIA_COUNT_FIELDS
+        ),
+        "ALTER TABLE usage_records ADD COLUMN unsupported_kinds text NOT NULL DEFAULT ''",
+    ),
 )
 
 _COLUMNS = ", ".join(RECORD_COLUMNS)
@@ -93,11 +109,11 @@ _INSERT = (
     f"INSERT INTO usage_records ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "  # noqa: S608
     "ON CONFLICT (call_id) DO NOTHING"
 )
-_TOTALS = """
+_TOTALS = f"""
     SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-           coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL)
+           coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), {MEDIA_SUMS}
     FROM usage_records WHERE caller_id = $1 AND time >= $2 AND time < $3
-"""
+"""  # noqa: S608
 _UNRECONCILED = (
     f"SELECT {_COLUMNS} FROM usage_records "  # noqa: S608
     "WHERE NOT reconciled AND generation_id <> '' AND (cancelled OR cost_usd IS NULL) "
@@ -172,8 +188,15 @@ class PostgresLedger(BatchingLedger):
     async def totals(self, caller_id: str, since: datetime, until: datetime) -> UsageTotals:
         row = await self._db().fetchrow(_TOTALS, caller_id, since, until)
         assert row is not None  # an aggregate without GROUP BY always returns one row
-        requests, prompt, completion, cost, unknown = row
-        return UsageTotals(requests, int(prompt), int(completion), Decimal(cost), unknown)
+        requests, prompt, completion, cost, unknown, *media = row
+        return UsageTotals(
+            requests,
+            int(prompt),
+            int(completion),
+            Decimal(cost),
+            unknown,
+            MediaTotals(*(int(value) for value in media)),
+        )
 
     async def unreconciled(self, limit: int, *, max_attempts: int = 10) -> list[UsageRecord]:
         rows = await self._db().fetch(_UNRECONCILED, max_attempts, limit)

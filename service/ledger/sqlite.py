@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Any, TypeVar, Unpack, cast
 
 from service.domain.ports import GenerationStats
-from service.domain.usage import UsageRecord, UsageTotals, cost_from_stats
-from service.ledger.batching import RECORD_COLUMNS, BatchingLedger, QueuePolicy
+from service.domain.usage import (
+    MEDIA_COUNT_FIELDS,
+    MediaTotals,
+    UsageRecord,
+    UsageTotals,
+    cost_from_stats,
+)
+from service.ledger.batching import MEDIA_SUMS, RECORD_COLUMNS, BatchingLedger, QueuePolicy
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -131,6 +137,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # 3: media per row (tokens by modality, the caller's parts by kind with their bytes,
+    # generated images, outputs the contract could not carry); rows before have zeros.
+    (
+        *(
+            f"ALTER TABLE usage_records ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0 "
+            f"CHECK ({name} >= 0)"
+            for name in MEDIA_COUNT_FIELDS
+        ),
+        "ALTER TABLE usage_records ADD COLUMN unsupported_kinds TEXT NOT NULL DEFAULT ''",
+    ),
 )
 
 _COLUMNS = ", ".join(RECORD_COLUMNS)
@@ -140,11 +156,11 @@ _INSERT = (
     f"INSERT INTO usage_records ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "  # noqa: S608
     "ON CONFLICT (call_id) DO NOTHING"
 )
-_TOTALS = """
+_TOTALS = f"""
     SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-           coalesce(decimal_sum(cost_usd), '0'), count(*) - count(cost_usd)
+           coalesce(decimal_sum(cost_usd), '0'), count(*) - count(cost_usd), {MEDIA_SUMS}
     FROM usage_records WHERE caller_id = ? AND time >= ? AND time < ?
-"""
+"""  # noqa: S608
 _UNRECONCILED = (
     f"SELECT {_COLUMNS} FROM usage_records "  # noqa: S608
     "WHERE reconciled = 0 AND generation_id <> '' AND (cancelled = 1 OR cost_usd IS NULL) "
@@ -203,6 +219,8 @@ def _to_row(record: UsageRecord) -> tuple[object, ...]:
         int(record.repair_used),
         int(record.cancelled),
         int(record.reconciled),
+        *(getattr(record, name) for name in MEDIA_COUNT_FIELDS),
+        record.unsupported_kinds,
     )
 
 
@@ -237,8 +255,10 @@ class SqliteLedger(BatchingLedger):
     async def totals(self, caller_id: str, since: datetime, until: datetime) -> UsageTotals:
         params = (caller_id, _to_micros(since), _to_micros(until))
         row = await self._run(lambda: self._db().execute(_TOTALS, params).fetchone())
-        requests, prompt, completion, cost, unknown = row
-        return UsageTotals(requests, prompt, completion, Decimal(cost), unknown)
+        requests, prompt, completion, cost, unknown, *media = row
+        return UsageTotals(
+            requests, prompt, completion, Decimal(cost), unknown, MediaTotals(*media)
+        )
 
     async def unreconciled(self, limit: int, *, max_attempts: int = 10) -> list[UsageRecord]:
         rows = await self._run(

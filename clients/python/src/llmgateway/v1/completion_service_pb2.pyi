@@ -2284,6 +2284,14 @@ class GetUsageResponse(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
     QUOTAS_FIELD_NUMBER: _builtins.int
+    PROMPT_IMAGE_TOKENS_FIELD_NUMBER: _builtins.int
+    PROMPT_AUDIO_TOKENS_FIELD_NUMBER: _builtins.int
+    PROMPT_VIDEO_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_IMAGE_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_AUDIO_TOKENS_FIELD_NUMBER: _builtins.int
+    MEDIA_INPUTS_FIELD_NUMBER: _builtins.int
+    IMAGES_GENERATED_FIELD_NUMBER: _builtins.int
+    UNSUPPORTED_OUTPUTS_FIELD_NUMBER: _builtins.int
     caller_id: _builtins.str
     """Output only. The caller the usage belongs to."""
     request_count: _builtins.int
@@ -2294,6 +2302,20 @@ class GetUsageResponse(_message.Message):
     """Output only. Completion tokens in the period."""
     cost_usd: _builtins.float
     """Output only. US dollars spent in the period."""
+    prompt_image_tokens: _builtins.int
+    """Output only. Of `prompt_tokens`, those of images (where providers report them)."""
+    prompt_audio_tokens: _builtins.int
+    """Output only. Of `prompt_tokens`, those of audio."""
+    prompt_video_tokens: _builtins.int
+    """Output only. Of `prompt_tokens`, those of video."""
+    completion_image_tokens: _builtins.int
+    """Output only. Of `completion_tokens`, those of generated images."""
+    completion_audio_tokens: _builtins.int
+    """Output only. Of `completion_tokens`, those of generated audio."""
+    images_generated: _builtins.int
+    """Output only. Images the models made."""
+    unsupported_outputs: _builtins.int
+    """Output only. Outputs the contract could not carry (see UnsupportedOutput), all kinds."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. Start of the period reported."""
@@ -2306,6 +2328,10 @@ class GetUsageResponse(_message.Message):
     def quotas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Quota]:
         """Output only. The caller's limits; empty when it has none."""
 
+    @_builtins.property
+    def media_inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___MediaInputTotal]:
+        """Output only. The media parts the caller sent, by kind (kinds it sent none of left out)."""
+
     def __init__(
         self,
         *,
@@ -2317,11 +2343,49 @@ class GetUsageResponse(_message.Message):
         completion_tokens: _builtins.int = ...,
         cost_usd: _builtins.float = ...,
         quotas: _abc.Iterable[Global___Quota] | None = ...,
+        prompt_image_tokens: _builtins.int = ...,
+        prompt_audio_tokens: _builtins.int = ...,
+        prompt_video_tokens: _builtins.int = ...,
+        completion_image_tokens: _builtins.int = ...,
+        completion_audio_tokens: _builtins.int = ...,
+        media_inputs: _abc.Iterable[Global___MediaInputTotal] | None = ...,
+        images_generated: _builtins.int = ...,
+        unsupported_outputs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_id", b"caller_id", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "end_time", b"end_time", "prompt_tokens", b"prompt_tokens", "quotas", b"quotas", "request_count", b"request_count", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_id", b"caller_id", "completion_audio_tokens", b"completion_audio_tokens", "completion_image_tokens", b"completion_image_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "end_time", b"end_time", "images_generated", b"images_generated", "media_inputs", b"media_inputs", "prompt_audio_tokens", b"prompt_audio_tokens", "prompt_image_tokens", b"prompt_image_tokens", "prompt_tokens", b"prompt_tokens", "prompt_video_tokens", b"prompt_video_tokens", "quotas", b"quotas", "request_count", b"request_count", "start_time", b"start_time", "unsupported_outputs", b"unsupported_outputs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class MediaInputTotal(_message.Message):
+    """MediaInputTotal is how much of one kind of media a caller sent in a period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODALITY_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    modality: Global___Modality.ValueType
+    """Output only. The kind: image, file, audio or video."""
+    parts: _builtins.int
+    """Output only. Parts of this kind."""
+    bytes: _builtins.int
+    """Output only. Their inline bytes (parts given by URL count 0)."""
+    def __init__(
+        self,
+        *,
+        modality: Global___Modality.ValueType = ...,
+        parts: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "modality", b"modality", "parts", b"parts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MediaInputTotal: _TypeAlias = MediaInputTotal  # noqa: Y015
