@@ -19,13 +19,13 @@ from typing import Protocol, runtime_checkable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
 
 from service.api.auth import Authenticator
 from service.api.reflection import enable_reflection
-from service.api.servicer import SERVICE_NAME, CompletionServicer, FinishHook
+from service.api.servicer import SERVICE_NAME, CompletionServicer, FinishHook, register
 from service.callers_file import load_callers
 from service.config import ConfigError, GatewaySettings, OpenRouterSettings
+from service.domain.accounting import Accountant
 from service.domain.callers import Caller, CallerRegistry
 from service.domain.gateway import Gateway, GatewayPolicy
 from service.domain.limits import RequestLimits
@@ -227,11 +227,12 @@ class GatewayServer:
                 registry,
                 trust_client_certificates=self.settings.tls_client_ca_file is not None,
             ),
+            accountant=Accountant(ledger),
             on_finish=self.on_finish,
             telemetry=self.telemetry,
             address=(_listen_host(self.settings.listen), self.port),
         )
-        pb_grpc.add_CompletionServiceServicer_to_server(servicer, server)
+        register(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         enable_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
@@ -295,10 +296,14 @@ class GatewayServer:
         if self._server is not None and self._servicer is not None:
             # While draining, the listener stays open and new calls get UNAVAILABLE with
             # ErrorInfo (retryable elsewhere) instead of being cut by the transport.
-            drained = await self._servicer.drain(grace)
-            # A short grace lets calls refused in the meantime send their status; if the
-            # grace ran out, the calls still running are cancelled (upstream requests closed).
-            await self._server.stop(_REFUSAL_GRACE_S if drained else 0)
+            if not await self._servicer.drain(grace):
+                # The grace ran out: the calls still running end with UNAVAILABLE, ErrorInfo
+                # and RetryInfo (their upstream requests closed) and their rows are queued,
+                # all before the transport stops and the ledger is flushed and closed.
+                cut = await self._servicer.cut()
+                log.warning("shutdown grace ran out: %d call(s) ended with UNAVAILABLE", cut)
+            # A short grace lets the statuses of refused and cut calls reach their callers.
+            await self._server.stop(_REFUSAL_GRACE_S)
             self._server = None
         await self._stack.aclose()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -31,7 +31,7 @@ from service.domain.completion import (
     part_bytes,
 )
 from service.domain.models import ModelInfo
-from service.domain.usage import UsageRecord
+from service.domain.usage import LedgerStore, UsageRecord
 
 # The prompt estimate is an upper bound, not a guess: a reservation that under-counts lets
 # concurrent calls overshoot a budget. Without running the provider's tokenizer, the bound
@@ -120,6 +120,14 @@ class CallRecord:
     """Outputs the contract could not carry, by kind, across all of the RPC's answers."""
     finished: bool = False
     """Set once the RPC's outcome is accounted, so it is accounted exactly once."""
+    interrupted: bool = False
+    """Ended by a cancel, a deadline or the gateway's shutdown before it finished: its usage
+    may never have arrived, so the row asks for reconciliation."""
+    reason: str = ""
+    """The ErrorInfo reason the call failed with (empty when it succeeded)."""
+    peer: str = ""
+    """The caller's address without its port; set only for a call refused before the caller
+    was known (its row is aggregated per peer)."""
 
 
 def estimate_prompt_tokens(request: CompletionRequest) -> int:
@@ -269,6 +277,10 @@ def usage_cost(usage: Usage, model: ModelInfo | None) -> Decimal:
     return model.pricing.cost(usage.prompt_tokens, usage.completion_tokens)
 
 
+# A call ended by a deadline or a cancel may have generated tokens whose usage never arrived.
+_CUT_SHORT = frozenset({"CANCELLED", "DEADLINE_EXCEEDED"})
+
+
 def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecord:
     stats = record.stats
     usage = stats.usage
@@ -301,7 +313,7 @@ def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecor
         retries=stats.retries,
         fallback_used=record.fallback_used,
         repair_used=record.repair_used,
-        cancelled=status in ("CANCELLED", "DEADLINE_EXCEEDED") and usage is None,
+        cancelled=(record.interrupted or status in _CUT_SHORT) and usage is None,
         prompt_image_tokens=usage.prompt_image_tokens if usage else 0,
         prompt_audio_tokens=usage.prompt_audio_tokens if usage else 0,
         prompt_video_tokens=usage.prompt_video_tokens if usage else 0,
@@ -319,3 +331,20 @@ def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecor
         unsupported_outputs=sum(record.unsupported.values()),
         unsupported_kinds=";".join(f"{k}={n}" for k, n in sorted(record.unsupported.items())),
     )
+
+
+class Accountant:
+    """Turns each finished RPC into its ledger row (written in batches off the call path)."""
+
+    def __init__(self, ledger: LedgerStore) -> None:
+        self._ledger = ledger
+
+    @property
+    def durable(self) -> bool:
+        """Whether an answer must wait for its row's commit (``finish`` returns what to await)."""
+        return False
+
+    def finish(self, record: CallRecord, status: str, ended_at: float) -> Awaitable[None] | None:
+        """The RPC is over: one ledger row, whatever its outcome."""
+        self._ledger.record(usage_record(record, status, ended_at))
+        return None

@@ -17,7 +17,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from service.domain.accounting import CallRecord, MediaInputs, usage_cost, usage_record, worst_case
+from service.domain.accounting import CallRecord, MediaInputs, usage_cost, worst_case
 from service.domain.callers import Caller
 from service.domain.capabilities import check_capabilities
 from service.domain.completion import (
@@ -387,10 +387,6 @@ class Gateway:
             # usage, whatever the failure policy (it decides admissions, not reads).
             quotas = unknown_quota_status(caller, time.time())
         return since, until, totals, quotas
-
-    def finish(self, record: CallRecord, status: str, ended_at: float) -> None:
-        """The RPC is over: one ledger row, whatever its outcome (written off the call path)."""
-        self._ledger.record(usage_record(record, status, ended_at))
 
     async def models_for(self, caller: Caller) -> list[ModelInfo]:
         models = await self.catalog.all()

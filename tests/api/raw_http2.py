@@ -8,13 +8,17 @@ given (``h2`` with outbound validation off) and returns the status and trailers 
 from __future__ import annotations
 
 import asyncio
+import queue
+import socket
 import struct
+import time
 from base64 import b64decode
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 
 
@@ -118,3 +122,40 @@ def _decode(headers: Sequence[tuple[bytes | str, bytes | str]]) -> dict[str, str
         key = name.decode() if isinstance(name, bytes) else name
         found[key] = value.decode("latin-1") if isinstance(value, bytes) else value
     return found
+
+
+def call_then_reset(
+    address: str,
+    method: str,
+    body: bytes,
+    metadata: Sequence[tuple[str, str]],
+    *,
+    reset_at: queue.Queue[float],
+) -> None:
+    """Send one call, then reset its stream with CANCEL at the ``time.monotonic()`` put in
+    ``reset_at`` (once the test knows when the call arrived).
+
+    Blocking, for a thread: it goes on while the event loop under test is held up, as a real
+    client (another process) would."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        stream_id = conn.get_next_available_stream_id()
+        conn.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", method),
+                (":authority", address),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                *metadata,
+            ],
+        )
+        conn.send_data(stream_id, body, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        time.sleep(max(0.0, reset_at.get(timeout=10) - time.monotonic()))
+        conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        sock.sendall(conn.data_to_send())

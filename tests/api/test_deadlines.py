@@ -7,20 +7,19 @@ their own timestamps from the same clock.
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
 
 import grpc
 import pytest
 from llmgateway.v1 import completion_service_pb2 as pb
 
+from tests.api.raw_http2 import call_then_reset, frame
 from tests.api.support import PROMPT, chat_requests, complete_error, stream, wait_for_chat
 from tests.harness import auth, rich_error, start_gateway, user
 
 CANCEL_BUDGET_S = 0.1
-# When the caller's own deadline fires, its client resets the stream a moment before the
-# server-side deadline (which counts from arrival), and the servicer then books about one call
-# in thirty as CANCELLED (see the bug report); the gateway-timeout test below is exact.
-CLIENT_DEADLINE_CODES = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
 async def test_a_client_deadline_ends_a_hanging_call_and_its_upstream_request() -> None:
@@ -39,7 +38,7 @@ async def test_a_client_deadline_ends_a_hanging_call_and_its_upstream_request() 
         # that its own DEADLINE_EXCEEDED (with ErrorInfo) reaches the caller first.
         assert 0.3 * 0.9 <= disconnect.time - started < 0.3 + CANCEL_BUDGET_S
         [(_, code)] = await gw.wait_finished()
-        assert code in CLIENT_DEADLINE_CODES
+        assert code is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 async def test_a_client_deadline_ends_a_hanging_stream() -> None:
@@ -54,7 +53,43 @@ async def test_a_client_deadline_ends_a_hanging_stream() -> None:
         disconnect = await gw.sim.state.wait_for_disconnect()
         assert disconnect.time - started < 0.3 + CANCEL_BUDGET_S
         [(_, code)] = await gw.wait_finished()
-        assert code in CLIENT_DEADLINE_CODES
+        assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_a_reset_that_races_the_deadline_is_booked_as_the_deadline() -> None:
+    """The race both sides of a deadline run (grpc-java #6328, grpc/grpc #27216).
+
+    A client whose deadline fires resets the stream with CANCEL, a moment before the server's
+    own deadline (which counts from arrival, a transit time later). When the gateway's loop
+    is busy past its own give-up point, that reset can be handled first, and the servicer
+    double-checked against the server's deadline, which had not quite passed: it booked about
+    one call in thirty CANCELLED. It now double-checks against its give-up point (the deadline
+    less its margin): a reset after that is the deadline. Here the client announces 1 s and
+    resets at 960 ms, while the loop is held from 900 to 970 ms: past the gateway's give-up
+    point (950 ms), short of the server's deadline. Times count from the upstream request,
+    which leaves a moment after the call arrived.
+    """
+    async with start_gateway() as gw:
+        request = pb.CompleteRequest(messages=[user("Wait [[sim:hang]]")])
+        reset_at: queue.Queue[float] = queue.Queue()
+        client = threading.Thread(
+            target=call_then_reset,
+            args=(
+                gw.server.address,
+                "/llmgateway.v1.CompletionService/Complete",
+                frame(request.SerializeToString()),
+                (*auth(), ("grpc-timeout", "1000m")),
+            ),
+            kwargs={"reset_at": reset_at},
+        )
+        client.start()
+        arrived = (await wait_for_chat(gw.sim)).time
+        reset_at.put(arrived + 0.96)
+        loop = asyncio.get_running_loop()
+        loop.call_at(arrived + 0.90, time.sleep, 0.07)  # the loop is busy elsewhere
+        [(_, code)] = await gw.wait_finished()
+        await asyncio.to_thread(client.join)
+        assert code is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 async def test_without_a_client_deadline_the_upstream_timeout_bounds_a_call() -> None:

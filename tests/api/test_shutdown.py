@@ -1,5 +1,6 @@
 """Draining: NOT_SERVING at once, new calls refused, in-flight streams finish within the grace
-period and are cancelled (upstream closed) after it; ``python -m service`` drains on SIGTERM."""
+period and are cut after it (UNAVAILABLE with ErrorInfo and RetryInfo, upstream closed, row
+kept); ``python -m service`` drains on SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
@@ -77,7 +79,7 @@ async def test_a_graceful_stop_lets_the_stream_in_flight_complete() -> None:
         assert codes == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
 
 
-async def test_a_stop_after_the_grace_period_cancels_the_stream_and_its_upstream() -> None:
+async def test_a_stop_after_the_grace_period_cuts_the_stream_with_its_status_and_row() -> None:
     async with start_gateway() as gw:
         call = gw.stub.StreamComplete(
             pb.StreamCompleteRequest(messages=[user(SLOW)]), metadata=auth()
@@ -89,13 +91,25 @@ async def test_a_stop_after_the_grace_period_cancels_the_stream_and_its_upstream
 
         with pytest.raises(grpc.aio.AioRpcError) as cut:
             await _rest(call)
-        assert cut.value.code() is not grpc.StatusCode.OK
         disconnect = await gw.sim.state.wait_for_disconnect()
         assert disconnect.phase == "stream"
         assert disconnect.tokens_sent < 30
         assert disconnect.time - started < grace_s + 0.1
         await stopping
-        assert [code for _, code in await gw.wait_finished()] == [grpc.StatusCode.CANCELLED]
+        [(record, code)] = await gw.wait_finished()
+
+    # The stream's trailers say why and when to retry, like any other failure.
+    error = rich_error(cut.value)
+    assert (error.code, error.info.reason) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "SERVICE_UNAVAILABLE",
+    )
+    assert error.info.metadata["cause"] == "shutdown"
+    assert error.detail(error_details_pb2.RetryInfo).retry_delay.seconds == 1
+    # Its row: UNAVAILABLE, and its generation marked for reconciliation from /generation.
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert record.interrupted
+    assert record.stats.generation_id == disconnect.generation_id
 
 
 async def test_sigterm_drains_the_stream_in_flight_and_exits_0() -> None:
