@@ -177,7 +177,10 @@ def _json_text(value: Mapping[str, Any]) -> str:
 @dataclass(frozen=True, slots=True)
 class CostEstimate:
     tokens: int
+    """Prompt bound plus the completion's."""
     usd: Decimal
+    completion: int = 0
+    """The completion tokens the caller allows (``max_tokens``)."""
 
 
 # Media: what a part can cost, bounded without decoding it.
@@ -261,10 +264,13 @@ def worst_case(request: CompletionRequest, candidates: list[ModelInfo]) -> CostE
     """The most this request can cost: every candidate model might serve it."""
     text = estimate_prompt_tokens(request)
     media = media_prompt_bound(request)
+    completion = request.sampling.max_tokens or 0
     if not candidates:
-        return CostEstimate(tokens=text + (request.sampling.max_tokens or 0), usd=Decimal(0))
+        return CostEstimate(tokens=text + completion, usd=Decimal(0), completion=completion)
     each = [_model_worst_case(request, model, text, media) for model in candidates]
-    return CostEstimate(tokens=max(e.tokens for e in each), usd=max(e.usd for e in each))
+    return CostEstimate(
+        tokens=max(e.tokens for e in each), usd=max(e.usd for e in each), completion=completion
+    )
 
 
 def usage_cost(usage: Usage, model: ModelInfo | None) -> Decimal:

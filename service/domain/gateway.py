@@ -201,9 +201,16 @@ class Gateway:
         can run."""
         estimate = worst_case(request, list(call.candidates))
         remaining = deadline - asyncio.get_running_loop().time()
+        tokens = estimate.tokens * attempts
+        tpm = call.caller.limits.tokens_per_minute
+        if tpm is not None and tokens > tpm >= estimate.completion * attempts:
+            # The prompt's bound (a token per byte, a context window for media) is far above
+            # what most prompts use: a rate limit refuses only what the caller asked for
+            # (max_tokens), and such a call takes the whole minute window instead.
+            tokens = tpm
         return await self._quotas.reserve(
             call.caller,
-            tokens=estimate.tokens * attempts,
+            tokens=tokens,
             usd=estimate.usd * attempts,
             lease_s=self._policy.leases.lease_s(remaining, attempts=attempts),
         )

@@ -9,15 +9,25 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llmgateway.v1 import completion_service_pb2 as pb
 
-from service.domain.accounting import estimate_prompt_tokens
+from service.domain.accounting import CostEstimate, estimate_prompt_tokens, worst_case
 from service.domain.callers import Caller, CallerLimits, hash_key
-from service.domain.completion import CompletionRequest, Message, Role, ToolDefinition
+from service.domain.completion import (
+    CompletionRequest,
+    Message,
+    Part,
+    Role,
+    SamplingParams,
+    TextPart,
+    ToolDefinition,
+)
+from service.domain.models import ModelInfo, ModelPricing
 from service.simulator.generate import prompt_tokens
-from tests.harness import ALPHA_KEY, auth, start_gateway, user
+from tests.harness import ALPHA_KEY, auth, rich_error, start_gateway, user
 
 # Dense scripts and emoji: ~1 token per CJK character and 2 per emoji upstream (the
 # simulator counts so), where a characters-per-token guess under-reserves 3-6 times.
@@ -117,3 +127,62 @@ async def test_50_concurrent_dense_script_calls_stay_within_one_reservation_of_t
     assert spent <= BUDGET + reservation
     assert cost(prompt, 4) <= reservation
     assert spent <= BUDGET  # each call costs at most what it reserved
+
+
+# --- content parts: text parts count their bytes; media only the context window bounds -------
+
+GPT = ModelInfo(
+    "openai/gpt-4o-mini",
+    context_length=128_000,
+    pricing=ModelPricing(
+        prompt=Decimal("0.00000015"), completion=Decimal("0.0000006"), image=Decimal("0.000217")
+    ),
+)
+
+
+def with_parts(*parts: Part, max_tokens: int = 100) -> CompletionRequest:
+    return CompletionRequest(
+        model=GPT.id,
+        messages=(Message(Role.USER, "", parts=parts),),
+        sampling=SamplingParams(max_tokens=max_tokens),
+    )
+
+
+def test_text_parts_count_their_bytes_like_content() -> None:
+    parts = with_parts(TextPart("予算"), TextPart("four"))
+    assert estimate_prompt_tokens(parts) == 16 + 6 + 4
+    assert worst_case(parts, [GPT]) == CostEstimate(
+        tokens=26 + 100, usd=GPT.pricing.cost(26, 100), completion=100
+    )
+
+
+def test_no_text_prompt_is_reserved_beyond_the_context_window() -> None:
+    small = ModelInfo("small", context_length=1000, pricing=GPT.pricing)
+    request = one_message("x" * 5000)
+    assert worst_case(request, [small]).tokens == 1000  # longer is refused, billed nothing
+    assert worst_case(request, [small, GPT]).tokens == 5016  # any candidate may serve
+
+
+async def test_a_prompt_whose_bound_exceeds_tokens_per_minute_runs_alone_in_its_minute() -> None:
+    # 3,000 bytes of English is ~750 tokens, but its bound (a token a byte) is above the
+    # limit: the call takes the whole minute window instead of being refused for good.
+    limits = CallerLimits(tokens_per_minute=2000)
+    callers = [Caller("alpha", hash_key(ALPHA_KEY), ("*",), limits)]
+    prose = "the quick brown fox jumps over the lazy dog " * 70 + "[[sim:tokens=5]]"
+    request = pb.CompleteRequest(messages=[user(prose)], sampling=pb.SamplingParams(max_tokens=50))
+    asks_too_much = pb.CompleteRequest(
+        messages=[user("hi")], sampling=pb.SamplingParams(max_tokens=2001)
+    )
+    async with start_gateway(callers=callers) as gw:
+        served = await gw.stub.Complete(request, metadata=auth())
+        with pytest.raises(grpc.aio.AioRpcError) as second:
+            await gw.stub.Complete(request, metadata=auth())
+        with pytest.raises(grpc.aio.AioRpcError) as alone:
+            await gw.stub.Complete(asks_too_much, metadata=auth())
+
+    assert served.usage.prompt_tokens < 1000
+    assert second.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry = rich_error(second.value).detail(error_details_pb2.RetryInfo)
+    assert retry.retry_delay.seconds > 50  # once the first call leaves the window
+    # What the caller itself asked for (max_tokens) above the limit is still refused for good.
+    assert "this request alone needs 2" in rich_error(alone.value).message
