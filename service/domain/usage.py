@@ -9,7 +9,7 @@ the reconciler later asks OpenRouter (``GET /generation``) for the real figures.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
@@ -113,26 +113,6 @@ class UsageRecord:
         )
 
 
-MEDIA_COUNT_FIELDS = (
-    "prompt_image_tokens",
-    "prompt_audio_tokens",
-    "prompt_video_tokens",
-    "completion_image_tokens",
-    "completion_audio_tokens",
-    "image_inputs",
-    "image_input_bytes",
-    "file_inputs",
-    "file_input_bytes",
-    "audio_inputs",
-    "audio_input_bytes",
-    "video_inputs",
-    "video_input_bytes",
-    "images_out",
-    "unsupported_outputs",
-)
-"""The record's media counters, summed by ``totals`` in the order of ``MediaTotals``."""
-
-
 @dataclass(frozen=True, slots=True)
 class MediaTotals:
     """Sums of the media counters over a caller's records (see ``UsageRecord``)."""
@@ -152,6 +132,10 @@ class MediaTotals:
     video_input_bytes: int = 0
     images_out: int = 0
     unsupported_outputs: int = 0
+
+
+MEDIA_COUNT_FIELDS = tuple(f.name for f in fields(MediaTotals))
+"""The record's media counters, which ``totals`` sums in this (``MediaTotals``) order."""
 
 
 @dataclass(frozen=True, slots=True)

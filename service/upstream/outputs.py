@@ -287,15 +287,16 @@ def annotation_json(annotation: Annotation) -> dict[str, Any]:
         if isinstance(part, TextPart):
             content.append({"type": "text", "text": part.text})
         elif isinstance(part, ImagePart):
-            source = part.source
-            url = source.url if isinstance(source, MediaUrl) else _data_url(source)
-            content.append({"type": "image_url", "image_url": {"url": url}})
+            content.append({"type": "image_url", "image_url": {"url": url_of(part.source)}})
     file = {"hash": annotation.hash, "name": annotation.name, "content": content}
     return {"type": "file", "file": file}
 
 
-def _data_url(blob: Blob) -> str:
-    return f"data:{blob.mime_type};base64,{base64.b64encode(blob.data).decode('ascii')}"
+def url_of(source: MediaSource) -> str:
+    """A part's media as OpenRouter takes it: the URL, or the bytes as a base64 data URL."""
+    if isinstance(source, MediaUrl):
+        return source.url
+    return f"data:{source.mime_type};base64,{base64.b64encode(source.data).decode('ascii')}"
 
 
 # --- log probabilities -------------------------------------------------------------------

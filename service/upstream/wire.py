@@ -17,13 +17,11 @@ import orjson
 
 from service.domain.completion import (
     AudioPart,
-    Blob,
     Completion,
     CompletionRequest,
     FilePart,
     FinishReason,
     ImagePart,
-    MediaSource,
     Message,
     Modality,
     Part,
@@ -41,7 +39,7 @@ from service.domain.models import ModelInfo, ModelPricing
 from service.domain.ports import GenerationStats
 from service.errors import UpstreamError
 from service.upstream.errors import error_from_payload, protocol_error
-from service.upstream.outputs import Extras, detail_json, read_extras
+from service.upstream.outputs import Extras, detail_json, read_extras, url_of
 from service.upstream.readers import as_dict as _dict
 from service.upstream.readers import as_float_or_none as _float_or_none
 from service.upstream.readers import as_int as _int
@@ -173,30 +171,25 @@ def _reasoning(config: ReasoningConfig) -> dict[str, Any]:
     return out
 
 
-def data_url(blob: Blob) -> str:
-    return f"data:{blob.mime_type};base64,{base64.b64encode(blob.data).decode('ascii')}"
-
-
-def _url(source: MediaSource) -> str:
-    return data_url(source) if isinstance(source, Blob) else source.url
-
-
 def _part(part: Part) -> dict[str, Any]:
     """One content part as OpenRouter's ``messages[].content[]`` takes it."""
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
     if isinstance(part, ImagePart):
-        image: dict[str, Any] = {"url": _url(part.source)}
+        image: dict[str, Any] = {"url": url_of(part.source)}
         if part.detail is not None:
             image["detail"] = part.detail.value
         return {"type": "image_url", "image_url": image}
     if isinstance(part, FilePart):
-        return {"type": "file", "file": {"filename": part.filename, "file_data": _url(part.source)}}
+        return {
+            "type": "file",
+            "file": {"filename": part.filename, "file_data": url_of(part.source)},
+        }
     if isinstance(part, AudioPart):
         # Raw base64, no data: prefix, as OpenRouter's input_audio wants it.
         data = base64.b64encode(part.data).decode("ascii")
         return {"type": "input_audio", "input_audio": {"data": data, "format": part.format.lower()}}
-    return {"type": "video_url", "video_url": {"url": _url(part.source)}}
+    return {"type": "video_url", "video_url": {"url": url_of(part.source)}}
 
 
 def _tool(

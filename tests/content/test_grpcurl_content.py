@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 from service.simulator import SimulatorConfig
 from tests.api.support import chat_requests
@@ -13,95 +14,82 @@ from tests.content.support import png
 from tests.harness import ALPHA_KEY, start_gateway
 
 
+async def complete(address: str, request: dict[str, Any]) -> Any:
+    """``grpcurl -d <request> … Complete``, and the answer's JSON (grpcurl's field names)."""
+    ran = await grpcurl(address, f"{SERVICE}/Complete", key=ALPHA_KEY, data=json.dumps(request))
+    assert ran.returncode == 0, ran.stderr
+    return json.loads(ran.stdout)
+
+
 async def test_grpcurl_image_in_image_out_and_reasoning_round_trip() -> None:
     picture = png(seed=4)
     async with start_gateway(sim_config=SimulatorConfig(keepalive_comments=0)) as gw:
         address = gw.server.address
-        seen = await grpcurl(
+        seen = await complete(
             address,
-            f"{SERVICE}/Complete",
-            key=ALPHA_KEY,
-            data=json.dumps(
-                {
-                    "model": "openai/gpt-4o-mini",
-                    "messages": [
-                        {
-                            "role": "ROLE_USER",
-                            "parts": [
-                                {"text": "What is in this picture?"},
-                                {
-                                    "image": {
-                                        "inline_data": {
-                                            "mime_type": "image/png",
-                                            "data": base64.b64encode(picture).decode(),
-                                        }
+            {
+                "model": "openai/gpt-4o-mini",
+                "messages": [
+                    {
+                        "role": "ROLE_USER",
+                        "parts": [
+                            {"text": "What is in this picture?"},
+                            {
+                                "image": {
+                                    "inline_data": {
+                                        "mime_type": "image/png",
+                                        "data": base64.b64encode(picture).decode(),
                                     }
-                                },
-                            ],
-                        }
-                    ],
-                }
-            ),
+                                }
+                            },
+                        ],
+                    }
+                ],
+            },
         )
-        assert seen.returncode == 0, seen.stderr
-        assert json.loads(seen.stdout)["content"]
+        assert seen["content"]
         sent = chat_requests(gw.sim)[-1].body["messages"][0]["content"][1]["image_url"]["url"]
         assert base64.b64decode(sent.removeprefix("data:image/png;base64,")) == picture
 
-        painted = await grpcurl(
+        painted = await complete(
             address,
-            f"{SERVICE}/Complete",
-            key=ALPHA_KEY,
-            data=json.dumps(
-                {
-                    "model": "google/gemini-2.5-flash-image",
-                    "messages": [{"role": "ROLE_USER", "content": "A red square"}],
-                    "output_modalities": ["MODALITY_IMAGE", "MODALITY_TEXT"],
-                }
-            ),
+            {
+                "model": "google/gemini-2.5-flash-image",
+                "messages": [{"role": "ROLE_USER", "content": "A red square"}],
+                "output_modalities": ["MODALITY_IMAGE", "MODALITY_TEXT"],
+            },
         )
-        assert painted.returncode == 0, painted.stderr
-        image = json.loads(painted.stdout)["images"][0]["inline_data"]
+        image = painted["images"][0]["inline_data"]
         assert image["mime_type"] == "image/png"
         assert base64.b64decode(image["data"]).startswith(b"\x89PNG\r\n\x1a\n")
 
         question = {"role": "ROLE_USER", "content": "What is 2 + 2?"}
-        first = await grpcurl(
+        answer = await complete(
             address,
-            f"{SERVICE}/Complete",
-            key=ALPHA_KEY,
-            data=json.dumps(
-                {
-                    "model": "anthropic/claude-sonnet-4.5",
-                    "messages": [question],
-                    "reasoning": {"effort": "REASONING_EFFORT_HIGH"},
-                }
-            ),
+            {
+                "model": "anthropic/claude-sonnet-4.5",
+                "messages": [question],
+                "reasoning": {"effort": "REASONING_EFFORT_HIGH"},
+            },
         )
-        assert first.returncode == 0, first.stderr
-        answer = json.loads(first.stdout)
         assert answer["reasoning_details"][0]["signature"]
         # grpcurl's output, pasted back as it came (its field names), goes upstream unchanged.
-        second = await grpcurl(
+        second = await complete(
             address,
-            f"{SERVICE}/Complete",
-            key=ALPHA_KEY,
-            data=json.dumps(
-                {
-                    "model": "anthropic/claude-sonnet-4.5",
-                    "messages": [
-                        question,
-                        {
-                            "role": "ROLE_ASSISTANT",
-                            "content": answer["content"],
-                            "reasoning_details": answer["reasoning_details"],
-                        },
-                        {"role": "ROLE_USER", "content": "And times 3?"},
-                    ],
-                }
-            ),
+            {
+                "model": "anthropic/claude-sonnet-4.5",
+                "messages": [
+                    question,
+                    {
+                        "role": "ROLE_ASSISTANT",
+                        "content": answer["content"],
+                        "reasoning_details": answer["reasoning_details"],
+                    },
+                    {"role": "ROLE_USER", "content": "And times 3?"},
+                ],
+            },
         )
-        assert second.returncode == 0, second.stderr
+        assert second["content"]
         back = chat_requests(gw.sim)[-1].body["messages"][1]["reasoning_details"][0]
         assert back["signature"] == answer["reasoning_details"][0]["signature"]
         assert back["text"] == answer["reasoning"]

@@ -5,12 +5,15 @@ not overshot by more than one reservation with images in the mix."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.domain.accounting import (
@@ -34,7 +37,7 @@ from service.domain.completion import (
     TextPart,
 )
 from service.domain.models import ModelInfo, ModelPricing
-from service.domain.usage import MEDIA_COUNT_FIELDS, MediaTotals
+from service.domain.usage import MEDIA_COUNT_FIELDS, MediaTotals, UsageRecord
 from service.simulator import SimulatorConfig
 from tests.accounting.support import acct_gateway, postgres_rows, sqlite_rows
 from tests.content.support import audio, image, pdf, png, text, user_parts
@@ -44,8 +47,21 @@ PAINTER = "google/gemini-2.5-flash-image"
 QUIET = SimulatorConfig(keepalive_comments=0)
 
 
-def test_media_totals_sum_the_record_counters_in_order() -> None:
-    assert tuple(MediaTotals.__dataclass_fields__) == MEDIA_COUNT_FIELDS
+def test_every_media_total_is_a_counter_of_the_record() -> None:
+    record = UsageRecord(
+        call_id="c",
+        request_id="r",
+        time=datetime.now(UTC),
+        caller_id="a",
+        rpc="R",
+        requested_model="m",
+        status="OK",
+    )
+    assert len(MEDIA_COUNT_FIELDS) == 15
+    assert all(getattr(record, name) == 0 for name in MEDIA_COUNT_FIELDS)
+    assert MediaTotals(*range(15)).images_out == MEDIA_COUNT_FIELDS.index("images_out")
+    with pytest.raises(ValueError, match="image_input_bytes"):
+        dataclasses.replace(record, image_input_bytes=-1)
 
 
 async def test_media_counts_and_tokens_reach_usage_the_ledger_and_get_usage(
