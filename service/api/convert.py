@@ -17,6 +17,7 @@ from service.domain.completion import (
     Completion,
     CompletionRequest,
     ContentDelta,
+    FileAnnotation,
     FileParser,
     FilePart,
     FinishReason,
@@ -203,9 +204,31 @@ def _messages(messages: Sequence[pb.Message], violations: list[FieldViolation]) 
                     _detail_in(detail, f"messages[{i}].reasoning_details[{k}]", violations)
                     for k, detail in enumerate(message.reasoning_details)
                 ),
+                annotations=tuple(
+                    _annotation_in(note, f"messages[{i}].annotations[{k}]", violations)
+                    for k, note in enumerate(message.annotations)
+                ),
             )
         )
     return result
+
+
+def _annotation_in(note: pb.Annotation, field: str, violations: list[FieldViolation]) -> Annotation:
+    which = note.WhichOneof("kind")
+    if which == "file":
+        parts = []
+        for j, part in enumerate(note.file.content):
+            converted = _part(part, f"{field}.file.content[{j}]", violations)
+            if not isinstance(converted, TextPart | ImagePart):
+                violations.append(
+                    FieldViolation(f"{field}.file.content[{j}]", "must be a text or image part")
+                )
+            parts.append(converted)
+        return FileAnnotation(note.file.hash, note.file.name, tuple(parts))
+    if which is None:
+        violations.append(FieldViolation(field, "set url_citation or file"))
+    cite = note.url_citation
+    return UrlCitation(cite.url, cite.title, cite.content, cite.start_index, cite.end_index)
 
 
 def _detail_in(

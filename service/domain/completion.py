@@ -213,6 +213,43 @@ def _join(first: str | None, second: str | None) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class UrlCitation:
+    """A web source the answer cites; the indexes are a character span of the content."""
+
+    url: str
+    title: str = ""
+    content: str = field(default="", repr=False)
+    start_index: int = 0
+    end_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileAnnotation:
+    """A document OpenRouter parsed; sending it back on the next turn skips re-parsing."""
+
+    hash: str
+    name: str = ""
+    content: tuple[Part, ...] = field(default=(), repr=False)
+
+
+Annotation = UrlCitation | FileAnnotation
+
+
+def annotation_chars(annotation: Annotation) -> int:
+    if isinstance(annotation, UrlCitation):
+        return len(annotation.url) + len(annotation.title) + len(annotation.content)
+    texts = (p.text for p in annotation.content if isinstance(p, TextPart))
+    return len(annotation.hash) + len(annotation.name) + sum(len(t) for t in texts)
+
+
+def annotation_bytes(annotation: Annotation) -> int:
+    """Inline image bytes a file annotation carries (its parsed pictures)."""
+    if isinstance(annotation, UrlCitation):
+        return 0
+    return sum(part_bytes(p) for p in annotation.content)
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     role: Role
     content: str = field(repr=False)
@@ -223,6 +260,8 @@ class Message:
     """Content as parts; a message sets ``content`` or ``parts``, never both."""
     reasoning_details: tuple[ReasoningDetail, ...] = ()
     """An assistant turn's reasoning blocks, sent back upstream unchanged."""
+    annotations: tuple[Annotation, ...] = ()
+    """An assistant turn's annotations; a parsed file's spares parsing it again."""
 
     @property
     def text_chars(self) -> int:
@@ -231,6 +270,8 @@ class Message:
         chars = len(self.content) + sum(len(p.text) for p in self.parts if isinstance(p, TextPart))
         for detail in self.reasoning_details:
             chars += detail.chars
+        for annotation in self.annotations:
+            chars += annotation_chars(annotation)
         return chars
 
 
@@ -403,29 +444,6 @@ class GeneratedImage:
 
     source: MediaSource
     index: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UrlCitation:
-    """A web source the answer cites; the indexes are a character span of the content."""
-
-    url: str
-    title: str = ""
-    content: str = field(default="", repr=False)
-    start_index: int = 0
-    end_index: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class FileAnnotation:
-    """A document OpenRouter parsed; sending it back on the next turn skips re-parsing."""
-
-    hash: str
-    name: str = ""
-    content: tuple[Part, ...] = field(default=(), repr=False)
-
-
-Annotation = UrlCitation | FileAnnotation
 
 
 @dataclass(frozen=True, slots=True)

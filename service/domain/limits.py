@@ -28,6 +28,7 @@ from service.domain.completion import (
     SamplingParams,
     TextPart,
     VideoPart,
+    annotation_bytes,
     part_bytes,
 )
 from service.errors import FieldViolation, InvalidRequestError
@@ -163,12 +164,15 @@ def _check_messages(
                 violations.append(
                     FieldViolation(f"{field}.tool_calls[{j}]", "needs an id and a name")
                 )
-        if message.reasoning_details and message.role is not Role.ASSISTANT:
-            violations.append(
-                FieldViolation(
-                    f"{field}.reasoning_details", "is only allowed on an assistant message"
+        for name, given in (
+            ("reasoning_details", message.reasoning_details),
+            ("annotations", message.annotations),
+        ):
+            if given and message.role is not Role.ASSISTANT:
+                violations.append(
+                    FieldViolation(f"{field}.{name}", "is only allowed on an assistant message")
                 )
-            )
+        media += sum(annotation_bytes(a) for a in message.annotations)
     if total > limits.max_total_chars:
         violations.append(
             FieldViolation("messages", f"longer than {limits.max_total_chars} characters in all")

@@ -608,7 +608,15 @@ def _parsed_files(call: _Call) -> list[ParsedFile]:
     engine = pdf_engine(call.body)
     if engine == "native" or (engine is None and call.model.takes("file")):
         return []
-    return call.media.files
+    # A file annotation sent back on an earlier turn spares parsing that file again.
+    known = {
+        note["file"].get("hash")
+        for message in call.messages
+        if isinstance(message, dict) and message.get("role") == "assistant"
+        for note in message.get("annotations") or []
+        if isinstance(note, dict) and isinstance(note.get("file"), dict)
+    }
+    return [parsed for parsed in call.media.files if parsed.hash not in known]
 
 
 def _annotations(call: _Call, reply: Reply) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ from service.domain.models import ModelInfo, ModelPricing
 from service.domain.ports import GenerationStats
 from service.errors import UpstreamError
 from service.upstream.errors import error_from_payload, protocol_error
-from service.upstream.outputs import Extras, detail_json, read_extras, url_of
+from service.upstream.outputs import Extras, annotation_json, detail_json, read_extras, url_of
 from service.upstream.readers import as_dict as _dict
 from service.upstream.readers import as_float_or_none as _float_or_none
 from service.upstream.readers import as_int as _int
@@ -144,6 +144,8 @@ def _message(message: Message) -> dict[str, Any]:
         out["tool_call_id"] = message.tool_call_id
     if message.reasoning_details:
         out["reasoning_details"] = [detail_json(d) for d in message.reasoning_details]
+    if message.annotations:
+        out["annotations"] = [annotation_json(a) for a in message.annotations]
     if message.tool_calls:
         out["tool_calls"] = [
             {

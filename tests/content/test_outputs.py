@@ -242,3 +242,42 @@ async def test_outputs_the_contract_cannot_carry_are_counted_not_dropped(gw: Har
         ("delta.audio", 1),
         ("reasoning_details.reasoning.server_tool_call", 1),
     ]
+
+
+async def test_a_file_annotation_sent_back_spares_parsing_the_file_again(gw: Harness) -> None:
+    model = "meta-llama/llama-3.1-8b-instruct"  # cannot read files: OpenRouter parses them
+    ask = user_parts(text("Summarise"), pdf(name="q3.pdf"))
+    first = await gw.stub.Complete(pb.CompleteRequest(model=model, messages=[ask]), metadata=auth())
+    assert len(first.annotations) == 1
+    history = [
+        ask,
+        pb.Message(role=pb.ROLE_ASSISTANT, content=first.content, annotations=first.annotations),
+        user_parts(text("And the risks?"), pdf(name="q3.pdf")),
+    ]
+    second = await gw.stub.Complete(
+        pb.CompleteRequest(model=model, messages=history), metadata=auth()
+    )
+    assert second.content
+    assert not second.annotations  # the same document was not parsed again
+    sent = chat_requests(gw.sim)[-1].body["messages"][1]["annotations"]
+    file = first.annotations[0].file
+    assert sent == [
+        {
+            "type": "file",
+            "file": {
+                "hash": file.hash,
+                "name": "q3.pdf",
+                "content": [{"type": "text", "text": p.text} for p in file.content],
+            },
+        }
+    ]
+    # Annotations go on assistant messages only.
+    error = await complete_error(
+        gw,
+        pb.CompleteRequest(
+            model=model,
+            messages=[pb.Message(role=pb.ROLE_USER, content="x", annotations=first.annotations)],
+        ),
+    )
+    violations = error.detail(error_details_pb2.BadRequest).field_violations
+    assert [v.field for v in violations] == ["messages[0].annotations"]

@@ -65,3 +65,52 @@ def test_catalog_modalities_and_media_prices() -> None:
     assert old.output_modalities is None
     assert old.takes(Modality.VIDEO)
     assert old.makes(Modality.IMAGE)
+
+
+def answer(message: dict[str, Any], **choice: Any) -> dict[str, Any]:
+    return {"id": "gen-1", "choices": [{"message": message, "finish_reason": "stop", **choice}]}
+
+
+def test_reasoning_text_comes_from_the_blocks_when_only_they_arrive() -> None:
+    # o3 / grok style: `reasoning` null, the reasoning only in reasoning_details.
+    summary = {"type": "reasoning.summary", "summary": "Thinking.", "index": 0}
+    sealed = {"type": "reasoning.encrypted", "data": "gAAAA", "id": "rs_1", "index": 0}
+    completion = wire.parse_completion(
+        answer({"content": "4", "reasoning": None, "reasoning_details": [summary, sealed]})
+    )
+    assert completion.reasoning == "Thinking."
+    assert [d.type.value for d in completion.reasoning_details] == [
+        "reasoning.summary",
+        "reasoning.encrypted",
+    ]
+    # An explicit `reasoning` string wins, as sent.
+    both = wire.parse_completion(
+        answer({"content": "4", "reasoning": "Own words.", "reasoning_details": [summary]})
+    )
+    assert both.reasoning == "Own words."
+
+
+def test_unknown_kinds_in_an_answer_are_named_and_counted() -> None:
+    completion = wire.parse_completion(
+        answer(
+            {
+                "content": [
+                    {"type": "text", "text": "Hello "},
+                    {"type": "text", "text": "there."},
+                    {"type": "input_video", "video_url": {"url": "https://v"}},
+                ],
+                "audio": {"data": "UklGRg=="},
+                "function_call": None,  # null: nothing there
+                "annotations": [{"type": "file_annotation"}, {"type": "file_annotation"}],
+                "images": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}],
+            }
+        )
+    )
+    assert completion.content == "Hello there."
+    assert [(u.kind, u.count) for u in completion.unsupported] == [
+        ("annotations.file_annotation", 2),
+        ("content.input_video", 1),
+        ("images.unreadable", 1),
+        ("message.audio", 1),
+    ]
+    assert completion.produced

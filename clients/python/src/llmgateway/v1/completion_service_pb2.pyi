@@ -398,6 +398,7 @@ class Message(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     PARTS_FIELD_NUMBER: _builtins.int
     REASONING_DETAILS_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     """Required. Who wrote this message."""
     content: _builtins.str
@@ -435,6 +436,13 @@ class Message(_message.Message):
         with reasoning models need them to keep the model's reasoning.
         """
 
+    @_builtins.property
+    def annotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Annotation]:
+        """Optional, only for `ROLE_ASSISTANT`. The annotations of that turn as the gateway returned
+        them. A file annotation sent back lets OpenRouter skip parsing the same document again
+        (which OCR bills per page).
+        """
+
     def __init__(
         self,
         *,
@@ -445,10 +453,11 @@ class Message(_message.Message):
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         parts: _abc.Iterable[Global___Part] | None = ...,
         reasoning_details: _abc.Iterable[Global___ReasoningDetail] | None = ...,
+        annotations: _abc.Iterable[Global___Annotation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "parts", b"parts", "reasoning_details", b"reasoning_details", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "content", b"content", "name", b"name", "parts", b"parts", "reasoning_details", b"reasoning_details", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
