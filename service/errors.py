@@ -77,6 +77,18 @@ class Reason(StrEnum):
     UPSTREAM_STREAM_TRUNCATED = "UPSTREAM_STREAM_TRUNCATED"
 
 
+MAX_QUOTED_CHARS = 128
+"""The most of a caller's value an error message or ErrorInfo metadata repeats."""
+
+
+def quoted(value: str) -> str:
+    """A caller's value as an error may repeat it: cut to ``MAX_QUOTED_CHARS`` characters
+    (with "…"), so a huge value never comes back in a status or its trailers."""
+    if len(value) <= MAX_QUOTED_CHARS:
+        return value
+    return value[: MAX_QUOTED_CHARS - 1] + "…"
+
+
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
     """One bad field of a request: a dotted path (``messages[2].content``) and what is wrong."""

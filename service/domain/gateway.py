@@ -30,7 +30,7 @@ from service.domain.completion import (
     StreamStarted,
     add_unsupported,
 )
-from service.domain.limits import RequestLimits, prepare
+from service.domain.limits import RequestLimits, identifier_violations, prepare
 from service.domain.models import ModelInfo
 from service.domain.ports import CompletionBackend
 from service.domain.quotas import (
@@ -43,7 +43,12 @@ from service.domain.quotas import (
 from service.domain.schemas import RegisteredSchema, SchemaRegistry
 from service.domain.structured import MAX_ATTEMPTS, StructuredCompleter, StructuredResult
 from service.domain.usage import LedgerStore, UsageTotals
-from service.errors import InvalidRequestError, PermissionDeniedError, ServiceUnavailableError
+from service.errors import (
+    InvalidRequestError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+    quoted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +140,20 @@ class Gateway:
         patterns = self._policy.allowed_models
         return not patterns or any(fnmatch.fnmatchcase(model, p) for p in patterns)
 
-    def allowed_for(self, caller: Caller, model: str) -> bool:
+    def allowed_for(self, caller: Caller, model: str, *, in_catalog: bool = True) -> bool:
+        """Whether ``caller`` may use ``model`` (its allow-list and the global one).
+
+        Only decisions about catalog models are cached: the cache holds at most
+        ``_ALLOWED_CACHE_SIZE`` (caller id, catalog id) pairs, a few hundred kilobytes, and a
+        caller sending made-up names cannot fill it (each is matched anew, then refused)."""
         key = (caller.id, model)
         allowed = self._allowed_cache.get(key)
         if allowed is None:
             allowed = self.globally_allowed(model) and caller.may_use(model)
-            if len(self._allowed_cache) >= _ALLOWED_CACHE_SIZE:
-                self._allowed_cache.clear()  # bounded: callers may send any model name
-            self._allowed_cache[key] = allowed
+            if in_catalog:
+                if len(self._allowed_cache) >= _ALLOWED_CACHE_SIZE:
+                    self._allowed_cache.clear()
+                self._allowed_cache[key] = allowed
         return allowed
 
     async def prepare(
@@ -158,8 +169,11 @@ class Gateway:
         the trace context to send upstream)."""
         model = request.model or self._policy.default_model
         record.caller_id = caller.id
-        record.end_user_id = end_user_id
-        record.requested_model = model
+        # Stored only once they are known to be short: the row, the log line and the span
+        # hold them. Too long, they are left out, and prepare() lists them with the rest.
+        if not identifier_violations(request.model, request.fallback_models, end_user_id):
+            record.end_user_id = end_user_id
+            record.requested_model = model
         prepared = prepare(
             request,
             self._policy.limits,
@@ -168,26 +182,25 @@ class Gateway:
             user=end_user_token(caller.id, end_user_id),
             trace_headers=trace_headers or request.trace_headers,
         )
-        for field_name, candidate in [
+        named = [
             ("model", model),
             *((f"fallback_models[{i}]", m) for i, m in enumerate(request.fallback_models)),
-        ]:
-            if not self.allowed_for(caller, candidate):
+        ]
+        infos = [await self.catalog.get(candidate) for _, candidate in named]
+        for (field_name, candidate), found in zip(named, infos, strict=True):
+            if not self.allowed_for(caller, candidate, in_catalog=found is not None):
                 raise PermissionDeniedError(
-                    f"{field_name}: model '{candidate}' is not allowed for this caller",
-                    metadata={"model": candidate, "field": field_name},
+                    f"{field_name}: model '{quoted(candidate)}' is not allowed for this caller",
+                    metadata={"model": quoted(candidate), "field": field_name},
                 )
-        info = await self.catalog.get(model)
-        if info is None:
-            raise InvalidRequestError.for_field("model", f"unknown model '{model}'")
-        candidates = [info]
-        for i, fallback in enumerate(request.fallback_models):
-            fallback_info = await self.catalog.get(fallback)
-            if fallback_info is None:
+        candidates: list[ModelInfo] = []
+        for (field_name, candidate), found in zip(named, infos, strict=True):
+            if found is None:
                 raise InvalidRequestError.for_field(
-                    f"fallback_models[{i}]", f"unknown model '{fallback}'"
+                    field_name, f"unknown model '{quoted(candidate)}'"
                 )
-            candidates.append(fallback_info)
+            candidates.append(found)
+        info = candidates[0]
         check_capabilities(prepared, candidates)
         record.media_in = MediaInputs.of(prepared)
         return PreparedCall(caller, prepared, info, tuple(candidates))

@@ -39,6 +39,8 @@ MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
 MAX_NAME_CHARS = 64
 MAX_END_USER_ID_CHARS = 128
+MAX_MODEL_CHARS = 256
+"""OpenRouter's model ids are far shorter (~60 characters with a variant suffix)."""
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KEPT_ON_TRIM = frozenset({Role.SYSTEM, Role.DEVELOPER})
 MIB = 1024 * 1024
@@ -367,6 +369,34 @@ def trim_history(messages: Sequence[Message], max_turns: int) -> tuple[Message, 
     return tuple(kept)
 
 
+def identifier_violations(
+    model: str, fallback_models: Sequence[str], end_user_id: str
+) -> list[FieldViolation]:
+    """The caller's identifiers that are too long (or empty where they must not be).
+
+    Checked before anything stores, logs or echoes them: a model name becomes a ledger
+    column, a log field and a span attribute, and an error may quote it."""
+    violations: list[FieldViolation] = []
+    if len(model) > MAX_MODEL_CHARS:
+        violations.append(FieldViolation("model", f"at most {MAX_MODEL_CHARS} characters"))
+    if len(fallback_models) > MAX_FALLBACK_MODELS:
+        violations.append(
+            FieldViolation("fallback_models", f"at most {MAX_FALLBACK_MODELS} models")
+        )
+    for i, fallback in enumerate(fallback_models[:MAX_FALLBACK_MODELS]):
+        if not fallback:
+            violations.append(FieldViolation(f"fallback_models[{i}]", "must not be empty"))
+        elif len(fallback) > MAX_MODEL_CHARS:
+            violations.append(
+                FieldViolation(f"fallback_models[{i}]", f"at most {MAX_MODEL_CHARS} characters")
+            )
+    if len(end_user_id) > MAX_END_USER_ID_CHARS:
+        violations.append(
+            FieldViolation("end_user_id", f"at most {MAX_END_USER_ID_CHARS} characters")
+        )
+    return violations
+
+
 def prepare(
     request: CompletionRequest,
     limits: RequestLimits,
@@ -385,17 +415,7 @@ def prepare(
     _check_reasoning(request, limits, violations)
     _check_outputs(request, violations)
     _check_tools(request, violations)
-    if len(request.fallback_models) > MAX_FALLBACK_MODELS:
-        violations.append(
-            FieldViolation("fallback_models", f"at most {MAX_FALLBACK_MODELS} models")
-        )
-    for i, model in enumerate(request.fallback_models):
-        if not model:
-            violations.append(FieldViolation(f"fallback_models[{i}]", "must not be empty"))
-    if len(end_user_id) > MAX_END_USER_ID_CHARS:
-        violations.append(
-            FieldViolation("end_user_id", f"at most {MAX_END_USER_ID_CHARS} characters")
-        )
+    violations += identifier_violations(request.model, request.fallback_models, end_user_id)
     if violations:
         first = violations[0]
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""

@@ -44,6 +44,8 @@ INLINE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 DEFAULT_INLINE_MAX_BYTES = 65_536
 DEFAULT_INLINE_CACHE_SIZE = 256
+DEFAULT_INLINE_CACHE_BYTES = 4 * 1024 * 1024
+"""The cache's budget in schema text; a compiled schema's size grows with its text."""
 
 MAX_FINDINGS = 8
 """Findings kept per validation; a reply with thousands of bad items must not cost thousands."""
@@ -215,9 +217,10 @@ class SchemaRegistry:
         schemas: Mapping[str, RegisteredSchema] | None = None,
         *,
         inline_cache_size: int = DEFAULT_INLINE_CACHE_SIZE,
+        inline_cache_bytes: int = DEFAULT_INLINE_CACHE_BYTES,
     ) -> None:
         self._schemas = dict(schemas or {})
-        self._inline = InlineSchemaCache(inline_cache_size)
+        self._inline = InlineSchemaCache(inline_cache_size, max_bytes=inline_cache_bytes)
 
     @classmethod
     def load(
@@ -311,20 +314,30 @@ class SchemaRegistry:
             strict=strict,
             inline=True,
         )
-        self._inline.put(key, compiled)
+        self._inline.put(key, compiled, size=size)
         return compiled
 
 
 class InlineSchemaCache:
-    """A small LRU of compiled inline schemas; recompiling a schema costs far more than a lookup."""
+    """A small LRU of compiled inline schemas; recompiling a schema costs far more than a lookup.
 
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("inline schema cache capacity must be at least 1")
+    Bounded twice: ``capacity`` entries and ``max_bytes`` of schema text in all (keys are a
+    digest, a checked name and a flag). Only schemas that compiled are ever put in, so a
+    caller sending broken or ever-different schemas cannot fill it with anything but valid
+    entries, and evicts the oldest.
+    """
+
+    def __init__(self, capacity: int, *, max_bytes: int = DEFAULT_INLINE_CACHE_BYTES) -> None:
+        if capacity < 1 or max_bytes < 1:
+            raise ValueError("inline schema cache capacity and bytes must be at least 1")
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[tuple[bytes, str, bool], RegisteredSchema] = OrderedDict()
+        self._entries: OrderedDict[tuple[bytes, str, bool], tuple[RegisteredSchema, int]] = (
+            OrderedDict()
+        )
 
     def get(self, key: tuple[bytes, str, bool]) -> RegisteredSchema | None:
         entry = self._entries.get(key)
@@ -333,13 +346,20 @@ class InlineSchemaCache:
             return None
         self.hits += 1
         self._entries.move_to_end(key)
-        return entry
+        return entry[0]
 
-    def put(self, key: tuple[bytes, str, bool], entry: RegisteredSchema) -> None:
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+    def put(self, key: tuple[bytes, str, bool], entry: RegisteredSchema, *, size: int) -> None:
+        """``size``: the schema's text in bytes, what the entry costs against ``max_bytes``."""
+        if size > self.max_bytes:
+            return
+        previous = self._entries.pop(key, None)
+        if previous is not None:
+            self.bytes -= previous[1]
+        self._entries[key] = (entry, size)
+        self.bytes += size
+        while len(self._entries) > self.capacity or self.bytes > self.max_bytes:
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self.bytes -= evicted
 
     def __len__(self) -> int:
         return len(self._entries)

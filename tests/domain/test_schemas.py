@@ -329,6 +329,18 @@ def test_inline_cache_reuses_compiled_schemas_and_evicts_the_oldest() -> None:
     assert len(cache) == 2
 
 
+def test_inline_cache_is_bounded_in_bytes() -> None:
+    # 40 distinct ~10 kB schemas against a 32 kB budget: at most three are kept, ever.
+    registry = SchemaRegistry(inline_cache_bytes=32_000)
+    cache = registry.inline_cache
+    for n in range(40):
+        text = json.dumps({"type": "object", "description": f"{n:05d}" + "x" * 10_000})
+        registry.compile_inline("s", text, False)
+        assert cache.bytes <= 32_000
+    assert len(cache) == 3
+    assert cache.bytes == 3 * len(text)
+
+
 def test_inline_failures_are_not_cached() -> None:
     registry = SchemaRegistry()
     for _ in range(2):
