@@ -1,6 +1,7 @@
 """Rollouts without dropped calls: after SIGTERM, health says NOT_SERVING while calls are still
 served for ``GATEWAY_DRAIN_DELAY_S``; then new calls are refused (UNAVAILABLE,
-``SERVICE_UNAVAILABLE``) while the calls in flight finish within the grace.
+``SERVICE_UNAVAILABLE``) while the calls in flight finish within the grace; what still runs
+after it is cut with ``SERVICE_UNAVAILABLE`` and RetryInfo.
 
 The tests poll health and call through the whole sequence, in-process and through a real
 ``python -m service`` process sent SIGTERM.
@@ -14,6 +15,7 @@ import time
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 
@@ -27,7 +29,7 @@ from tests.deploy.drain import (
     rest_of,
     serving_process,
 )
-from tests.harness import auth, start_gateway, user
+from tests.harness import ALPHA_KEY, auth, rich_error, start_gateway, user
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -59,6 +61,30 @@ async def test_calls_are_served_through_the_delay_then_refused_while_streams_fin
         assert sum(m.HasField("delta") for m in [first, *rest]) == 40
         await stopping
         assert gw.sim.state.disconnects == []
+
+
+async def test_the_whole_sequence_ends_with_the_stream_cut_after_the_grace() -> None:
+    """Delay (served), grace (refused, the stream still running), then the stream cut with
+    UNAVAILABLE / SERVICE_UNAVAILABLE, ErrorInfo and RetryInfo in its trailers."""
+    delay_s, grace_s = 0.5, 0.5
+    endless = "Endless [[sim:pace=40]] [[sim:tokens=400]]"  # 16 s: outlives the grace
+    settings = {"drain_delay_s": delay_s, "shutdown_grace_s": grace_s}
+    async with start_gateway(gateway=settings) as gw:
+        stream = gw.stub.StreamComplete(
+            pb.StreamCompleteRequest(messages=[user(endless)]), metadata=auth()
+        )
+        assert isinstance(await stream.read(), pb.StreamCompleteResponse)
+        began = time.monotonic()
+        stopping = asyncio.create_task(gw.server.stop())
+        check_sequence(await probe_until_refused(gw.channel, began, key=ALPHA_KEY), delay_s)
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await rest_of(stream)
+        cut_at = time.monotonic() - began
+        await stopping
+    assert cut_at >= delay_s + grace_s - 0.05
+    error = rich_error(cut.value)
+    assert (error.code, error.info.reason) == (grpc.StatusCode.UNAVAILABLE, "SERVICE_UNAVAILABLE")
+    assert error.detail(error_details_pb2.RetryInfo).retry_delay.seconds >= 1
 
 
 async def test_a_stop_without_a_delay_refuses_at_once() -> None:
