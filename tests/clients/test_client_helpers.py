@@ -307,5 +307,5 @@ def test_the_recommended_service_config_retries_only_unavailable() -> None:
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     options = dict(channel_options())
     assert json.loads(str(options["grpc.service_config"])) == config
-    assert options["grpc.max_receive_message_length"] == 8 * 1024 * 1024
+    assert options["grpc.max_receive_message_length"] == 32 * 1024 * 1024
     assert grpc.StatusCode.UNAVAILABLE.value[0] == code_pb2.UNAVAILABLE

@@ -25,8 +25,9 @@ import grpc
 import grpc.aio
 
 SERVICE = "llmgateway.v1.CompletionService"
-# The gateway's default limit (GATEWAY_MAX_MESSAGE_BYTES); larger messages fail on its side.
-DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# The gateway's default limit (GATEWAY_MAX_MESSAGE_BYTES, 32 MiB: room for media in and images
+# out); larger messages fail on its side.
+DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 Transport = Literal["tls", "local", "plaintext"]
 ChannelOption = tuple[str, str | int]
