@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from service.api.auth import Authenticator
+from service.api.decoding import register_decoding
 from service.api.reflection import enable_reflection
 from service.api.servicer import SERVICE_NAME, CompletionServicer, FinishHook, register
 from service.callers_file import load_callers
@@ -233,7 +234,7 @@ class GatewayServer:
             address=(_listen_host(self.settings.listen), self.port),
         )
         register(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        register_decoding(health_pb2_grpc.add_HealthServicer_to_server, self.health, server)
         enable_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
         )

@@ -138,6 +138,16 @@ def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     return result
 
 
+def _tool_parameters(tool: pb.Tool, field: str, violations: list[FieldViolation]) -> dict[str, Any]:
+    if not tool.HasField("parameters"):
+        return {}
+    try:
+        return struct_to_dict(tool.parameters)
+    except ValueError:  # a NaN or infinite number: JSON (and so the schema sent on) has none
+        violations.append(FieldViolation(field, "numbers must be finite"))
+        return {}
+
+
 def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     struct.update(value)
@@ -420,10 +430,10 @@ def completion_request(
             ToolDefinition(
                 name=t.name,
                 description=t.description,
-                parameters=struct_to_dict(t.parameters) if t.HasField("parameters") else {},
+                parameters=_tool_parameters(t, f"tools[{i}].parameters", violations),
                 strict=t.strict if t.HasField("strict") else None,
             )
-            for t in message.tools
+            for i, t in enumerate(message.tools)
         )
         tool_choice = _tool_choice(message, violations)
     return CompletionRequest(

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+from service.api.decoding import parsing_itself, register_decoding
 
 V1ALPHA = "grpc.reflection.v1alpha"
 V1 = "grpc.reflection.v1"
@@ -31,16 +33,19 @@ def enable_reflection(service_names: Sequence[str], server: grpc.aio.Server) -> 
             grpc.method_handlers_generic_handler(
                 V1_SERVICE_NAME,
                 {
-                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-                        servicer.ServerReflectionInfo,
-                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    "ServerReflectionInfo": parsing_itself(
+                        grpc.stream_stream_rpc_method_handler(
+                            servicer.ServerReflectionInfo,
+                            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                        )
                     )
                 },
             ),
         )
     )
-    reflection.enable_server_reflection(names, server)
+    # enable_server_reflection, with undecodable bytes answered INVALID_ARGUMENT.
+    register_decoding(reflection_pb2_grpc.add_ServerReflectionServicer_to_server, servicer, server)
 
 
 def _add_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
