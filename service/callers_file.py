@@ -9,14 +9,21 @@ allowed_models = ["openai/*", "anthropic/claude-*"]
 requests_per_minute = 600
 tokens_per_minute = 200000
 usd_per_day = "25.00"                   # a decimal string: exact money
+[callers.policy]                        # rules over [default_policy]: see policy_file.py
+zdr = true
+
+Any mistake (an unknown key or rule, a bad value) is one line naming the caller and the key,
+at start-up and on reload alike (a reload that fails keeps the running callers).
 """
 
 from __future__ import annotations
 
+import logging
 import tomllib
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -26,9 +33,14 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 
 from service.config import ConfigError
 from service.domain.callers import Caller, CallerLimits
+from service.domain.policy import Policy
+from service.policy_file import RULE_NAMES, PolicySection, effective_policy
+
+log = logging.getLogger(__name__)
 
 
 class _Limits(BaseModel):
@@ -52,6 +64,7 @@ class _Caller(BaseModel):
     """One hash, or a list of them (a string is a list of one)."""
     allowed_models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     limits: _Limits = Field(default_factory=_Limits)
+    policy: PolicySection | None = None
 
     @field_validator("key_sha256", mode="before")
     @classmethod
@@ -72,19 +85,45 @@ class _Caller(BaseModel):
 class _CallersFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    default_policy: PolicySection | None = None
     callers: list[_Caller] = Field(min_length=1)
 
 
+def _describe(raw: Any, error: ErrorDetails) -> str:
+    """``caller 'billing': policy.zdr: Input should be a valid boolean``: the caller by its id
+    (when it has one), then the key within it."""
+    loc = list(error["loc"])
+    who = ""
+    if len(loc) >= 2 and loc[0] == "callers" and isinstance(loc[1], int):
+        entries = raw.get("callers") if isinstance(raw, dict) else None
+        entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else None
+        caller_id = entry.get("id") if isinstance(entry, dict) else None
+        who = (
+            f"caller {caller_id[:64]!r}: "
+            if isinstance(caller_id, str) and caller_id
+            else f"callers[{loc[1]}]: "
+        )
+        loc = loc[2:]
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    where = where.removeprefix(".")
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "string_pattern_mismatch" and "providers" in where:
+        message = "must be a provider slug, e.g. 'openai' or 'deepinfra/turbo'"
+    if error["type"] == "extra_forbidden":
+        in_policy = bool(loc) and loc[0] in ("policy", "default_policy") and len(loc) == 2
+        message = f"unknown rule (rules: {RULE_NAMES})" if in_policy else "unknown key"
+    return f"{who}{where}: {message}"
+
+
 def parse_callers(text: str, *, source: str = "callers file") -> list[Caller]:
+    raw: Any = None
     try:
         raw = tomllib.loads(text)
         parsed = _CallersFile.model_validate(raw)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"{source}: {where}: {first['msg']}") from None
+        raise ConfigError(f"{source}: {_describe(raw, exc.errors()[0])}") from None
     seen: set[str] = set()
     owners: dict[bytes, str] = {}
     callers = []
@@ -107,6 +146,7 @@ def parse_callers(text: str, *, source: str = "callers file") -> list[Caller]:
                     tokens_per_minute=entry.limits.tokens_per_minute,
                     usd_per_day=entry.limits.usd_per_day,
                 ),
+                policy=effective_policy(parsed.default_policy, entry.policy),
             )
         )
     return callers
@@ -114,6 +154,19 @@ def parse_callers(text: str, *, source: str = "callers file") -> list[Caller]:
 
 MAX_CALLERS_FILE_BYTES = 16 * 1024 * 1024
 """Tens of thousands of callers fit in far less; a larger file is the wrong file."""
+
+
+def log_policies(callers: Sequence[Caller]) -> None:
+    """One INFO line per distinct policy: its id, its rules and the callers it applies to, so
+    the ``policy_id`` of a ledger row can be traced back to the rules it stood for."""
+    by_policy: dict[str, tuple[Policy, list[str]]] = {}
+    for caller in callers:
+        by_policy.setdefault(caller.policy.id, (caller.policy, []))[1].append(caller.id)
+    for policy_id, (policy, ids) in sorted(by_policy.items()):
+        log.info(
+            "caller policy",
+            extra={"policy_id": policy_id, "policy_rules": policy.rules(), "callers": ids},
+        )
 
 
 def load_callers(path: Path) -> list[Caller]:

@@ -10,7 +10,7 @@ aiohttp; the README's "Errors" table is checked against both.
     GatewayError
     ├── InvalidRequestError          caller input is wrong (names the fields)
     ├── UnauthenticatedError         no or unknown caller key
-    ├── PermissionDeniedError        model not allowed for this caller
+    ├── PermissionDeniedError        model not allowed, or the caller's policy forbids it
     ├── QuotaExceededError           the caller's own RPM / TPM / budget
     ├── UnsupportedFeatureError      the model cannot do what was asked
     ├── SchemaValidationError        structured output still invalid after repair
@@ -50,6 +50,8 @@ class Reason(StrEnum):
     API_KEY_MISSING = "API_KEY_MISSING"
     API_KEY_INVALID = "API_KEY_INVALID"
     MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
+    POLICY_VIOLATION = "POLICY_VIOLATION"
+    UPSTREAM_POLICY_BREACH = "UPSTREAM_POLICY_BREACH"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     UNSUPPORTED_FEATURE = "UNSUPPORTED_FEATURE"
     SCHEMA_VALIDATION_FAILED = "SCHEMA_VALIDATION_FAILED"
@@ -169,7 +171,12 @@ class UnauthenticatedError(GatewayError):
 
 
 class PermissionDeniedError(GatewayError):
+    """The caller may not do this: a model outside its allow-list, a request its policy
+    forbids (``POLICY_VIOLATION``, metadata ``rule`` and ``field``), or an answer served by a
+    provider its policy forbids, withheld (``UPSTREAM_POLICY_BREACH``)."""
+
     reason = Reason.MODEL_NOT_ALLOWED
+    refinements = (Reason.POLICY_VIOLATION, Reason.UPSTREAM_POLICY_BREACH)
 
 
 class QuotaExceededError(GatewayError):

@@ -34,6 +34,12 @@ _ALLOWED: tuple[str, ...] = (
     "attempt",
     "upstream_status",
     "generation_id",
+    "policy_id",
+    "policy_breach",
+    "rule",
+    "answer",
+    "policy_rules",
+    "callers",
 )
 ALLOWED_FIELDS = frozenset(_ALLOWED)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from service.callers_file import load_callers
+from service.callers_file import load_callers, log_policies
 from service.config import ConfigError
 from service.domain.callers import CallerRegistry
 from service.domain.gateway import Gateway
@@ -195,6 +195,7 @@ def callers_source(path: Path, registry: CallerRegistry, gateway: Gateway) -> Re
         def commit() -> str:
             registry.replace(callers)
             gateway.callers_changed()
+            log_policies(callers)
             return f"{len(callers)} caller(s) from {path}"
 
         return commit

@@ -24,7 +24,7 @@ from service.api.auth import Authenticator
 from service.api.decoding import register_decoding
 from service.api.reflection import enable_reflection
 from service.api.servicer import SERVICE_NAME, CompletionServicer, FinishHook, register
-from service.callers_file import load_callers
+from service.callers_file import load_callers, log_policies
 from service.config import ConfigError, GatewaySettings, OpenRouterSettings
 from service.domain.accounting import Accountant
 from service.domain.callers import Caller, CallerRegistry
@@ -240,6 +240,8 @@ class GatewayServer:
         )
         await server.start()
         self._server = server
+        # Once serving (a start-up that fails says one thing: why): which policy is whose.
+        log_policies(self.callers)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 

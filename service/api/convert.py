@@ -55,6 +55,14 @@ from service.domain.completion import (
     VideoPart,
 )
 from service.domain.models import ModelInfo
+from service.domain.providers import (
+    MAX_PRICE_KINDS,
+    DataCollection,
+    MaxPrice,
+    ProviderPreferences,
+    ProviderSort,
+    Quantization,
+)
 from service.domain.quotas import LimitUsage, QuotaStatus
 from service.domain.structured import StructuredMode, StructuredResult
 from service.domain.usage import MediaTotals, UsageTotals
@@ -111,6 +119,19 @@ _SUMMARIES: dict[int, ReasoningSummary] = {
     pb.REASONING_SUMMARY_VERBOSITY_AUTO: ReasoningSummary.AUTO,
     pb.REASONING_SUMMARY_VERBOSITY_CONCISE: ReasoningSummary.CONCISE,
     pb.REASONING_SUMMARY_VERBOSITY_DETAILED: ReasoningSummary.DETAILED,
+}
+_SORTS: dict[int, ProviderSort] = {
+    pb.PROVIDER_SORT_PRICE: ProviderSort.PRICE,
+    pb.PROVIDER_SORT_THROUGHPUT: ProviderSort.THROUGHPUT,
+    pb.PROVIDER_SORT_LATENCY: ProviderSort.LATENCY,
+}
+_DATA_COLLECTION: dict[int, DataCollection] = {
+    pb.DATA_COLLECTION_ALLOW: DataCollection.ALLOW,
+    pb.DATA_COLLECTION_DENY: DataCollection.DENY,
+}
+# QUANTIZATION_INT4 -> int4 …: the enum's names are the wire values in upper case.
+_QUANTIZATIONS: dict[int, Quantization] = {
+    pb.Quantization.Value(f"QUANTIZATION_{q.name}"): q for q in Quantization
 }
 _FINISH: dict[FinishReason, pb.FinishReason.ValueType] = {
     FinishReason.UNSPECIFIED: pb.FINISH_REASON_UNSPECIFIED,
@@ -374,6 +395,49 @@ def _file_parser(
     return FileParser(pdf_engine=_PDF_ENGINES.get(message.file_parser.pdf_engine))
 
 
+def _decimal(text: str, field: str, violations: list[FieldViolation]) -> Decimal | None:
+    if not text:
+        return None
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        violations.append(FieldViolation(field, "must be a decimal number, e.g. 1.5"))
+        return None
+    return value
+
+
+def _provider(
+    message: pb.CompleteRequest | pb.StreamCompleteRequest | pb.CompleteStructuredRequest,
+    violations: list[FieldViolation],
+) -> ProviderPreferences | None:
+    if not message.HasField("provider"):
+        return None
+    p = message.provider
+    quantizations = []
+    for i, value in enumerate(p.quantizations):
+        quantization = _QUANTIZATIONS.get(value)
+        if quantization is None:
+            violations.append(FieldViolation(f"provider.quantizations[{i}]", "must be set"))
+        else:
+            quantizations.append(quantization)
+    prices = {
+        kind: _decimal(getattr(p.max_price, kind), f"provider.max_price.{kind}", violations)
+        for kind in MAX_PRICE_KINDS
+    }
+    return ProviderPreferences(
+        order=tuple(p.order),
+        only=tuple(p.only) or None,
+        ignore=tuple(p.ignore),
+        allow_fallbacks=p.allow_fallbacks if p.HasField("allow_fallbacks") else None,
+        sort=_SORTS.get(p.sort),
+        quantizations=tuple(quantizations) or None,
+        max_price=MaxPrice(**prices),
+        require_parameters=p.require_parameters if p.HasField("require_parameters") else None,
+        data_collection=_DATA_COLLECTION.get(p.data_collection),
+        zdr=p.zdr if p.HasField("zdr") else None,
+    )
+
+
 def _sampling(params: pb.SamplingParams) -> SamplingParams:
     return SamplingParams(
         temperature=params.temperature if params.HasField("temperature") else None,
@@ -436,6 +500,7 @@ def completion_request(
             for i, t in enumerate(message.tools)
         )
         tool_choice = _tool_choice(message, violations)
+    provider = _provider(message, violations)
     return CompletionRequest(
         model=message.model,
         messages=tuple(messages),
@@ -448,6 +513,7 @@ def completion_request(
         output_modalities=outputs,
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        provider=provider,
         decode_violations=tuple(violations),
     )
 
@@ -648,5 +714,15 @@ def usage_response(
             *_quota(pb.QUOTA_KIND_REQUESTS_PER_MINUTE, quotas.requests_per_minute, known=known),
             *_quota(pb.QUOTA_KIND_TOKENS_PER_MINUTE, quotas.tokens_per_minute, known=known),
             *_quota(pb.QUOTA_KIND_USD_PER_DAY, quotas.usd_per_day, known=known),
+        ],
+        providers=[
+            pb.ProviderUsage(
+                provider=p.provider,
+                request_count=p.requests,
+                prompt_tokens=p.prompt_tokens,
+                completion_tokens=p.completion_tokens,
+                cost_usd=float(p.cost_usd),
+            )
+            for p in totals.by_provider
         ],
     )

@@ -31,6 +31,7 @@ from service.domain.completion import (
     part_bytes,
 )
 from service.domain.models import ModelInfo
+from service.domain.providers import NO_MAX_PRICE
 from service.domain.usage import LedgerStore, UsageRecord
 
 # The prompt estimate is an upper bound, not a guess: a reservation that under-counts lets
@@ -118,6 +119,10 @@ class CallRecord:
     images_out: int = 0
     unsupported: dict[str, int] = field(default_factory=dict)
     """Outputs the contract could not carry, by kind, across all of the RPC's answers."""
+    policy_id: str = ""
+    """The id of the caller's policy that applied (``Policy.id``)."""
+    policy_breach: str = ""
+    """The policy rule the answer's provider breaks, when OpenRouter served against it."""
     finished: bool = False
     """Set once the RPC's outcome is accounted, so it is accounted exactly once."""
     interrupted: bool = False
@@ -244,7 +249,10 @@ def _prompt_bound(text: int, media: MediaBound, model: ModelInfo) -> int:
 def _model_worst_case(
     request: CompletionRequest, model: ModelInfo, text: int, media: MediaBound
 ) -> CostEstimate:
-    pricing = model.pricing
+    # OpenRouter routes only to endpoints within the request's (policy-merged) max price:
+    # where a ceiling is below the catalog's price, the ceiling bounds what the call costs.
+    ceiling = request.provider.max_price if request.provider is not None else NO_MAX_PRICE
+    pricing = model.pricing.capped(ceiling)
     prompt = _prompt_bound(text, media, model)
     completion = request.sampling.max_tokens or 0
     usd = pricing.cost(prompt, completion)
@@ -261,7 +269,8 @@ def _model_worst_case(
 
 
 def worst_case(request: CompletionRequest, candidates: list[ModelInfo]) -> CostEstimate:
-    """The most this request can cost: every candidate model might serve it."""
+    """The most this request can cost: every candidate model might serve it, each at its
+    catalog price or the request's max price where that is lower."""
     text = estimate_prompt_tokens(request)
     media = media_prompt_bound(request)
     completion = request.sampling.max_tokens or 0
@@ -319,6 +328,8 @@ def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecor
         retries=stats.retries,
         fallback_used=record.fallback_used,
         repair_used=record.repair_used,
+        policy_id=record.policy_id,
+        policy_breach=record.policy_breach,
         cancelled=(record.interrupted or status in _CUT_SHORT) and usage is None,
         prompt_image_tokens=usage.prompt_image_tokens if usage else 0,
         prompt_audio_tokens=usage.prompt_audio_tokens if usage else 0,

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from service.domain.policy import OPEN_POLICY, Policy
+
 
 @dataclass(frozen=True, slots=True)
 class CallerLimits:
@@ -32,6 +34,8 @@ class Caller:
     the new one are both accepted."""
     allowed_models: tuple[str, ...] = ("*",)
     limits: CallerLimits = CallerLimits()
+    policy: Policy = OPEN_POLICY
+    """What the caller may ask of OpenRouter: providers, data, prices, tools (see policy)."""
 
     def may_use(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.allowed_models)

@@ -15,6 +15,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from service.domain.providers import ProviderPreferences
 from service.errors import FieldViolation
 
 
@@ -396,6 +397,9 @@ class CompletionRequest:
     logprobs: bool = False
     top_logprobs: int | None = None
     file_parser: FileParser | None = None
+    provider: ProviderPreferences | None = None
+    """OpenRouter's provider preferences: the caller's as sent, then (after the policy) the
+    merged ones, which go upstream as the ``provider`` object."""
     trace_headers: Mapping[str, str] = field(default_factory=dict)
     decode_violations: tuple[FieldViolation, ...] = ()
     """Problems found while decoding the caller's message (an unset enum, say), reported

@@ -32,6 +32,7 @@ from service.domain.completion import (
 )
 from service.domain.limits import RequestLimits, identifier_violations, prepare
 from service.domain.models import ModelInfo
+from service.domain.policy import AnswerCheck, answer_breach, apply_policy, breach_error
 from service.domain.ports import CompletionBackend
 from service.domain.quotas import (
     LeasePolicy,
@@ -174,6 +175,8 @@ class Gateway:
         if not identifier_violations(request.model, request.fallback_models, end_user_id):
             record.end_user_id = end_user_id
             record.requested_model = model
+        # Recorded first, so a refused call's row names the policy that refused it.
+        record.policy_id = caller.policy.id
         prepared = prepare(
             request,
             self._policy.limits,
@@ -201,9 +204,35 @@ class Gateway:
                 )
             candidates.append(found)
         info = candidates[0]
+        prepared = apply_policy(prepared, caller.policy, candidates)
         check_capabilities(prepared, candidates)
         record.media_in = MediaInputs.of(prepared)
         return PreparedCall(caller, prepared, info, tuple(candidates))
+
+    # --- proof upstream ---------------------------------------------------------------------
+
+    def _check_provider(self, call: PreparedCall, provider: str, record: CallRecord) -> None:
+        """Flag (or, as the policy says, refuse) an answer served by a provider the caller's
+        policy forbids: OpenRouter should not route there, but the gateway does not assume."""
+        policy = call.caller.policy
+        rule = answer_breach(policy, provider)
+        if rule is None:
+            return
+        record.policy_breach = rule.value
+        refused = policy.forbidden_provider_answers is AnswerCheck.REFUSE
+        log.warning(
+            "OpenRouter answered from a provider the caller's policy forbids",
+            extra={
+                "request_id": record.request_id,
+                "caller_id": call.caller.id,
+                "provider": provider[:64],
+                "rule": rule.value,
+                "policy_id": policy.id,
+                "answer": "withheld" if refused else "returned",
+            },
+        )
+        if refused:
+            raise breach_error(policy, rule, provider)
 
     # --- quotas ---------------------------------------------------------------------------
 
@@ -298,6 +327,7 @@ class Gateway:
         record.fallback_used = bool(request.fallback_models) and completion.model != request.model
         record.images_out += len(completion.images)
         add_unsupported(record.unsupported, completion.unsupported)
+        self._check_provider(call, completion.provider, record)
         return completion
 
     async def stream(
@@ -315,6 +345,8 @@ class Gateway:
                         record.fallback_used = (
                             bool(request.fallback_models) and event.model != request.model
                         )
+                        # Before `start` goes out: a refused stream relays nothing.
+                        self._check_provider(call, event.provider, record)
                     elif isinstance(event, OutputDelta):
                         record.images_out += len(event.images)
                     elif isinstance(event, StreamFinished):
@@ -378,6 +410,7 @@ class Gateway:
         record.fallback_used = result.fallback_used or (
             bool(request.fallback_models) and result.completion.model != request.model
         )
+        self._check_provider(call, result.completion.provider, record)
         return result
 
     async def usage(

@@ -31,6 +31,7 @@ from service.domain.completion import (
     annotation_bytes,
     part_bytes,
 )
+from service.domain.providers import preference_violations
 from service.errors import FieldViolation, InvalidRequestError
 
 MAX_FALLBACK_MODELS = 3
@@ -416,6 +417,8 @@ def prepare(
     _check_outputs(request, violations)
     _check_tools(request, violations)
     violations += identifier_violations(request.model, request.fallback_models, end_user_id)
+    if request.provider is not None:
+        violations.extend(preference_violations(request.provider))
     if violations:
         first = violations[0]
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from service.domain.completion import Modality
+from service.domain.providers import MaxPrice
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,24 @@ class ModelPricing:
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         return self.prompt * prompt_tokens + self.completion * completion_tokens + self.request
+
+    def capped(self, ceiling: MaxPrice) -> ModelPricing:
+        """These prices lowered to ``ceiling`` where it is lower: what a call can cost at
+        most when OpenRouter routes it only to endpoints within the ceiling."""
+        if ceiling.is_empty():
+            return self
+        return replace(
+            self,
+            prompt=_lower(self.prompt, ceiling.per_token("prompt")),
+            completion=_lower(self.completion, ceiling.per_token("completion")),
+            audio=_lower(self.audio, ceiling.per_token("audio")),
+            image=_lower(self.image, ceiling.image),
+            request=_lower(self.request, ceiling.request),
+        )
+
+
+def _lower(price: Decimal, ceiling: Decimal | None) -> Decimal:
+    return price if ceiling is None else min(price, ceiling)
 
 
 TEXT_ONLY = frozenset({Modality.TEXT})

@@ -56,6 +56,11 @@ class UsageRecord:
     cancelled: bool = False
     reconciled: bool = False
     """True once tokens and cost were replaced by OpenRouter's own record of the generation."""
+    policy_id: str = ""
+    """The caller's policy that applied (``Policy.id``: a hash of its rules)."""
+    policy_breach: str = ""
+    """The policy rule the serving provider broke (OpenRouter routed against the policy);
+    empty when it broke none."""
     # Media: token counts by modality (parts of prompt/completion tokens, as reported), the
     # caller's inline parts by kind (count and bytes; URL parts count 0 bytes), generated
     # images, and outputs the contract could not carry ("kind=count" pairs, ";"-joined).
@@ -139,6 +144,17 @@ MEDIA_COUNT_FIELDS = tuple(f.name for f in fields(MediaTotals))
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderTotals:
+    """Sums over a caller's records served by one provider (``""``: by none)."""
+
+    provider: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
 class UsageTotals:
     """Sums over a caller's records in a time range."""
 
@@ -150,6 +166,8 @@ class UsageTotals:
     unknown_cost_requests: int = 0
     """Records whose cost is unknown, so ``cost_usd`` understates by their share."""
     media: MediaTotals = MediaTotals()
+    by_provider: tuple[ProviderTotals, ...] = ()
+    """The same sums per serving provider, sorted by provider."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,8 @@ RECORD_COLUMNS = (
     "reconciled",
     *MEDIA_COUNT_FIELDS,
     "unsupported_kinds",
+    "policy_id",
+    "policy_breach",
 )
 """A usage record's columns in both SQL stores, in the order of their row tuples."""
 MEDIA_SUMS = ", ".join(f"coalesce(sum({name}), 0)" for name in MEDIA_COUNT_FIELDS)

@@ -21,6 +21,7 @@ from service.domain.ports import GenerationStats
 from service.domain.usage import (
     MEDIA_COUNT_FIELDS,
     MediaTotals,
+    ProviderTotals,
     UsageRecord,
     UsageTotals,
     cost_from_stats,
@@ -100,6 +101,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ),
         "ALTER TABLE usage_records ADD COLUMN unsupported_kinds text NOT NULL DEFAULT ''",
     ),
+    # 4: which caller policy applied to each row, and the rule an answer's provider broke.
+    (
+        "ALTER TABLE usage_records ADD COLUMN policy_id text NOT NULL DEFAULT ''",
+        "ALTER TABLE usage_records ADD COLUMN policy_breach text NOT NULL DEFAULT ''",
+    ),
 )
 
 _COLUMNS = ", ".join(RECORD_COLUMNS)
@@ -114,6 +120,12 @@ _TOTALS = f"""
            coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), {MEDIA_SUMS}
     FROM usage_records WHERE caller_id = $1 AND time >= $2 AND time < $3
 """  # noqa: S608
+_BY_PROVIDER = """
+    SELECT provider, count(*), coalesce(sum(prompt_tokens), 0),
+           coalesce(sum(completion_tokens), 0), coalesce(sum(cost_usd), 0)
+    FROM usage_records WHERE caller_id = $1 AND time >= $2 AND time < $3
+    GROUP BY provider ORDER BY provider
+"""
 _UNRECONCILED = (
     f"SELECT {_COLUMNS} FROM usage_records "  # noqa: S608
     "WHERE NOT reconciled AND generation_id <> '' AND (cancelled OR cost_usd IS NULL) "
@@ -186,7 +198,10 @@ class PostgresLedger(BatchingLedger):
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
 
     async def totals(self, caller_id: str, since: datetime, until: datetime) -> UsageTotals:
-        row = await self._db().fetchrow(_TOTALS, caller_id, since, until)
+        # One snapshot for both queries, so the split adds up to the totals.
+        async with self._db().acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            row = await conn.fetchrow(_TOTALS, caller_id, since, until)
+            providers = await conn.fetch(_BY_PROVIDER, caller_id, since, until)
         assert row is not None  # an aggregate without GROUP BY always returns one row
         requests, prompt, completion, cost, unknown, *media = row
         return UsageTotals(
@@ -196,6 +211,10 @@ class PostgresLedger(BatchingLedger):
             Decimal(cost),
             unknown,
             MediaTotals(*(int(value) for value in media)),
+            by_provider=tuple(
+                ProviderTotals(name, n, int(p), int(c), Decimal(usd))
+                for name, n, p, c, usd in providers
+            ),
         )
 
     async def unreconciled(self, limit: int, *, max_attempts: int = 10) -> list[UsageRecord]:

@@ -22,6 +22,7 @@ from service.domain.ports import GenerationStats
 from service.domain.usage import (
     MEDIA_COUNT_FIELDS,
     MediaTotals,
+    ProviderTotals,
     UsageRecord,
     UsageTotals,
     cost_from_stats,
@@ -147,6 +148,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ),
         "ALTER TABLE usage_records ADD COLUMN unsupported_kinds TEXT NOT NULL DEFAULT ''",
     ),
+    # 4: which caller policy applied to each row, and the rule an answer's provider broke.
+    (
+        "ALTER TABLE usage_records ADD COLUMN policy_id TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE usage_records ADD COLUMN policy_breach TEXT NOT NULL DEFAULT ''",
+    ),
 )
 
 _COLUMNS = ", ".join(RECORD_COLUMNS)
@@ -161,6 +167,12 @@ _TOTALS = f"""
            coalesce(decimal_sum(cost_usd), '0'), count(*) - count(cost_usd), {MEDIA_SUMS}
     FROM usage_records WHERE caller_id = ? AND time >= ? AND time < ?
 """  # noqa: S608
+_BY_PROVIDER = """
+    SELECT provider, count(*), coalesce(sum(prompt_tokens), 0),
+           coalesce(sum(completion_tokens), 0), coalesce(decimal_sum(cost_usd), '0')
+    FROM usage_records WHERE caller_id = ? AND time >= ? AND time < ?
+    GROUP BY provider ORDER BY provider
+"""
 _UNRECONCILED = (
     f"SELECT {_COLUMNS} FROM usage_records "  # noqa: S608
     "WHERE reconciled = 0 AND generation_id <> '' AND (cancelled = 1 OR cost_usd IS NULL) "
@@ -221,6 +233,8 @@ def _to_row(record: UsageRecord) -> tuple[object, ...]:
         int(record.reconciled),
         *(getattr(record, name) for name in MEDIA_COUNT_FIELDS),
         record.unsupported_kinds,
+        record.policy_id,
+        record.policy_breach,
     )
 
 
@@ -254,10 +268,31 @@ class SqliteLedger(BatchingLedger):
 
     async def totals(self, caller_id: str, since: datetime, until: datetime) -> UsageTotals:
         params = (caller_id, _to_micros(since), _to_micros(until))
-        row = await self._run(lambda: self._db().execute(_TOTALS, params).fetchone())
+
+        def read() -> tuple[Any, list[Any]]:
+            # One read transaction, so the split adds up to the totals.
+            db = self._db()
+            db.execute("BEGIN")
+            try:
+                return (
+                    db.execute(_TOTALS, params).fetchone(),
+                    db.execute(_BY_PROVIDER, params).fetchall(),
+                )
+            finally:
+                db.execute("COMMIT")
+
+        row, providers = await self._run(read)
         requests, prompt, completion, cost, unknown, *media = row
         return UsageTotals(
-            requests, prompt, completion, Decimal(cost), unknown, MediaTotals(*media)
+            requests,
+            prompt,
+            completion,
+            Decimal(cost),
+            unknown,
+            MediaTotals(*media),
+            by_provider=tuple(
+                ProviderTotals(name, n, p, c, Decimal(usd)) for name, n, p, c, usd in providers
+            ),
         )
 
     async def unreconciled(self, limit: int, *, max_attempts: int = 10) -> list[UsageRecord]:

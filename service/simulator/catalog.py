@@ -230,11 +230,12 @@ class Catalog:
         return iter(self._models.values())
 
     def get(self, model_id: str) -> ModelInfo | None:
-        """The entry for an id, accepting a known variant suffix (`:free`, `:nitro`, ...)."""
+        """The entry for an id, accepting known variant suffixes (`:free`, `:nitro`, ...)."""
         found = self._models.get(model_id)
         if found is None and ":" in model_id:
-            base, _, variant = model_id.rpartition(":")
-            if variant in _VARIANTS:
+            # Suffixes stack: "meta-llama/llama-3.1-8b-instruct:free:online".
+            base, *variants = model_id.split(":")
+            if all(variant in _VARIANTS for variant in variants):
                 found = self._models.get(base)
         return found
 

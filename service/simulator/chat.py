@@ -23,7 +23,6 @@ from aiohttp import web
 from .catalog import (
     DEFAULT_MODEL_ID,
     IMAGE_TOKENS,
-    ROUTABLE_PARAMETERS,
     Catalog,
     ModelInfo,
     ReasoningStyle,
@@ -34,7 +33,6 @@ from .errors import (
     bad_request,
     invalid_model,
     no_endpoints_for_modality,
-    no_endpoints_for_parameters,
     scenario_error,
 )
 from .generate import Reply, prompt_tokens, random_id, seed_for, usage_json
@@ -49,6 +47,7 @@ from .outputs import (
     unknown_message_fields,
     unknown_reasoning,
 )
+from .providers import RoutingError, required_parameters, route
 from .reasoning import history_problem, stream_pieces, unary_details
 from .replies import ReplyInputs, compose_reply
 from .scenarios import (
@@ -175,10 +174,13 @@ def _prepare(ctx: SimulatorContext, admitted: Admitted, generation_id: str, crea
     else:
         scenario = parse_scenario(messages)
     model, model_id = _resolve_model(body, scenario, ctx.catalog)
-    provider = body.get("provider")
-    strict = isinstance(provider, dict) and provider.get("require_parameters") is True
-    if strict and not _required_parameters(body) <= model.supported_parameters:
-        raise _RejectedError(no_endpoints_for_parameters())
+    try:
+        # The model as the chosen provider serves it: its name and its prices.
+        model = route(
+            model, model_id, body, scenario.serve_provider, lambda: required_parameters(body)
+        )
+    except RoutingError as exc:
+        raise _RejectedError(exc.reply) from None
     try:
         media = read_parts(messages)
     except MediaError as exc:
@@ -236,21 +238,6 @@ def _resolve_model(
     if primary is None:
         raise _RejectedError(invalid_model(requested))
     raise _RejectedError(_directive_error("502", requested, primary, scenario, 0, ""))
-
-
-def _required_parameters(body: dict[str, Any]) -> set[str]:
-    needed = {
-        name for name, value in body.items() if name in ROUTABLE_PARAMETERS and value is not None
-    }
-    if body.get("max_completion_tokens") is not None:
-        needed.add("max_tokens")
-    response_format = body.get("response_format")
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind == "json_schema":
-        needed.add("structured_outputs")
-    elif kind == "json_object":
-        needed.add("response_format")
-    return needed
 
 
 def _token_limit(body: dict[str, Any]) -> int | None:

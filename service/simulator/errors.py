@@ -65,6 +65,11 @@ def no_endpoints_for_parameters() -> ErrorReply:
     )
 
 
+def no_endpoints(message: str) -> ErrorReply:
+    """OpenRouter's 404 when provider preferences leave no endpoint of the model."""
+    return ErrorReply(404, _error(404, message))
+
+
 def no_endpoints_for_modality(modality: str) -> ErrorReply:
     return ErrorReply(404, _error(404, f"No endpoints found that support {modality} input"))
 

@@ -57,6 +57,8 @@ Directive                       Effect
                                 ``annotation`` (a ``file_annotation``), ``reasoning`` (a
                                 ``reasoning.server_tool_call`` detail), ``content-part``
                                 (unary: content as parts with an unknown part type).
+``serve-provider=SLUG``         Misbehave: that provider serves (``provider`` in the answer,
+                                its prices billed), whatever the ``provider`` preferences say.
 ==============================  ==========================================================
 """
 
@@ -135,6 +137,7 @@ class Scenario:
     citations: int = 0
     refusal: bool = False
     unknown_outputs: frozenset[str] = frozenset()
+    serve_provider: str | None = None
 
 
 DEFAULT_SCENARIO = Scenario()
@@ -229,6 +232,8 @@ def _apply(name: str, value: str | None) -> dict[str, Any]:
             if unknown:
                 raise DirectiveError(f"unknown-output: {', '.join(sorted(unknown))} not known")
             return {"unknown_outputs": kinds}
+        case "serve-provider":
+            return {"serve_provider": _required(name, value).lower()}
     raise DirectiveError(f"unknown directive [[sim:{name}]]")
 
 

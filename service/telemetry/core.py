@@ -55,6 +55,8 @@ UPSTREAM_PROVIDER: Final = "llmgateway.upstream.provider"
 RETRY_DELAY: Final = "llmgateway.retry.delay_s"
 FALLBACK_USED: Final = "llmgateway.fallback_used"
 REPAIR_USED: Final = "llmgateway.repair_used"
+POLICY_RULE: Final = "llmgateway.policy.rule"
+POLICY_BREACHES: Final = "llmgateway.policy.breaches"
 
 OPERATION_CHAT: Final = "chat"
 PROVIDER_OPENROUTER: Final = "openrouter"
@@ -203,6 +205,14 @@ class Instruments:
             description="Reloads of the callers file, schemas and key file (ok or failed).",
         )
         self._meter = meter
+        self.policy_breaches = Tally(CALLER_ID, UPSTREAM_PROVIDER, POLICY_RULE)
+        meter.create_observable_counter(
+            POLICY_BREACHES,
+            [self.policy_breaches.observe],
+            unit="{answer}",
+            description="Answers served by a provider the caller's policy forbids, by caller, "
+            "provider and rule (returned flagged, or withheld).",
+        )
         self.overhead: Histogram = meter.create_histogram(
             "llmgateway.overhead",
             unit="s",

@@ -34,6 +34,7 @@ from service.telemetry.core import (
     GEN_AI_USAGE_INPUT_TOKENS,
     GEN_AI_USAGE_OUTPUT_TOKENS,
     OPERATION_CHAT,
+    POLICY_RULE,
     PROVIDER_OPENROUTER,
     REPAIR_USED,
     REQUEST_ID,
@@ -250,6 +251,8 @@ class RpcCall:
                 attributes[FALLBACK_USED] = True
             if record.repair_used:
                 attributes[REPAIR_USED] = True
+            if record.policy_breach:
+                attributes[POLICY_RULE] = record.policy_breach
         if self.error_type:
             attributes[ERROR_TYPE] = self.error_type
         span.set_attributes(attributes)
@@ -291,6 +294,8 @@ class RpcCall:
                 max(0.0, stats.first_token_at - record.started_at),
                 self._owner.model_attributes(model),
             )
+        if record.policy_breach:
+            metrics.policy_breaches.add((caller, stats.provider, record.policy_breach))
         if stats.attempts:
             metrics.overhead.record(
                 max(0.0, duration - stats.upstream_seconds), method.method_attributes
@@ -321,6 +326,11 @@ class RpcCall:
         if stats.served_model:
             fields["served_model"] = stats.served_model
             fields["provider"] = stats.provider
+        if record.policy_id:
+            fields["policy_id"] = record.policy_id
+        if record.policy_breach:
+            # The answer came from a provider the caller's policy forbids.
+            fields["policy_breach"] = record.policy_breach
         if stats.attempts:
             fields["retries"] = stats.retries
         usage = stats.usage

@@ -37,6 +37,7 @@ from service.domain.completion import (
 )
 from service.domain.models import ModelInfo, ModelPricing
 from service.domain.ports import GenerationStats
+from service.domain.providers import MAX_PRICE_KINDS
 from service.errors import UpstreamError
 from service.upstream.errors import error_from_payload, protocol_error
 from service.upstream.outputs import Extras, annotation_json, detail_json, read_extras, url_of
@@ -115,8 +116,9 @@ def build_body(request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
             }
         else:
             body["response_format"] = {"type": "json_object"}
-    if request.require_parameters:
-        body["provider"] = {"require_parameters": True}
+    provider = provider_object(request)
+    if provider:
+        body["provider"] = provider
     plugins: list[dict[str, Any]] = [{"id": plugin} for plugin in request.plugins]
     parser = request.file_parser
     if parser is not None and parser.pdf_engine is not None:
@@ -124,6 +126,47 @@ def build_body(request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
     if plugins:
         body["plugins"] = plugins
     return body
+
+
+def provider_object(request: CompletionRequest) -> dict[str, Any]:
+    """OpenRouter's ``provider`` object: the merged preferences, with ``require_parameters``
+    also set when the gateway itself needs it (a native JSON Schema)."""
+    prefs = request.provider
+    out: dict[str, Any] = {}
+    if prefs is not None:
+        if prefs.order:
+            out["order"] = list(prefs.order)
+        if prefs.only is not None:
+            out["only"] = list(prefs.only)
+        if prefs.ignore:
+            out["ignore"] = list(prefs.ignore)
+        if prefs.allow_fallbacks is not None:
+            out["allow_fallbacks"] = prefs.allow_fallbacks
+        if prefs.sort is not None:
+            out["sort"] = prefs.sort.value
+        if prefs.quantizations is not None:
+            out["quantizations"] = [q.value for q in prefs.quantizations]
+        prices = {
+            kind: _number(value)
+            for kind in MAX_PRICE_KINDS
+            if (value := getattr(prefs.max_price, kind)) is not None
+        }
+        if prices:
+            out["max_price"] = prices
+        if prefs.require_parameters is not None:
+            out["require_parameters"] = prefs.require_parameters
+        if prefs.data_collection is not None:
+            out["data_collection"] = prefs.data_collection.value
+        if prefs.zdr is not None:
+            out["zdr"] = prefs.zdr
+    if request.require_parameters:
+        out["require_parameters"] = True
+    return out
+
+
+def _number(value: Decimal) -> int | float:
+    # OpenRouter's guide sends prices as JSON numbers ({"prompt": 1, "completion": 2}).
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def encode_body(request: CompletionRequest, *, stream: bool) -> bytes:

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from service.domain.ports import GenerationStats
-from service.domain.usage import LedgerStore, UsageTotals
+from service.domain.usage import LedgerStore, ProviderTotals, UsageTotals
 from tests.ledger.records import HOUR, T0, count_rows, make_record
 
 
@@ -31,9 +31,30 @@ async def test_record_flush_totals(ledger: LedgerStore) -> None:
         completion_tokens=5 + 7 + 5,
         cost_usd=Decimal("0.001502"),  # exact: no float rounding on the way
         unknown_cost_requests=1,
+        by_provider=(ProviderTotals("OpenAI", 3, 120, 17, Decimal("0.001502")),),
     )
     assert await ledger.totals("nobody", T0, T0 + HOUR) == UsageTotals()
     assert ledger.counters().written == 5
+
+
+async def test_totals_are_split_by_provider(ledger: LedgerStore) -> None:
+    ledger.record(make_record(1, provider="OpenAI", cost_usd=Decimal("0.25")))
+    ledger.record(make_record(2, provider="Azure", cost_usd=Decimal("0.5"), prompt_tokens=7))
+    ledger.record(make_record(3, provider="OpenAI", cost_usd=None, completion_tokens=1))
+    ledger.record(make_record(4, provider="", status="PERMISSION_DENIED", prompt_tokens=0))
+    ledger.record(make_record(5, provider="Azure", caller_id="search"))  # another caller
+    await ledger.flush()
+
+    totals = await ledger.totals("billing", T0, T0 + HOUR)
+
+    assert totals.by_provider == (
+        ProviderTotals("", 1, 0, 5, Decimal("0.0000015")),
+        ProviderTotals("Azure", 1, 7, 5, Decimal("0.5")),
+        ProviderTotals("OpenAI", 2, 20, 6, Decimal("0.25")),
+    )
+    # The split adds up to the totals.
+    assert sum(p.requests for p in totals.by_provider) == totals.requests
+    assert sum(p.cost_usd for p in totals.by_provider) == totals.cost_usd
 
 
 async def test_range_is_half_open(ledger: LedgerStore) -> None:

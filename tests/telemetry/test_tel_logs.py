@@ -9,6 +9,7 @@ import orjson
 import pytest
 from llmgateway.v1 import completion_service_pb2 as pb
 
+from service.domain.policy import OPEN_POLICY
 from service.logs import JsonFormatter
 from tests.harness import ALPHA_KEY, UPSTREAM_KEY, auth, start_gateway, user
 from tests.telemetry.support import Captured, attrs, point_attrs
@@ -62,6 +63,7 @@ async def test_each_rpc_logs_one_line_tied_to_its_trace(
         "model": "openai/gpt-4o-mini",
         "served_model": reply.model,
         "provider": reply.provider,
+        "policy_id": OPEN_POLICY.id,
         "status": "OK",
         "retries": 1,
         "prompt_tokens": reply.usage.prompt_tokens,

@@ -329,6 +329,126 @@ FINISH_REASON_ERROR: FinishReason.ValueType  # 5
 """The provider failed during generation."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _ProviderSort:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProviderSortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProviderSort.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROVIDER_SORT_UNSPECIFIED: _ProviderSort.ValueType  # 0
+    """Not set: OpenRouter balances load, favouring cheaper providers (or the model suffix's
+    sort: `:floor` is by price, `:nitro` by throughput).
+    """
+    PROVIDER_SORT_PRICE: _ProviderSort.ValueType  # 1
+    """Cheapest first."""
+    PROVIDER_SORT_THROUGHPUT: _ProviderSort.ValueType  # 2
+    """Highest throughput (tokens per second) first."""
+    PROVIDER_SORT_LATENCY: _ProviderSort.ValueType  # 3
+    """Lowest latency first."""
+
+class ProviderSort(_ProviderSort, metaclass=_ProviderSortEnumTypeWrapper):
+    """ProviderSort is how OpenRouter orders the providers that may serve a request."""
+
+PROVIDER_SORT_UNSPECIFIED: ProviderSort.ValueType  # 0
+"""Not set: OpenRouter balances load, favouring cheaper providers (or the model suffix's
+sort: `:floor` is by price, `:nitro` by throughput).
+"""
+PROVIDER_SORT_PRICE: ProviderSort.ValueType  # 1
+"""Cheapest first."""
+PROVIDER_SORT_THROUGHPUT: ProviderSort.ValueType  # 2
+"""Highest throughput (tokens per second) first."""
+PROVIDER_SORT_LATENCY: ProviderSort.ValueType  # 3
+"""Lowest latency first."""
+Global___ProviderSort: _TypeAlias = ProviderSort  # noqa: Y015
+
+class _DataCollection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DataCollectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataCollection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DATA_COLLECTION_UNSPECIFIED: _DataCollection.ValueType  # 0
+    """Not set: the caller's policy decides (default: allowed)."""
+    DATA_COLLECTION_ALLOW: _DataCollection.ValueType  # 1
+    """Providers that collect data may serve. Refused when the caller's policy denies it."""
+    DATA_COLLECTION_DENY: _DataCollection.ValueType  # 2
+    """Only providers that neither store nor train on prompts."""
+
+class DataCollection(_DataCollection, metaclass=_DataCollectionEnumTypeWrapper):
+    """DataCollection is whether providers that store or train on prompts may serve."""
+
+DATA_COLLECTION_UNSPECIFIED: DataCollection.ValueType  # 0
+"""Not set: the caller's policy decides (default: allowed)."""
+DATA_COLLECTION_ALLOW: DataCollection.ValueType  # 1
+"""Providers that collect data may serve. Refused when the caller's policy denies it."""
+DATA_COLLECTION_DENY: DataCollection.ValueType  # 2
+"""Only providers that neither store nor train on prompts."""
+Global___DataCollection: _TypeAlias = DataCollection  # noqa: Y015
+
+class _Quantization:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QuantizationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Quantization.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUANTIZATION_UNSPECIFIED: _Quantization.ValueType  # 0
+    """Not set: rejected with INVALID_ARGUMENT in a list of quantizations."""
+    QUANTIZATION_INT4: _Quantization.ValueType  # 1
+    """4-bit integers."""
+    QUANTIZATION_INT8: _Quantization.ValueType  # 2
+    """8-bit integers."""
+    QUANTIZATION_FP4: _Quantization.ValueType  # 3
+    """4-bit floating point."""
+    QUANTIZATION_MXFP4: _Quantization.ValueType  # 4
+    """4-bit microscaling floating point."""
+    QUANTIZATION_NVFP4: _Quantization.ValueType  # 5
+    """NVIDIA's 4-bit floating point."""
+    QUANTIZATION_FP6: _Quantization.ValueType  # 6
+    """6-bit floating point."""
+    QUANTIZATION_FP8: _Quantization.ValueType  # 7
+    """8-bit floating point."""
+    QUANTIZATION_MXFP8: _Quantization.ValueType  # 8
+    """8-bit microscaling floating point."""
+    QUANTIZATION_FP16: _Quantization.ValueType  # 9
+    """16-bit floating point."""
+    QUANTIZATION_BF16: _Quantization.ValueType  # 10
+    """16-bit brain floating point."""
+    QUANTIZATION_FP32: _Quantization.ValueType  # 11
+    """32-bit floating point."""
+    QUANTIZATION_UNKNOWN: _Quantization.ValueType  # 12
+    """Providers that do not say."""
+
+class Quantization(_Quantization, metaclass=_QuantizationEnumTypeWrapper):
+    """Quantization is the number format a provider serves a model's weights in."""
+
+QUANTIZATION_UNSPECIFIED: Quantization.ValueType  # 0
+"""Not set: rejected with INVALID_ARGUMENT in a list of quantizations."""
+QUANTIZATION_INT4: Quantization.ValueType  # 1
+"""4-bit integers."""
+QUANTIZATION_INT8: Quantization.ValueType  # 2
+"""8-bit integers."""
+QUANTIZATION_FP4: Quantization.ValueType  # 3
+"""4-bit floating point."""
+QUANTIZATION_MXFP4: Quantization.ValueType  # 4
+"""4-bit microscaling floating point."""
+QUANTIZATION_NVFP4: Quantization.ValueType  # 5
+"""NVIDIA's 4-bit floating point."""
+QUANTIZATION_FP6: Quantization.ValueType  # 6
+"""6-bit floating point."""
+QUANTIZATION_FP8: Quantization.ValueType  # 7
+"""8-bit floating point."""
+QUANTIZATION_MXFP8: Quantization.ValueType  # 8
+"""8-bit microscaling floating point."""
+QUANTIZATION_FP16: Quantization.ValueType  # 9
+"""16-bit floating point."""
+QUANTIZATION_BF16: Quantization.ValueType  # 10
+"""16-bit brain floating point."""
+QUANTIZATION_FP32: Quantization.ValueType  # 11
+"""32-bit floating point."""
+QUANTIZATION_UNKNOWN: Quantization.ValueType  # 12
+"""Providers that do not say."""
+Global___Quantization: _TypeAlias = Quantization  # noqa: Y015
+
 class _StructuredMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1383,6 +1503,141 @@ class Usage(_message.Message):
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
+class MaxPrice(_message.Message):
+    """MaxPrice caps what a provider may charge: OpenRouter routes only to endpoints within every
+    ceiling set (and fails with NOT_FOUND / UPSTREAM_MODEL_NOT_FOUND when there is none). Each
+    value is a decimal string of US dollars from 0 to 1,000,000, e.g. `1.5`; empty: no ceiling
+    (or the caller's policy's). A ceiling above the policy's is refused (POLICY_VIOLATION).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    COMPLETION_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    """Optional. US dollars per million prompt tokens."""
+    completion: _builtins.str
+    """Optional. US dollars per million generated tokens."""
+    image: _builtins.str
+    """Optional. US dollars per input image."""
+    audio: _builtins.str
+    """Optional. US dollars per million audio tokens."""
+    request: _builtins.str
+    """Optional. US dollars per request."""
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.str = ...,
+        completion: _builtins.str = ...,
+        image: _builtins.str = ...,
+        audio: _builtins.str = ...,
+        request: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "completion", b"completion", "image", b"image", "prompt", b"prompt", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MaxPrice: _TypeAlias = MaxPrice  # noqa: Y015
+
+@_typing.final
+class ProviderPreferences(_message.Message):
+    """ProviderPreferences say which of OpenRouter's providers may serve a request, and in which
+    order: OpenRouter's `provider` object. The caller's policy (in the gateway's callers file)
+    bounds them: a request may narrow what the policy allows, never widen it (PERMISSION_DENIED
+    / POLICY_VIOLATION, ErrorInfo metadata `rule` and `field`), and what a request leaves
+    unset takes the policy's value. The README's "Policy" section has the table.
+
+    Providers are OpenRouter slugs (`openai`, `google-vertex`, `deepinfra/turbo`), at most 32
+    per list: a base slug covers every endpoint of that provider, a full slug one endpoint.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    ONLY_FIELD_NUMBER: _builtins.int
+    IGNORE_FIELD_NUMBER: _builtins.int
+    ALLOW_FALLBACKS_FIELD_NUMBER: _builtins.int
+    SORT_FIELD_NUMBER: _builtins.int
+    QUANTIZATIONS_FIELD_NUMBER: _builtins.int
+    MAX_PRICE_FIELD_NUMBER: _builtins.int
+    REQUIRE_PARAMETERS_FIELD_NUMBER: _builtins.int
+    DATA_COLLECTION_FIELD_NUMBER: _builtins.int
+    ZDR_FIELD_NUMBER: _builtins.int
+    allow_fallbacks: _builtins.bool
+    """Optional. Whether providers beyond `order` may serve when those fail. Default: true,
+    unless the policy forbids provider fallbacks.
+    """
+    sort: Global___ProviderSort.ValueType
+    """Optional. How to order the providers that qualify."""
+    require_parameters: _builtins.bool
+    """Optional. Only providers that support every parameter of the request (otherwise a
+    provider may ignore one it lacks). Default: false.
+    """
+    data_collection: Global___DataCollection.ValueType
+    """Optional. Whether providers that collect data may serve."""
+    zdr: _builtins.bool
+    """Optional. Only zero-data-retention endpoints. Default: the policy's (false unless it
+    requires it; `false` is then refused).
+    """
+    @_builtins.property
+    def order(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. Providers to try first, in this order."""
+
+    @_builtins.property
+    def only(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. Only these providers may serve. Default: any the policy allows."""
+
+    @_builtins.property
+    def ignore(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. These providers may not serve (added to the policy's forbidden ones)."""
+
+    @_builtins.property
+    def quantizations(self) -> _containers.RepeatedScalarFieldContainer[Global___Quantization.ValueType]:
+        """Optional. Only providers serving the model in one of these formats."""
+
+    @_builtins.property
+    def max_price(self) -> Global___MaxPrice:
+        """Optional. Price ceilings."""
+
+    def __init__(
+        self,
+        *,
+        order: _abc.Iterable[_builtins.str] | None = ...,
+        only: _abc.Iterable[_builtins.str] | None = ...,
+        ignore: _abc.Iterable[_builtins.str] | None = ...,
+        allow_fallbacks: _builtins.bool | None = ...,
+        sort: Global___ProviderSort.ValueType = ...,
+        quantizations: _abc.Iterable[Global___Quantization.ValueType] | None = ...,
+        max_price: Global___MaxPrice | None = ...,
+        require_parameters: _builtins.bool | None = ...,
+        data_collection: Global___DataCollection.ValueType = ...,
+        zdr: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_fallbacks", b"_allow_fallbacks", "_require_parameters", b"_require_parameters", "_zdr", b"_zdr", "allow_fallbacks", b"allow_fallbacks", "max_price", b"max_price", "require_parameters", b"require_parameters", "zdr", b"zdr"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_fallbacks", b"_allow_fallbacks", "_require_parameters", b"_require_parameters", "_zdr", b"_zdr", "allow_fallbacks", b"allow_fallbacks", "data_collection", b"data_collection", "ignore", b"ignore", "max_price", b"max_price", "only", b"only", "order", b"order", "quantizations", b"quantizations", "require_parameters", b"require_parameters", "sort", b"sort", "zdr", b"zdr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__allow_fallbacks: _TypeAlias = _typing.Literal["allow_fallbacks"]  # noqa: Y015
+    _WhichOneofArgType__allow_fallbacks: _TypeAlias = _typing.Literal["_allow_fallbacks", b"_allow_fallbacks"]  # noqa: Y015
+    _WhichOneofReturnType__require_parameters: _TypeAlias = _typing.Literal["require_parameters"]  # noqa: Y015
+    _WhichOneofArgType__require_parameters: _TypeAlias = _typing.Literal["_require_parameters", b"_require_parameters"]  # noqa: Y015
+    _WhichOneofReturnType__zdr: _TypeAlias = _typing.Literal["zdr"]  # noqa: Y015
+    _WhichOneofArgType__zdr: _TypeAlias = _typing.Literal["_zdr", b"_zdr"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_fallbacks) -> _WhichOneofReturnType__allow_fallbacks | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__require_parameters) -> _WhichOneofReturnType__require_parameters | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__zdr) -> _WhichOneofReturnType__zdr | None: ...
+
+Global___ProviderPreferences: _TypeAlias = ProviderPreferences  # noqa: Y015
+
+@_typing.final
 class CompleteRequest(_message.Message):
     """CompleteRequest asks for one whole answer."""
 
@@ -1400,10 +1655,15 @@ class CompleteRequest(_message.Message):
     OUTPUT_MODALITIES_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. The OpenRouter model id, e.g. `openai/gpt-4o-mini`. Empty: the gateway's default
     model (see [ListModels][llmgateway.v1.CompletionService.ListModels]). Must be allowed for the
-    caller.
+    caller. OpenRouter's suffixes are sent as written and read by the caller's policy as what
+    they mean: `:online` is web search (the `web` plugin), `:nitro` sorts providers by
+    throughput, `:floor` by price, `:thinking` turns reasoning on (medium effort), `:free`,
+    `:exacto` and `:extended` choose endpoints; they stack (`…:free:online`). Any other suffix
+    is INVALID_ARGUMENT.
     """
     end_user_id: _builtins.str
     """Optional. The caller's own end user (an opaque id, at most 128 characters). Sent to
@@ -1459,6 +1719,10 @@ class CompleteRequest(_message.Message):
         (field `output_modalities`); other kinds are INVALID_ARGUMENT.
         """
 
+    @_builtins.property
+    def provider(self) -> Global___ProviderPreferences:
+        """Optional. Which providers may serve, within the caller's policy."""
+
     def __init__(
         self,
         *,
@@ -1474,10 +1738,11 @@ class CompleteRequest(_message.Message):
         output_modalities: _abc.Iterable[Global___Modality.ValueType] | None = ...,
         logprobs: _builtins.bool = ...,
         top_logprobs: _builtins.int | None = ...,
+        provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "file_parser", b"file_parser", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "file_parser", b"file_parser", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
     _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
@@ -1633,6 +1898,7 @@ class CompleteStructuredRequest(_message.Message):
     INLINE_SCHEMA_FIELD_NUMBER: _builtins.int
     FILE_PARSER_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
     end_user_id: _builtins.str
@@ -1667,6 +1933,10 @@ class CompleteStructuredRequest(_message.Message):
     def reasoning(self) -> Global___ReasoningConfig:
         """Optional. Ask for reasoning. Default: the model's own behaviour."""
 
+    @_builtins.property
+    def provider(self) -> Global___ProviderPreferences:
+        """Optional. Which providers may serve, within the caller's policy."""
+
     def __init__(
         self,
         *,
@@ -1679,10 +1949,11 @@ class CompleteStructuredRequest(_message.Message):
         inline_schema: Global___InlineJsonSchema | None = ...,
         file_parser: Global___FileParserOptions | None = ...,
         reasoning: Global___ReasoningConfig | None = ...,
+        provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["file_parser", b"file_parser", "inline_schema", b"inline_schema", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file_parser", b"file_parser", "inline_schema", b"inline_schema", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_schema: _TypeAlias = _typing.Literal["schema_name", "inline_schema"]  # noqa: Y015
     _WhichOneofArgType_schema: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
@@ -1786,6 +2057,7 @@ class StreamCompleteRequest(_message.Message):
     OUTPUT_MODALITIES_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
     end_user_id: _builtins.str
@@ -1836,6 +2108,10 @@ class StreamCompleteRequest(_message.Message):
         (field `output_modalities`); other kinds are INVALID_ARGUMENT.
         """
 
+    @_builtins.property
+    def provider(self) -> Global___ProviderPreferences:
+        """Optional. Which providers may serve, within the caller's policy."""
+
     def __init__(
         self,
         *,
@@ -1851,10 +2127,11 @@ class StreamCompleteRequest(_message.Message):
         output_modalities: _abc.Iterable[Global___Modality.ValueType] | None = ...,
         logprobs: _builtins.bool = ...,
         top_logprobs: _builtins.int | None = ...,
+        provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "file_parser", b"file_parser", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "file_parser", b"file_parser", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
     _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
@@ -2301,6 +2578,7 @@ class GetUsageResponse(_message.Message):
     MEDIA_INPUTS_FIELD_NUMBER: _builtins.int
     IMAGES_GENERATED_FIELD_NUMBER: _builtins.int
     UNSUPPORTED_OUTPUTS_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
     caller_id: _builtins.str
     """Output only. The caller the usage belongs to."""
     request_count: _builtins.int
@@ -2341,6 +2619,12 @@ class GetUsageResponse(_message.Message):
     def media_inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___MediaInputTotal]:
         """Output only. The media parts the caller sent, by kind (kinds it sent none of left out)."""
 
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderUsage]:
+        """Output only. The same totals split by the provider that served each call, sorted by
+        provider; calls that reached no provider count under an empty `provider`.
+        """
+
     def __init__(
         self,
         *,
@@ -2360,10 +2644,11 @@ class GetUsageResponse(_message.Message):
         media_inputs: _abc.Iterable[Global___MediaInputTotal] | None = ...,
         images_generated: _builtins.int = ...,
         unsupported_outputs: _builtins.int = ...,
+        providers: _abc.Iterable[Global___ProviderUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_id", b"caller_id", "completion_audio_tokens", b"completion_audio_tokens", "completion_image_tokens", b"completion_image_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "end_time", b"end_time", "images_generated", b"images_generated", "media_inputs", b"media_inputs", "prompt_audio_tokens", b"prompt_audio_tokens", "prompt_image_tokens", b"prompt_image_tokens", "prompt_tokens", b"prompt_tokens", "prompt_video_tokens", b"prompt_video_tokens", "quotas", b"quotas", "request_count", b"request_count", "start_time", b"start_time", "unsupported_outputs", b"unsupported_outputs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_id", b"caller_id", "completion_audio_tokens", b"completion_audio_tokens", "completion_image_tokens", b"completion_image_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "end_time", b"end_time", "images_generated", b"images_generated", "media_inputs", b"media_inputs", "prompt_audio_tokens", b"prompt_audio_tokens", "prompt_image_tokens", b"prompt_image_tokens", "prompt_tokens", b"prompt_tokens", "prompt_video_tokens", b"prompt_video_tokens", "providers", b"providers", "quotas", b"quotas", "request_count", b"request_count", "start_time", b"start_time", "unsupported_outputs", b"unsupported_outputs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2398,3 +2683,43 @@ class MediaInputTotal(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MediaInputTotal: _TypeAlias = MediaInputTotal  # noqa: Y015
+
+@_typing.final
+class ProviderUsage(_message.Message):
+    """ProviderUsage is the caller's usage of one provider over a period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    REQUEST_COUNT_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """Output only. The provider as OpenRouter named it in its answers, e.g. `OpenAI`; empty for
+    calls that reached no provider (refused, failed before an answer).
+    """
+    request_count: _builtins.int
+    """Output only. Calls recorded in the period."""
+    prompt_tokens: _builtins.int
+    """Output only. Prompt tokens in the period."""
+    completion_tokens: _builtins.int
+    """Output only. Completion tokens in the period."""
+    cost_usd: _builtins.float
+    """Output only. US dollars spent in the period."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        request_count: _builtins.int = ...,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "request_count", b"request_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderUsage: _TypeAlias = ProviderUsage  # noqa: Y015

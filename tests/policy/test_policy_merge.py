@@ -1,0 +1,297 @@
+"""Each policy rule against a request that leaves it open (the policy's value is sent), one
+that narrows it (the request's value is sent) and one that widens it (PERMISSION_DENIED /
+POLICY_VIOLATION naming the rule and the field, nothing sent upstream).
+
+Through a real gateway whose callers come from a callers file, and the simulator, which
+routes by the merged ``provider`` object: each case also checks who served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from llmgateway.v1 import completion_service_pb2 as pb
+
+from tests.api.support import chat_requests
+from tests.content.support import image, text, user_parts
+from tests.harness import Harness, rich_error, start_gateway
+from tests.policy.support import as_caller, ask, callers, sent_provider
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+LLAMA = "meta-llama/llama-3.1-8b-instruct"
+P = pb.ProviderPreferences
+
+
+@dataclass(frozen=True)
+class Sent:
+    """The case passes: this ``provider`` object went upstream (None: none) and this provider
+    served."""
+
+    provider: dict[str, Any] | None
+    served_by: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    rule: str
+    field: str
+
+
+POLICIES = {
+    "data": 'data_collection = "deny"',
+    "zdr": "zdr = true",
+    "allowed": 'allowed_providers = ["openai", "azure"]',
+    "forbidden": 'forbidden_providers = ["openai"]',
+    "quant": 'allowed_quantizations = ["fp16", "bf16"]',
+    "price": 'max_price = { prompt = "0.02", completion = "0.05" }',
+    "nofallback": "provider_fallbacks = false",
+    "fallbacks": 'fallback_models = ["openai/*"]',
+    "plugins": 'allowed_plugins = ["file-parser"]',
+    "noplugins": "allowed_plugins = []",
+    "textonly": 'allowed_input_modalities = ["text"]',
+    "effort": 'max_reasoning_effort = "low"',
+    "open": "",
+}
+
+CASES: list[Any] = [
+    # data_collection = "deny"
+    pytest.param("data", ask(), Sent({"data_collection": "deny"}, "OpenAI"), id="data-silent"),
+    pytest.param(
+        "data",
+        ask(provider=P(data_collection=pb.DATA_COLLECTION_DENY)),
+        Sent({"data_collection": "deny"}, "OpenAI"),
+        id="data-narrows",
+    ),
+    pytest.param(
+        "data",
+        ask(provider=P(data_collection=pb.DATA_COLLECTION_ALLOW)),
+        Refused("data_collection", "provider.data_collection"),
+        id="data-widens",
+    ),
+    # zdr = true: of gpt-4o-mini's providers only Azure retains nothing.
+    pytest.param("zdr", ask(), Sent({"zdr": True}, "Azure"), id="zdr-silent"),
+    pytest.param("zdr", ask(provider=P(zdr=True)), Sent({"zdr": True}, "Azure"), id="zdr-narrows"),
+    pytest.param(
+        "zdr", ask(provider=P(zdr=False)), Refused("zdr", "provider.zdr"), id="zdr-widens"
+    ),
+    # allowed_providers
+    pytest.param(
+        "allowed", ask(), Sent({"only": ["openai", "azure"]}, "OpenAI"), id="allowed-silent"
+    ),
+    pytest.param(
+        "allowed",
+        ask(provider=P(only=["azure"])),
+        Sent({"only": ["azure"]}, "Azure"),
+        id="allowed-narrows",
+    ),
+    pytest.param(
+        "allowed",
+        ask(provider=P(only=["openai", "anthropic"])),
+        Refused("allowed_providers", "provider.only[1]"),
+        id="allowed-widens-only",
+    ),
+    pytest.param(
+        "allowed",
+        ask(provider=P(order=["deepinfra"])),
+        Refused("allowed_providers", "provider.order[0]"),
+        id="allowed-widens-order",
+    ),
+    # forbidden_providers
+    pytest.param("forbidden", ask(), Sent({"ignore": ["openai"]}, "Azure"), id="forbidden-silent"),
+    pytest.param(
+        "forbidden",
+        ask(provider=P(ignore=["deepinfra"])),
+        Sent({"ignore": ["deepinfra", "openai"]}, "Azure"),
+        id="forbidden-narrows",
+    ),
+    pytest.param(
+        "forbidden",
+        ask(provider=P(only=["openai"])),
+        Refused("forbidden_providers", "provider.only[0]"),
+        id="forbidden-widens",
+    ),
+    # allowed_quantizations (llama: DeepInfra bf16 first, Groq fp16, the others fp8)
+    pytest.param(
+        "quant",
+        ask(model=LLAMA),
+        Sent({"quantizations": ["fp16", "bf16"]}, "DeepInfra"),
+        id="quant-silent",
+    ),
+    pytest.param(
+        "quant",
+        ask(model=LLAMA, provider=P(quantizations=[pb.QUANTIZATION_FP16])),
+        Sent({"quantizations": ["fp16"]}, "Groq"),
+        id="quant-narrows",
+    ),
+    pytest.param(
+        "quant",
+        ask(model=LLAMA, provider=P(quantizations=[pb.QUANTIZATION_FP8])),
+        Refused("allowed_quantizations", "provider.quantizations[0]"),
+        id="quant-widens",
+    ),
+    # max_price, per million tokens (llama's DeepInfra: 0.02 / 0.03)
+    pytest.param(
+        "price",
+        ask(model=LLAMA),
+        Sent({"max_price": {"prompt": 0.02, "completion": 0.05}}, "DeepInfra"),
+        id="price-silent",
+    ),
+    pytest.param(
+        "price",
+        ask(model=LLAMA, provider=P(max_price=pb.MaxPrice(prompt="0.01"))),
+        Sent({"max_price": {"prompt": 0.01, "completion": 0.05}}, "Chutes"),
+        id="price-narrows",
+    ),
+    pytest.param(
+        "price",
+        ask(model=LLAMA, provider=P(max_price=pb.MaxPrice(completion="0.5"))),
+        Refused("max_price", "provider.max_price.completion"),
+        id="price-widens",
+    ),
+    # provider_fallbacks = false
+    pytest.param(
+        "nofallback", ask(), Sent({"allow_fallbacks": False}, "OpenAI"), id="nofallback-silent"
+    ),
+    pytest.param(
+        "nofallback",
+        ask(provider=P(order=["azure"], allow_fallbacks=False)),
+        Sent({"order": ["azure"], "allow_fallbacks": False}, "Azure"),
+        id="nofallback-narrows",
+    ),
+    pytest.param(
+        "nofallback",
+        ask(provider=P(allow_fallbacks=True)),
+        Refused("provider_fallbacks", "provider.allow_fallbacks"),
+        id="nofallback-widens",
+    ),
+    # fallback_models = ["openai/*"]
+    pytest.param("fallbacks", ask(), Sent(None, "OpenAI"), id="fallbacks-silent"),
+    pytest.param(
+        "fallbacks",
+        ask(fallback_models=["openai/gpt-5-mini"]),
+        Sent(None, "OpenAI"),
+        id="fallbacks-narrows",
+    ),
+    pytest.param(
+        "fallbacks",
+        ask(fallback_models=["openai/gpt-5-mini", "anthropic/claude-3.5-haiku"]),
+        Refused("fallback_models", "fallback_models[1]"),
+        id="fallbacks-widens",
+    ),
+    # allowed_plugins: a `:online` model is web search, whatever it is called.
+    pytest.param("plugins", ask(), Sent(None, "OpenAI"), id="plugins-silent"),
+    pytest.param(
+        "plugins",
+        ask(file_parser=pb.FileParserOptions(pdf_engine=pb.PDF_ENGINE_CLOUDFLARE_AI)),
+        Sent(None, "OpenAI"),
+        id="plugins-narrows",
+    ),
+    pytest.param(
+        "plugins",
+        ask(model="openai/gpt-4o-mini:online"),
+        Refused("allowed_plugins", "model"),
+        id="plugins-widens-online",
+    ),
+    pytest.param(
+        "noplugins",
+        ask(file_parser=pb.FileParserOptions(pdf_engine=pb.PDF_ENGINE_MISTRAL_OCR)),
+        Refused("allowed_plugins", "file_parser"),
+        id="plugins-widens-file-parser",
+    ),
+    pytest.param(
+        "noplugins",
+        ask(model="openai/gpt-4o-mini", fallback_models=["openai/gpt-5-mini:online"]),
+        Refused("allowed_plugins", "fallback_models[0]"),
+        id="plugins-widens-online-fallback",
+    ),
+    # allowed_input_modalities = ["text"]
+    pytest.param("textonly", ask(), Sent(None, "OpenAI"), id="modalities-silent"),
+    pytest.param(
+        "textonly",
+        pb.CompleteRequest(messages=[user_parts(text("look"), text("closer"))]),
+        Sent(None, "OpenAI"),
+        id="modalities-narrows",
+    ),
+    pytest.param(
+        "textonly",
+        pb.CompleteRequest(messages=[user_parts(text("look"), image())]),
+        Refused("allowed_input_modalities", "messages[0].parts[1]"),
+        id="modalities-widens",
+    ),
+    # max_reasoning_effort = "low": `:thinking` reasons at medium effort.
+    pytest.param(
+        "effort",
+        ask(model="anthropic/claude-sonnet-4.5:thinking"),
+        Refused("max_reasoning_effort", "model"),
+        id="effort-widens-thinking",
+    ),
+    # No policy: the request's preferences go upstream as they are.
+    pytest.param("open", ask(), Sent(None, "OpenAI"), id="open-silent"),
+    pytest.param(
+        "open",
+        ask(
+            model=LLAMA,
+            provider=P(
+                order=["together", "groq"],
+                ignore=["chutes"],
+                allow_fallbacks=False,
+                sort=pb.PROVIDER_SORT_PRICE,
+                quantizations=[pb.QUANTIZATION_FP8, pb.QUANTIZATION_FP16],
+                max_price=pb.MaxPrice(prompt="0.5", completion="1.25", image="0", request="0"),
+                require_parameters=True,
+                data_collection=pb.DATA_COLLECTION_DENY,
+                zdr=False,
+            ),
+        ),
+        Sent(
+            {
+                "order": ["together", "groq"],
+                "ignore": ["chutes"],
+                "allow_fallbacks": False,
+                "sort": "price",
+                "quantizations": ["fp8", "fp16"],
+                "max_price": {"prompt": 0.5, "completion": 1.25, "image": 0, "request": 0},
+                "require_parameters": True,
+                "data_collection": "deny",
+                "zdr": False,
+            },
+            "Together",
+        ),
+        id="open-every-field",
+    ),
+]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def gw() -> AsyncIterator[Harness]:
+    async with start_gateway(callers=callers(POLICIES)) as harness:
+        yield harness
+
+
+@pytest.mark.parametrize(("caller", "request_", "expected"), CASES)
+async def test_merge(
+    gw: Harness, caller: str, request_: pb.CompleteRequest, expected: Sent | Refused
+) -> None:
+    before = len(chat_requests(gw.sim))
+    if isinstance(expected, Refused):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await gw.stub.Complete(request_, metadata=as_caller(caller))
+        error = rich_error(caught.value)
+        assert error.code is grpc.StatusCode.PERMISSION_DENIED
+        assert error.info.reason == "POLICY_VIOLATION"
+        assert error.info.metadata["rule"] == expected.rule
+        assert error.info.metadata["field"] == expected.field
+        assert error.info.metadata["policy_id"].startswith("p-")
+        assert expected.field in error.message
+        assert len(chat_requests(gw.sim)) == before, "a refused request went upstream"
+        return
+    reply = await gw.stub.Complete(request_, metadata=as_caller(caller))
+    assert len(chat_requests(gw.sim)) == before + 1
+    assert sent_provider(gw.sim) == expected.provider
+    assert reply.provider == expected.served_by
