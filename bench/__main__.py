@@ -37,6 +37,7 @@ from bench.run import (
     Options,
     options_json,
     run_hold,
+    run_live,
     run_profile,
     run_stream,
     run_unary,
@@ -93,10 +94,15 @@ def _parse(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
     parser.add_argument("--duration", type=float, help="measured seconds per target per round")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before each measurement")
     parser.add_argument("--unary-concurrency", type=int, nargs="+", help="default: 1 16 64 256")
+    parser.add_argument(
+        "--live-steps", type=int, nargs="+", help="live streams per step (default 100 … 2000)"
+    )
+    parser.add_argument("--live-window", type=float, help="measured seconds per live step")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), help="all processes' loop")
     parser.add_argument("--gateway-loop", choices=("asyncio", "uvloop"))
     parser.add_argument("--floor-loop", choices=("asyncio", "uvloop"))
     parser.add_argument("--client-loop", choices=("asyncio", "uvloop"))
+    parser.add_argument("--simulator-loop", choices=("asyncio", "uvloop"))
     parser.add_argument("--client", choices=("aio", "sync"), help="gRPC client API (unary)")
     parser.add_argument("--callers-per-channel", type=int, help="load callers per gRPC channel")
     parser.add_argument(
@@ -155,9 +161,12 @@ def _parse(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "unary_concurrency": tuple(args.unary_concurrency) if args.unary_concurrency else None,
+        "live_steps": tuple(args.live_steps) if args.live_steps else None,
+        "live_window_s": args.live_window,
         "gateway_loop": args.gateway_loop or loop,
         "floor_loop": args.floor_loop or loop,
         "client_loop": args.client_loop or loop,
+        "simulator_loop": args.simulator_loop or loop,
         "client": args.client,
         "callers_per_channel": args.callers_per_channel,
         "server_options": _pairs(args.server_option, numbers=True) or None,
@@ -207,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["stream"] = run_stream(stack, options, _log)
             if "hold" in options.scenarios:
                 results["hold"] = run_hold(stack, options, _log)
+            if "live" in options.scenarios:
+                results["live"] = run_live(stack, options, _log)
             results["startup"] = summarize_startup(stack.startup)
             results["telemetry"] = telemetry_check(stack)
             _log(f"telemetry: {results['telemetry']}")

@@ -18,7 +18,7 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,8 @@ import aiohttp
 import grpc
 import orjson
 from llmgateway.v1 import completion_service_pb2 as pb
+
+from bench.live import run_live
 
 COMPLETE = "/llmgateway.v1.CompletionService/Complete"
 STREAM = "/llmgateway.v1.CompletionService/StreamComplete"
@@ -42,7 +44,7 @@ _DRAIN_S = 35.0
 class Job:
     """One measurement: a target, a kind of call, a concurrency and a time window."""
 
-    kind: str  # "unary", "stream" or "hold"
+    kind: str  # "unary", "stream", "hold" or "live"
     protocol: str  # "grpc" (gateway, floor) or "http" (direct to the simulator)
     address: str  # host:port for gRPC, the base URL (…/api/v1) for HTTP
     concurrency: int
@@ -59,11 +61,18 @@ class Job:
     rss_pid: int = 0
     hold_sample_s: float = 1.0
     hold_timeout_s: float = 60.0
+    # live (bench/live.py): answers of `live_tokens` tokens, one SSE event each, paced.
+    live_tokens: int = 400
+    live_pace_ms: float = 25.0
+    live_jitter_ms: float = 10.0
+    ramp_s: float = 1.0
+    watch_pids: Mapping[str, Sequence[int]] = field(default_factory=dict)
 
     @staticmethod
     def from_json(raw: dict[str, Any]) -> Job:
         raw = dict(raw)
         raw["grpc_options"] = tuple(tuple(pair) for pair in raw.get("grpc_options", ()))
+        raw["watch_pids"] = {name: tuple(pids) for name, pids in raw.get("watch_pids", {}).items()}
         return Job(**raw)
 
 
@@ -460,9 +469,20 @@ async def _hold(job: Job) -> dict[str, Any]:
     }
 
 
+async def _live(job: Job) -> dict[str, Any]:
+    channels = _channels(job, _channel_count(job))
+    try:
+        return await run_live(job, channels)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
 async def run_job(job: Job) -> dict[str, Any]:
     if job.kind == "hold":
         return await _hold(job)
+    if job.kind == "live":
+        return await _live(job)
     now = time.perf_counter()
     tally = Tally(measure_from=now + job.warmup_s, measure_to=now + job.warmup_s + job.duration_s)
     usage_before = resource.getrusage(resource.RUSAGE_SELF)

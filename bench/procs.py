@@ -76,6 +76,31 @@ def own_cpu_seconds(children: Sequence[Child]) -> float:
     return times.user + times.system + sum(child.cpu_s() for child in children)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a supervisor's workers), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, ()))
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and of its living descendants."""
+    return sum(cpu_seconds(member) for member in process_tree(pid))
+
+
 def thread_cpu_seconds(pid: int) -> dict[str, tuple[str, float]]:
     """CPU time of each thread of ``pid``: thread id -> (thread name, seconds)."""
     threads: dict[str, tuple[str, float]] = {}
@@ -119,8 +144,13 @@ class Child:
     def rss_mb(self) -> float:
         return read_rss_kb(self.pid) / 1024
 
+    def tree_rss_mb(self) -> dict[int, float]:
+        """RSS of the child and of each descendant, by pid."""
+        return {pid: read_rss_kb(pid) / 1024 for pid in process_tree(self.pid)}
+
     def cpu_s(self) -> float:
-        return cpu_seconds(self.pid)
+        """CPU seconds of the child and its descendants (a supervisor's workers)."""
+        return tree_cpu_seconds(self.pid)
 
     def log_tail(self, lines: int = 15) -> str:
         try:

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from bench import capacity
+from bench.capacity import LIVE_STEPS, QUICK_LIVE_STEPS
 from bench.hotspots import summarize_collapsed
 from bench.otlp_sink import OtlpSink
 from bench.procs import (
@@ -44,11 +46,14 @@ MODEL = "openrouter/sim-fast"
 COMPLETION_TOKENS = 100
 UNARY_CONCURRENCY = (1, 16, 64, 256)
 STREAM_CONCURRENCY = (1, 16)
-BASE_TARGETS = ("gateway", "floor", "direct")
+# "gateway" runs the full feature path with every RPC traced and exported; "shipped" the same
+# gateway with the shipped defaults (no trace or metric exporter configured; callers file,
+# quotas, SQLite ledger and the per-RPC log line on).
+BASE_TARGETS = ("gateway", "shipped", "floor", "direct")
 # Long answers at one token a second, so that every stream of the hold scenario is open at
 # once (they are cancelled once the RSS is read; the deadline ends them in any case).
 HOLD_PROMPT = "Keep talking. [[sim:pace=1000]] [[sim:tokens=300]]"
-SCENARIOS = ("startup", "unary", "stream", "hold")
+SCENARIOS = ("startup", "unary", "stream", "hold", "live")
 _STARTUP_TIMEOUT_S = 30.0
 _IDLE_SETTLE_S = 1.0
 
@@ -64,6 +69,8 @@ class Options:
     startup_runs: int = 5
     hold_streams: int = 1000
     hold_sample_s: float = 1.0
+    live_steps: tuple[int, ...] = LIVE_STEPS
+    live_window_s: float = 6.0
     unary_concurrency: tuple[int, ...] = UNARY_CONCURRENCY
     stream_concurrency: tuple[int, ...] = STREAM_CONCURRENCY
     # The gateway ships on uvloop (GATEWAY_EVENT_LOOP=auto); the floor runs on the same loop
@@ -71,6 +78,9 @@ class Options:
     gateway_loop: str = "uvloop"
     floor_loop: str = "uvloop"
     client_loop: str = "asyncio"
+    # uvloop makes the simulator ~20 % cheaper per streamed token, which the live scenario
+    # (tens of thousands of SSE writes a second on the same two cores) needs.
+    simulator_loop: str = "uvloop"
     client: str = "aio"
     callers_per_channel: int = 16
     server_options: tuple[tuple[str, Any], ...] = ()
@@ -91,7 +101,15 @@ class Options:
 
     @staticmethod
     def quick() -> Options:
-        return Options(rounds=1, warmup_s=0.4, duration_s=1.0, startup_runs=1, hold_sample_s=0.5)
+        return Options(
+            rounds=1,
+            warmup_s=0.4,
+            duration_s=1.0,
+            startup_runs=1,
+            hold_sample_s=0.5,
+            live_steps=QUICK_LIVE_STEPS,
+            live_window_s=3.0,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +182,8 @@ def _spawn_gateway(
     name: str,
     loop: str,
     extra_env: Mapping[str, str],
+    *,
+    exporters: bool = True,
 ) -> Server:
     address = f"127.0.0.1:{free_port()}"
     env = {
@@ -174,17 +194,23 @@ def _spawn_gateway(
         "GATEWAY_LISTEN": address,
         "GATEWAY_CALLERS_FILE": str(_callers_file(workdir)),
         "GATEWAY_SHUTDOWN_GRACE_S": "1",
-        # The full feature path: the SQLite usage ledger (in the run's folder), quotas (the
-        # callers file sets limits), traces exported over OTLP to the sink, metrics on a
-        # Prometheus endpoint. Variables the service does not know are ignored.
+        # The SQLite usage ledger (in the run's folder) and quotas (the callers file sets
+        # limits) are always on. Variables the service does not know are ignored.
         "GATEWAY_LEDGER_PATH": str(workdir / f"{name}-usage.sqlite3"),
-        "GATEWAY_PROMETHEUS_PORT": str(free_port() if name != "gateway" else upstream.metrics_port),
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": upstream.otlp_endpoint,
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "GATEWAY_EVENT_LOOP": loop,
-        **extra_env,
     }
+    if exporters:
+        # The full feature path: traces exported over OTLP to the sink, metrics on a
+        # Prometheus endpoint.
+        env |= {
+            "GATEWAY_PROMETHEUS_PORT": str(
+                free_port() if name != "gateway" else upstream.metrics_port
+            ),
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": upstream.otlp_endpoint,
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        }
+    env |= extra_env
     # The wrapper only applies prototype switches; without them the service runs as shipped.
     prototype = any(key.startswith("BENCH_") for key in extra_env)
     module = "bench.run_service" if prototype else "service"
@@ -209,6 +235,9 @@ def _spawners(
     spawners: dict[str, Callable[[str], Server]] = {
         "gateway": lambda name: _spawn_gateway(
             procs, workdir, upstream, name, options.gateway_loop, gateway_env
+        ),
+        "shipped": lambda name: _spawn_gateway(
+            procs, workdir, upstream, name, options.gateway_loop, gateway_env, exporters=False
         ),
         "floor": lambda name: _spawn_floor(
             procs, upstream.base_url, name, options.floor_loop, common
@@ -252,6 +281,7 @@ def running_stack(options: Options, log: Callable[[str], None]) -> Iterator[Stac
                 python(
                     *("-m", "service.simulator", "--host", "127.0.0.1", "--port", "0"),
                     *("--fast", "--completion-tokens", str(COMPLETION_TOKENS)),
+                    *("--loop", options.simulator_loop),
                 ),
                 {"SIMULATOR_EXPECTED_API_KEY": UPSTREAM_KEY},
             )
@@ -473,6 +503,22 @@ def run_hold(stack: Stack, options: Options, log: Callable[[str], None]) -> dict
             f"RSS {result['rss_mb']:.1f} MB (before {before:.1f}), errors {result['errors']}"
         )
     return results
+
+
+def run_live(stack: Stack, options: Options, log: Callable[[str], None]) -> dict[str, Any]:
+    """Live streams at a real pace, stepped until the relay lag's p99 passes 50 ms."""
+    # The traced gateway, the floor and a variant: stepping takes a minute or two a target.
+    servers = {t: s for t, s in stack.servers.items() if t in ("gateway", "floor", "variant")}
+    return capacity.run_live(
+        servers,
+        stack.simulator.pid,
+        lambda target, streams: _job(stack, options, target, "live", streams),
+        lambda job, timeout_s: stack.load.run(job, timeout_s=timeout_s),
+        lambda: _check_alive(stack),
+        steps=options.live_steps,
+        window_s=options.live_window_s,
+        log=log,
+    )
 
 
 def summarize_startup(startup: Mapping[str, list[dict[str, float]]]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,6 +77,7 @@ from .sse import (
     reasoning_choices,
     reasoning_detail_choices,
     refusal_choices,
+    stamped_content_choices,
     tool_arguments_choices,
     tool_call_start_choices,
 )
@@ -472,15 +474,20 @@ async def _stream(
         progress.tokens_sent += len(reply.reasoning)
         progress.reasoning_sent += len(reply.reasoning)
 
-    for choices, tokens, is_reasoning in _token_frames(reply, call):
+    pacer = _Pacer(pace, scenario.jitter_ms / 1000) if pace else None
+    stamped = scenario.stamp
+    for choices, tokens, is_reasoning, piece in _token_frames(reply, call):
         if progress.tokens_sent + tokens > token_budget:
             break
         if malformed_pending and progress.tokens_sent >= _MALFORMED_AFTER:
             malformed_pending = False
             await writer.data(encoder.choices(choices)[:-20])
-        if pace and tokens:
+        if pacer is not None and tokens:
             await writer.flush()
-            await asyncio.sleep(pace)
+            await pacer.next()
+        if stamped and piece is not None:
+            # Stamped as late as possible: the time the token goes to the socket.
+            choices = stamped_content_choices(f"@{time.time_ns():019d}{piece}")
         await writer.data(encoder.choices(choices))
         progress.tokens_sent += tokens
         progress.reasoning_sent += tokens if is_reasoning else 0
@@ -542,33 +549,60 @@ async def _stream(
     return response
 
 
-def _token_frames(reply: Reply, call: _Call) -> list[tuple[bytes, int, bool]]:
-    """(choices JSON, tokens it carries, is reasoning) for each chunk after the role chunk."""
+_Frame = tuple[bytes, int, bool, str | None]
+
+
+def _token_frames(reply: Reply, call: _Call) -> list[_Frame]:
+    """(choices JSON, tokens it carries, is reasoning, the text of a plain content piece) for
+    each chunk after the role chunk."""
     model = call.model
-    frames: list[tuple[bytes, int, bool]] = []
+    frames: list[_Frame] = []
     if reply.reasoning and not reply.reasoning_hidden:
         if model.reasoning_style is ReasoningStyle.PLAIN:
-            frames = [(reasoning_choices(piece), 1, True) for piece in reply.reasoning]
+            frames = [(reasoning_choices(piece), 1, True, None) for piece in reply.reasoning]
         else:
             frames = [
-                (reasoning_detail_choices(text, details), tokens, True)
+                (reasoning_detail_choices(text, details), tokens, True, None)
                 for text, details, tokens in stream_pieces(model.reasoning_style, reply.reasoning)
             ]
     if reply.tool_call is not None:
-        frames.append((tool_call_start_choices(reply.tool_call.id, reply.tool_call.name), 0, False))
-        frames.extend((tool_arguments_choices(piece), 1, False) for piece in reply.arguments)
+        start = tool_call_start_choices(reply.tool_call.id, reply.tool_call.name)
+        frames.append((start, 0, False, None))
+        frames.extend((tool_arguments_choices(piece), 1, False, None) for piece in reply.arguments)
     elif reply.refusal:
-        frames.extend((refusal_choices(piece), 1, False) for piece in reply.refusal)
+        frames.extend((refusal_choices(piece), 1, False, None) for piece in reply.refusal)
     else:
         top = _logprobs_asked(call)
         if top is None:
-            frames.extend((content_choices(piece), 1, False) for piece in reply.content)
+            frames.extend((content_choices(piece), 1, False, piece) for piece in reply.content)
         else:
             frames.extend(
-                (content_logprob_choices(piece, logprob_entry(piece, top)), 1, False)
+                (content_logprob_choices(piece, logprob_entry(piece, top)), 1, False, None)
                 for piece in reply.content
             )
     return frames
+
+
+class _Pacer:
+    """Waits for each paced chunk's turn: chunk k is due k pauses (each ``pace`` ± up to
+    ``jitter`` seconds) after the first wait, so a late write shortens the next pause instead
+    of slowing the whole stream."""
+
+    __slots__ = ("_due", "_jitter", "_pace")
+
+    def __init__(self, pace: float, jitter: float) -> None:
+        self._pace = pace
+        self._jitter = min(jitter, pace)
+        self._due: float | None = None
+
+    async def next(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        pause = self._pace
+        if self._jitter:
+            pause += random.uniform(-self._jitter, self._jitter)
+        self._due = (now if self._due is None else self._due) + pause
+        await asyncio.sleep(max(0.0, self._due - now))
 
 
 def _logprobs_asked(call: _Call) -> int | None:

@@ -31,7 +31,13 @@ Directive                       Effect
 ``hang``                        Never answer (stream: headers + keep-alives, then silence)
                                 until the client leaves; the disconnect is recorded.
 ``delay=MS``                    Wait before the response headers.
-``pace=MS``                     Pause between stream chunks.
+``pace=MS``                     Pause between stream chunks, on a schedule: the k-th chunk
+                                is due k pauses after the first, so a late write is
+                                followed by shorter pauses rather than a slower stream.
+``jitter=MS``                   With ``pace``: each pause drawn uniformly from pace ± MS.
+``stamp``                       Stream: every text token starts with ``@`` and the 19-digit
+                                ``time.time_ns()`` at which it was written (benchmarks
+                                measure relay lag from it).
 ``tokens=N``                    Plain-text reply length (default from config), capped by
                                 ``max_tokens``/``max_completion_tokens`` (finish "length").
 ``malformed``                   Unary: 200 with a non-JSON body. Stream: one broken data line.
@@ -122,6 +128,8 @@ class Scenario:
     hang: bool = False
     delay_ms: float = 0.0
     pace_ms: float | None = None
+    jitter_ms: float = 0.0
+    stamp: bool = False
     tokens: int | None = None
     malformed: bool = False
     bad_content_type: bool = False
@@ -209,6 +217,8 @@ def _apply(name: str, value: str | None) -> dict[str, Any]:
             return {"delay_ms": _number(name, value, minimum=0.0)}
         case "pace":
             return {"pace_ms": _number(name, value, minimum=0.0)}
+        case "jitter":
+            return {"jitter_ms": _number(name, value, minimum=0.0)}
         case "tokens":
             return {"tokens": _integer(name, value, minimum=1)}
         case "json":
@@ -239,6 +249,7 @@ def _apply(name: str, value: str | None) -> dict[str, Any]:
 
 _FLAGS: dict[str, dict[str, Any]] = {
     "refusal": {"refusal": True},
+    "stamp": {"stamp": True},
     "fail-primary": {"fail_primary": True},
     "choice-error": {"choice_error": True},
     "hang": {"hang": True},

@@ -72,6 +72,11 @@ def reasoning_choices(piece: str) -> bytes:
     return _choice(delta, None, None)
 
 
+def stamped_content_choices(piece: str) -> bytes:
+    """Like ``content_choices``, for a piece that is never repeated (not cached)."""
+    return _choice({"role": "assistant", "content": piece}, None, None)
+
+
 def content_logprob_choices(piece: str, entry: dict[str, Any]) -> bytes:
     return _choice({"role": "assistant", "content": piece}, None, None, {"content": [entry]})
 
