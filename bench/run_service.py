@@ -4,7 +4,8 @@
 appended to the gateway's gRPC server options, and ``BENCH_ABLATE=ledger`` turns the usage
 ledger's ``record`` into a no-op, to measure what the ledger costs (``otlp_encoder``: the
 OpenTelemetry SDK's span encoder instead of ours, ``span_recorder``: the SDK's
-``Tracer.start_span`` instead of ``service.telemetry.spans``); ``BENCH_GC_STATS=1``
+``Tracer.start_span`` instead of ``service.telemetry.spans``, ``coalescing``: every stream
+event its own message, as before deltas were merged); ``BENCH_GC_STATS=1``
 prints the time spent in each garbage-collector generation every two seconds,
 ``BENCH_SWITCH_INTERVAL_S`` sets ``sys.setswitchinterval`` (how long another thread may hold
 the GIL while the event loop waits; CPython's default is 5 ms). Used only for
@@ -63,6 +64,12 @@ def _ablate(parts: set[str]) -> None:
 
         SpanRecorder.__init__ = sdk_only  # type: ignore[method-assign]
         parts.discard("span_recorder")
+    if "coalescing" in parts:
+        # Each upstream event its own message, even when several were buffered.
+        import service.upstream.openrouter as openrouter
+
+        openrouter.coalesce = lambda events: events  # type: ignore[attr-defined]
+        parts.discard("coalescing")
     if parts:
         raise SystemExit(f"BENCH_ABLATE: unknown part(s) {sorted(parts)}")
 

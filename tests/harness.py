@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,3 +219,13 @@ def rich_error(error: grpc.aio.AioRpcError) -> RichError:
     infos = [d for d in details if isinstance(d, error_details_pb2.ErrorInfo)]
     assert len(infos) == 1, "every error carries exactly one ErrorInfo"
     return RichError(error.code(), error.details() or "", infos[0], details)
+
+
+def delta_runs(kinds: Iterable[str | None]) -> list[str | None]:
+    """A stream's message kinds with each run of deltas shown once: the gateway may merge
+    tokens that arrived together into one delta, so how many deltas carry an answer varies."""
+    shape: list[str | None] = []
+    for kind in kinds:
+        if not (kind == "delta" and shape and shape[-1] == "delta"):
+            shape.append(kind)
+    return shape

@@ -29,6 +29,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from service.config import OpenRouterSettings
+from service.domain.coalescing import coalesce
 from service.domain.completion import (
     CallStats,
     Completion,
@@ -213,7 +214,7 @@ class OpenRouterClient:
 
         async def attempt(
             watched: UpstreamAttempt,
-        ) -> tuple[UpstreamAttempt, _StreamBody, list[StreamEvent] | StreamFinished]:
+        ) -> tuple[UpstreamAttempt, _StreamBody, Sequence[StreamEvent] | StreamFinished]:
             # Opening, and reading until the first event: a stream that opens but never
             # starts must not outlive the budget, and until then a failure may be retried.
             send = {**headers, **watched.headers} if watched.headers else headers
@@ -411,9 +412,24 @@ class _StreamBody:
     ended (``[DONE]``, or EOF after a finish reason; EOF without one raises
     ``StreamTruncatedError``). On finishing it lets go of its connection first, so a caller
     that stops iterating after the end leaves nothing held open.
+
+    A batch is everything already received (a relay that fell behind finds several events
+    buffered), with runs of same-kind deltas merged (``service.domain.coalescing``); it never
+    waits for more than the first event. A failure found after some events of a batch is
+    raised by the next ``read``, so those events are relayed first, as they would have been
+    one by one.
     """
 
-    __slots__ = ("_assembler", "_decoder", "_eof", "_pending", "_reader", "_response", "_stats")
+    __slots__ = (
+        "_assembler",
+        "_decoder",
+        "_eof",
+        "_failure",
+        "_pending",
+        "_reader",
+        "_response",
+        "_stats",
+    )
 
     def __init__(
         self, response: aiohttp.ClientResponse, clock: Callable[[], float], stats: CallStats
@@ -424,19 +440,19 @@ class _StreamBody:
         self._assembler = StreamAssembler(clock)
         self._pending: deque[SSEEvent] = deque()
         self._eof = False
+        self._failure: Exception | None = None
         self._stats = stats
 
-    async def read(self, until: float | None) -> list[StreamEvent] | StreamFinished:
+    async def read(self, until: float | None) -> Sequence[StreamEvent] | StreamFinished:
         """The next events, waiting for data at most until ``until`` (None: no limit)."""
         assembler = self._assembler
         while True:
-            while self._pending and not assembler.done:
-                try:
-                    produced = assembler.on_event(self._pending.popleft())
-                finally:
-                    _copy_stream_stats(assembler, self._stats)
-                if produced:
-                    return produced
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure
+            produced = self._received()
+            if produced:
+                return coalesce(produced)
             if assembler.done or self._eof:
                 finished = assembler.finish()
                 self._let_go(clean=assembler.done)
@@ -448,6 +464,22 @@ class _StreamBody:
                 # EOF, or a cut: clean if a finish reason came, else truncated.
                 self._pending.extend(self._decoder.close())
                 self._eof = True
+
+    def _received(self) -> list[StreamEvent]:
+        """The events of every SSE event decoded so far (up to ``[DONE]``)."""
+        assembler = self._assembler
+        produced: list[StreamEvent] = []
+        try:
+            while self._pending and not assembler.done:
+                try:
+                    produced += assembler.on_event(self._pending.popleft())
+                finally:
+                    _copy_stream_stats(assembler, self._stats)
+        except Exception as exc:
+            if not produced:
+                raise
+            self._failure = exc
+        return produced
 
     def close(self) -> None:
         """Drop the connection unless the body already let go of it."""

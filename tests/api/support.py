@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import tempfile
@@ -18,7 +19,15 @@ from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.simulator import RunningSimulator
 from service.simulator.state import RecordedRequest
-from tests.harness import ALPHA_KEY, UPSTREAM_KEY, Harness, RichError, auth, rich_error
+from tests.harness import (
+    ALPHA_KEY,
+    UPSTREAM_KEY,
+    Harness,
+    RichError,
+    auth,
+    delta_runs,
+    rich_error,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_PATH = "/api/v1/chat/completions"
@@ -60,12 +69,26 @@ class StreamOutcome:
         return [m.WhichOneof("event") for m in self.messages]
 
     @property
+    def shape(self) -> list[str | None]:
+        """``kinds`` with each run of deltas shown once (``delta_runs``)."""
+        return delta_runs(self.kinds)
+
+    @property
     def content(self) -> str:
         return "".join(m.delta.content for m in self.messages if m.HasField("delta"))
 
     @property
     def reasoning(self) -> str:
         return "".join(m.delta.reasoning for m in self.messages if m.HasField("delta"))
+
+
+def assert_whole_tokens(received: Sequence[str], sent: Sequence[str]) -> None:
+    """``received`` (each delta's text) is ``sent`` (each token's) in order, every delta made
+    of whole tokens: merging may join tokens, never split, drop, repeat or reorder them."""
+    assert "".join(received) == "".join(sent)
+    assert all(received), "an empty delta"
+    boundaries = set(itertools.accumulate(len(piece) for piece in sent))
+    assert all(end in boundaries for end in itertools.accumulate(len(p) for p in received))
 
 
 async def drain(call: StreamCall) -> StreamOutcome:

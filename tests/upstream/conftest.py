@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from service.config import OpenRouterSettings
 from service.domain.completion import (
     CompletionRequest,
+    ContentDelta,
     Message,
     Role,
     SamplingParams,
@@ -72,6 +73,12 @@ async def drain(
     async for event in stream:
         out.append(event)
     return out
+
+
+def content_words(events: Sequence[StreamEvent]) -> int:
+    """Words of the streamed answer: the simulator sends one word a token, and the client
+    may merge tokens that arrived together into one delta."""
+    return len("".join(e.text for e in events if isinstance(e, ContentDelta)).split())
 
 
 def deadline_in(seconds: float) -> float:

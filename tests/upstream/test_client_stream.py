@@ -29,7 +29,7 @@ from service.errors import (
 from service.simulator import RunningSimulator
 from service.upstream import OpenRouterClient
 
-from .conftest import ClientFactory, deadline_in, drain, request
+from .conftest import ClientFactory, content_words, deadline_in, drain, request
 
 
 async def collect(
@@ -62,7 +62,7 @@ async def test_normal_stream(client: OpenRouterClient, sim: RunningSimulator) ->
     assert isinstance(started, StreamStarted)
     assert started.id.startswith("gen-")
     assert (started.model, started.provider) == ("openai/gpt-4o-mini", "OpenAI")
-    assert sum(isinstance(e, ContentDelta) for e in events) == 12
+    assert content_words(events) == 12
     assert finished.finish_reason is FinishReason.STOP
     assert finished.usage is not None
     assert finished.usage.completion_tokens == 12
@@ -83,13 +83,13 @@ async def test_max_tokens_gives_length(client: OpenRouterClient) -> None:
     events = await collect(client, "[[sim:tokens=40]]", max_tokens=5)
     finished = check_shape(events)
     assert finished.finish_reason is FinishReason.LENGTH
-    assert sum(isinstance(e, ContentDelta) for e in events) == 5
+    assert content_words(events) == 5
 
 
 async def test_keepalive_burst(client: OpenRouterClient) -> None:
     events = await collect(client, "[[sim:keepalive=40]] [[sim:tokens=3]]")
     assert check_shape(events).finish_reason is FinishReason.STOP
-    assert sum(isinstance(e, ContentDelta) for e in events) == 3
+    assert content_words(events) == 3
 
 
 @pytest.mark.parametrize("shape", ["after-finish", "empty", "missing"])
@@ -143,10 +143,15 @@ async def test_reasoning_deltas(client: OpenRouterClient) -> None:
     stats = CallStats()
     events = await collect(client, "[[sim:reasoning=5]] [[sim:tokens=3]]", stats)
     finished = check_shape(events)
-    # Each piece comes with its reasoning_details block piece: one event holds both.
+    # Each piece comes with its reasoning_details block piece: one event holds both (or,
+    # when pieces arrived together, one event holds their text and all their pieces).
     reasoning = [e for e in events if isinstance(e, OutputDelta) and e.reasoning]
-    assert len(reasoning) == 5
-    assert all(e.reasoning_details[0].text == e.reasoning for e in reasoning)
+    pieces = [detail for e in reasoning for detail in e.reasoning_details]
+    assert len(pieces) == 5
+    assert all(
+        "".join(detail.text or "" for detail in e.reasoning_details) == e.reasoning
+        for e in reasoning
+    )
     # Reasoning comes before the answer.
     first_content = next(i for i, e in enumerate(events) if isinstance(e, ContentDelta))
     assert events.index(reasoning[-1]) < first_content

@@ -2205,7 +2205,16 @@ Global___ToolCallDelta: _TypeAlias = ToolCallDelta  # noqa: Y015
 
 @_typing.final
 class StreamDelta(_message.Message):
-    """StreamDelta is newly generated output."""
+    """StreamDelta is newly generated output.
+
+    A delta may carry several tokens' text. When upstream events are already buffered by the
+    time the gateway reads (it fell behind, or the provider sent them together), a run of
+    deltas of one kind goes out as one message: text joined (with its log probabilities, in
+    order), reasoning joined with its reasoning_details pieces kept in order, consecutive
+    pieces of one tool call joined. Kinds are never merged with each other, so their order
+    stays as generated; images and annotations are never merged. An event is never held back
+    to wait for others: an idle stream relays each one as it arrives.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
