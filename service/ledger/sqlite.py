@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,8 @@ from service.ledger.batching import MEDIA_SUMS, RECORD_COLUMNS, BatchingLedger, 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_OPEN_RETRY_S = 5.0
+"""Opening a locked file is retried for at least this long (see ``SqliteLedger._connect``)."""
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version holds i).
 # Append only: a released migration never changes.
@@ -324,7 +327,23 @@ class SqliteLedger(BatchingLedger):
         self._conn = await self._run(self._connect)
 
     def _connect(self) -> sqlite3.Connection:
+        """Open, switch to WAL and migrate; several processes (``GATEWAY_WORKERS``) may do
+        this at the same moment on a fresh file. Switching to WAL takes an exclusive lock
+        that SQLite does not always wait for, so a locked database is retried here with
+        backoff for as long as the busy timeout would have waited (at least a few seconds)."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        give_up = time.monotonic() + max(self._busy_timeout_s, _OPEN_RETRY_S)
+        pause = 0.01
+        while True:
+            try:
+                return self._connect_once()
+            except sqlite3.OperationalError as exc:
+                if not _is_lock(exc) or time.monotonic() + pause > give_up:
+                    raise
+            time.sleep(pause)  # on the ledger's own thread, never the loop's
+            pause = min(pause * 2, 0.25)
+
+    def _connect_once(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; every write says BEGIN/COMMIT itself.
         conn = sqlite3.connect(self._path, timeout=self._busy_timeout_s, isolation_level=None)
         try:
@@ -366,6 +385,11 @@ class SqliteLedger(BatchingLedger):
         if self._conn is None:
             raise RuntimeError("ledger not started")
         return self._conn
+
+
+def _is_lock(exc: sqlite3.OperationalError) -> bool:
+    message = str(exc)
+    return "locked" in message or "busy" in message
 
 
 def _insert(conn: sqlite3.Connection, batch: Sequence[UsageRecord]) -> None:
