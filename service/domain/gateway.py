@@ -204,8 +204,10 @@ class Gateway:
                 )
             candidates.append(found)
         info = candidates[0]
-        prepared = apply_policy(prepared, caller.policy, candidates)
         check_capabilities(prepared, candidates)
+        # After the capability check, which judges what the caller asked: the policy may add
+        # what it did not (a reasoning cap), which a candidate that cannot reason ignores.
+        prepared = apply_policy(prepared, caller.policy, candidates)
         record.media_in = MediaInputs.of(prepared)
         return PreparedCall(caller, prepared, info, tuple(candidates))
 

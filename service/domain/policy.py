@@ -288,12 +288,12 @@ def _check_modalities(request: CompletionRequest, policy: Policy) -> None:
                         f"messages[{i}].parts[{j}]",
                         f"{modality.value} input is not allowed",
                     )
-    for modality in request.output_modalities:
+    for i, modality in enumerate(request.output_modalities):
         if not policy.allows_output(modality):
             raise violation(
                 policy,
                 Rule.ALLOWED_OUTPUT_MODALITIES,
-                "output_modalities",
+                f"output_modalities[{i}]",
                 f"{modality.value} output is not allowed",
             )
 

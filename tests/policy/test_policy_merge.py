@@ -9,7 +9,7 @@ routes by the merged ``provider`` object: each case also checks who served.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -25,16 +25,21 @@ from tests.policy.support import as_caller, ask, callers, sent_provider
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 LLAMA = "meta-llama/llama-3.1-8b-instruct"
+GPT5 = "openai/gpt-5-mini"
+IMAGER = "google/gemini-2.5-flash-image"
 P = pb.ProviderPreferences
+R = pb.ReasoningConfig
+S = pb.SamplingParams
 
 
 @dataclass(frozen=True)
 class Sent:
     """The case passes: this ``provider`` object went upstream (None: none) and this provider
-    served."""
+    served; ``body`` holds other keys of the upstream body to check (None: absent)."""
 
     provider: dict[str, Any] | None
     served_by: str
+    body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ POLICIES = {
     "noplugins": "allowed_plugins = []",
     "textonly": 'allowed_input_modalities = ["text"]',
     "effort": 'max_reasoning_effort = "low"',
+    "textout": 'allowed_output_modalities = ["text"]',
     "open": "",
 }
 
@@ -224,12 +230,84 @@ CASES: list[Any] = [
         Refused("allowed_input_modalities", "messages[0].parts[1]"),
         id="modalities-widens",
     ),
-    # max_reasoning_effort = "low": `:thinking` reasons at medium effort.
+    # max_reasoning_effort = "low": a reasoning model left to itself spends medium effort.
+    pytest.param(
+        "effort",
+        ask(model=GPT5),
+        Sent(None, "OpenAI", {"reasoning": {"effort": "low"}}),
+        id="effort-silent-reasoning-model",
+    ),
+    pytest.param(
+        "effort", ask(), Sent(None, "OpenAI", {"reasoning": None}), id="effort-silent-plain-model"
+    ),
+    pytest.param(
+        "effort",
+        # The cap goes out for the reasoning model; the fallback that cannot reason ignores it
+        # (the caller did not ask for reasoning, so no capability check refuses it).
+        ask(model="openai/gpt-4o-mini", fallback_models=[GPT5]),
+        Sent(
+            None, "OpenAI", {"reasoning": {"effort": "low"}, "models": ["openai/gpt-4o-mini", GPT5]}
+        ),
+        id="effort-silent-mixed-candidates",
+    ),
+    pytest.param(
+        "effort",
+        ask(model=GPT5, reasoning=R(effort=pb.REASONING_EFFORT_MINIMAL, exclude=True)),
+        Sent(None, "OpenAI", {"reasoning": {"effort": "minimal", "exclude": True}}),
+        id="effort-narrows",
+    ),
+    pytest.param(
+        "effort",
+        ask(model=GPT5, reasoning=R(enabled=False)),
+        Sent(None, "OpenAI", {"reasoning": {"enabled": False}}),
+        id="effort-narrows-off",
+    ),
+    pytest.param(
+        "effort",
+        ask(model=GPT5, sampling=S(max_tokens=4000), reasoning=R(max_tokens=1024)),
+        Sent(None, "OpenAI", {"reasoning": {"max_tokens": 1024}}),
+        id="effort-narrows-budget",
+    ),
+    pytest.param(
+        "effort",
+        ask(model=GPT5, reasoning=R(effort=pb.REASONING_EFFORT_HIGH)),
+        Refused("max_reasoning_effort", "reasoning.effort"),
+        id="effort-widens",
+    ),
+    pytest.param(
+        "effort",
+        ask(model=GPT5, reasoning=R(enabled=True)),
+        Refused("max_reasoning_effort", "reasoning.enabled"),
+        id="effort-widens-enabled",
+    ),
+    pytest.param(
+        "effort",
+        # low is 20 % of max_tokens (at least 1,024): 800 here, so 1,024 at most.
+        ask(model=GPT5, sampling=S(max_tokens=4000), reasoning=R(max_tokens=2000)),
+        Refused("max_reasoning_effort", "reasoning.max_tokens"),
+        id="effort-widens-budget",
+    ),
     pytest.param(
         "effort",
         ask(model="anthropic/claude-sonnet-4.5:thinking"),
         Refused("max_reasoning_effort", "model"),
         id="effort-widens-thinking",
+    ),
+    # allowed_output_modalities = ["text"]
+    pytest.param(
+        "textout", ask(model=IMAGER), Sent(None, "Google", {"modalities": None}), id="out-silent"
+    ),
+    pytest.param(
+        "textout",
+        ask(model=IMAGER, output_modalities=[pb.MODALITY_TEXT]),
+        Sent(None, "Google", {"modalities": ["text"]}),
+        id="out-narrows",
+    ),
+    pytest.param(
+        "textout",
+        ask(model=IMAGER, output_modalities=[pb.MODALITY_TEXT, pb.MODALITY_IMAGE]),
+        Refused("allowed_output_modalities", "output_modalities[1]"),
+        id="out-widens",
     ),
     # No policy: the request's preferences go upstream as they are.
     pytest.param("open", ask(), Sent(None, "OpenAI"), id="open-silent"),
@@ -295,3 +373,6 @@ async def test_merge(
     assert len(chat_requests(gw.sim)) == before + 1
     assert sent_provider(gw.sim) == expected.provider
     assert reply.provider == expected.served_by
+    body = chat_requests(gw.sim)[-1].body
+    for key, value in expected.body.items():
+        assert body.get(key) == value, key
