@@ -13,7 +13,7 @@ NODE_STAMP := tools/node_modules/.installed
 # The Google protos the contract imports, copied from googleapis-common-protos for buf.
 PROTO_INCLUDE := build/proto-include/.installed
 
-.PHONY: image-check k8s-schemas help run test lint typecheck proto-lint proto-breaking proto-bundle polyglot-check generate check-generated pytest fmt bench image lock clean
+.PHONY: image-check k8s-schemas help run test lint typecheck proto-lint proto-breaking proto-bundle polyglot-check generate check-generated pytest fmt bench image lock clean soak
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -85,6 +85,14 @@ k8s-schemas: $(PY_STAMP) ## Regenerate the Kubernetes ConfigMap of schemas/ (dep
 
 bench: $(PY_STAMP) ## Benchmarks against the simulator (minutes; not part of make test)
 	$(BIN)/python -m bench
+
+SOAK_SECONDS ?= 60
+SOAK_FUZZ_SECONDS ?= 60
+
+soak: $(PY_STAMP) ## Mixed load with faults for SOAK_SECONDS, ledger rows == calls; then a longer fuzz (minutes; not part of make test)
+	./scripts/ensure-redis.sh
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS)
+	LLMGW_FUZZ_SECONDS=$(SOAK_FUZZ_SECONDS) $(BIN)/pytest -q -s tests/fuzz/test_fuzz_rpcs.py
 
 image: ## Build the container image (needs a Docker engine)
 	docker build -t llm-gateway:dev .

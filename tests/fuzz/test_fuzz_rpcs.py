@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
@@ -64,6 +65,7 @@ async def serving(child: GatewayProcess) -> int:
         return reply.status
 
 
+@pytest.mark.timeout(SECONDS + 60)
 async def test_hostile_calls_to_every_rpc_get_their_own_status_and_hurt_nothing() -> None:
     env = {
         "OPENROUTER_MAX_RETRIES": "1",
