@@ -351,7 +351,11 @@ def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecor
 
 
 class Accountant:
-    """Turns each finished RPC into its ledger row (written in batches off the call path)."""
+    """Turns each finished RPC into its ledger row (written in batches off the call path).
+
+    Calls refused before their caller was known (a bad or missing key) are aggregated per
+    minute, peer, RPC and reason: one row each would let a flood of strangers grow the ledger
+    without bound, and would bill nobody."""
 
     def __init__(self, ledger: LedgerStore) -> None:
         self._ledger = ledger
@@ -362,6 +366,12 @@ class Accountant:
         return False
 
     def finish(self, record: CallRecord, status: str, ended_at: float) -> Awaitable[None] | None:
-        """The RPC is over: one ledger row, whatever its outcome."""
+        """The RPC is over: one ledger row, whatever its outcome; a call refused before its
+        caller was known is counted in the aggregated rejected-call rows instead."""
+        if not record.caller_id:
+            self._ledger.count_rejected(
+                record.started_wall, record.peer, record.rpc, record.reason or status
+            )
+            return None
         self._ledger.record(usage_record(record, status, ended_at))
         return None

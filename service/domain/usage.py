@@ -171,6 +171,25 @@ class UsageTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class RejectedCalls:
+    """Calls refused before their caller was known, counted together rather than a row each.
+
+    One row per minute, peer address, RPC and reason: a flood of bad keys adds a bounded
+    number of rows (a stranger's call has no caller to bill, so its own row would tell an
+    operator nothing that the count does not)."""
+
+    minute: datetime
+    """The start of the minute (UTC) in which the calls began."""
+    peer: str
+    """The caller's address without its port; ``*`` for peers beyond the store's limit of
+    distinct keys between two writes."""
+    rpc: str
+    reason: str
+    """The ErrorInfo reason the calls got (``API_KEY_MISSING``, ``API_KEY_INVALID`` …)."""
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerCounters:
     """What a ledger store did with the records handed to it, since it was created."""
 
@@ -241,6 +260,15 @@ class LedgerStore(Protocol):
 
     async def note_reconcile_miss(self, call_id: str) -> None:
         """Count a look-up that found nothing, so hopeless records stop being retried."""
+        ...
+
+    def count_rejected(self, at: datetime, peer: str, rpc: str, reason: str) -> None:
+        """Count one call refused before its caller was known (at ``at``, from ``peer``);
+        counts are summed in memory and written with the next batch (see ``RejectedCalls``)."""
+        ...
+
+    async def rejected(self, since: datetime, until: datetime) -> list[RejectedCalls]:
+        """The rejected-call rows whose minute is in ``[since, until)``, oldest first."""
         ...
 
     def counters(self) -> LedgerCounters:

@@ -20,6 +20,13 @@ turns one transaction (and one thread hand-off, for SQLite) per RPC into one per
   and only the bad one is rejected (counted, logged with its call id).
 * **close()** writes everything queued before it; if the database stays unreachable past
   ``close_timeout_s`` the rest is dropped, counted and logged.
+
+Calls refused before their caller was known are not records: ``count_rejected`` adds one to
+an in-memory count per (minute, peer, RPC, reason), and the writer adds those counts to
+their rows in the same transaction as its next batch (an upsert, so a retry after an unknown
+commit outcome can count such calls twice; they bill nobody). At most
+``max_rejection_keys`` distinct keys are held between two writes; further peers count under
+``*``, so a flood from many addresses stays bounded in memory and rows.
 """
 
 from __future__ import annotations
@@ -36,11 +43,18 @@ from datetime import datetime
 from typing import TypedDict
 
 from service.domain.ports import GenerationStats
-from service.domain.usage import MEDIA_COUNT_FIELDS, LedgerCounters, UsageRecord, UsageTotals
+from service.domain.usage import (
+    MEDIA_COUNT_FIELDS,
+    LedgerCounters,
+    RejectedCalls,
+    UsageRecord,
+    UsageTotals,
+)
 
 _log = logging.getLogger(__name__)
 
 _RETRY_INITIAL_S = 0.05
+_OTHER_PEERS = "*"
 
 RECORD_COLUMNS = (
     "call_id",
@@ -86,6 +100,7 @@ class QueuePolicy(TypedDict, total=False):
     close_timeout_s: float
     retry_max_s: float
     warn_interval_s: float
+    max_rejection_keys: int
 
 
 class BatchingLedger(abc.ABC):
@@ -100,8 +115,9 @@ class BatchingLedger(abc.ABC):
         close_timeout_s: float = 10.0,
         retry_max_s: float = 5.0,
         warn_interval_s: float = 10.0,
+        max_rejection_keys: int = 10_000,
     ) -> None:
-        if max_pending < 1 or batch_size < 1:
+        if max_pending < 1 or batch_size < 1 or max_rejection_keys < 1:
             raise ValueError("max_pending and batch_size must be positive")
         if linger_s < 0:
             raise ValueError("linger_s must not be negative")
@@ -129,6 +145,8 @@ class BatchingLedger(abc.ABC):
         self._dropped = 0
         self._flushers: list[tuple[int, asyncio.Future[None]]] = []
         self._last_warning: dict[str, float] = {}
+        self._rejections: dict[tuple[datetime, str, str, str], int] = {}
+        self._max_rejection_keys = max_rejection_keys
 
     # --- the store interface -------------------------------------------------------------
 
@@ -181,6 +199,21 @@ class BatchingLedger(abc.ABC):
                 self._wake_at = sys.maxsize  # one wake-up is enough
                 self._wakeup.set()
 
+    def count_rejected(self, at: datetime, peer: str, rpc: str, reason: str) -> None:
+        # On the request path of every refused call: one dict update.
+        if self._closing:
+            self._drop(1, "closed", "ledger is closed")
+            return
+        rejections = self._rejections
+        key = (at.replace(second=0, microsecond=0), peer, rpc, reason)
+        if key not in rejections and len(rejections) >= self._max_rejection_keys:
+            key = (key[0], _OTHER_PEERS, rpc, reason)
+        rejections[key] = rejections.get(key, 0) + 1
+        self._enqueued += 1
+        if self._wake_at == 1:  # the writer is idle; while it lingers it takes these too
+            self._wake_at = sys.maxsize
+            self._wakeup.set()
+
     async def record_async(self, record: UsageRecord) -> None:
         while len(self._pending) >= self._max_pending and not self._closing:
             self._room.clear()
@@ -218,6 +251,9 @@ class BatchingLedger(abc.ABC):
     @abc.abstractmethod
     async def note_reconcile_miss(self, call_id: str) -> None: ...
 
+    @abc.abstractmethod
+    async def rejected(self, since: datetime, until: datetime) -> list[RejectedCalls]: ...
+
     # --- what a backend provides ---------------------------------------------------------
 
     @abc.abstractmethod
@@ -228,8 +264,11 @@ class BatchingLedger(abc.ABC):
     async def _close_backend(self) -> None: ...
 
     @abc.abstractmethod
-    async def _write_batch(self, batch: Sequence[UsageRecord]) -> None:
-        """Insert the records in one transaction: all of them, or none and raise."""
+    async def _write_batch(
+        self, batch: Sequence[UsageRecord], rejections: Sequence[RejectedCalls] = ()
+    ) -> None:
+        """Insert the records and add the rejected-call counts to their rows, in one
+        transaction: all of it, or none and raise."""
 
     @abc.abstractmethod
     def _is_transient(self, exc: Exception) -> bool:
@@ -240,7 +279,7 @@ class BatchingLedger(abc.ABC):
     async def _run_writer(self) -> None:
         pending = self._pending
         while True:
-            if not pending:
+            if not pending and not self._rejections:
                 if self._closing:
                     return
                 await self._wait(1, None)
@@ -255,16 +294,27 @@ class BatchingLedger(abc.ABC):
                 # whichever comes first; flush() and close() cut it short.
                 await self._wait(self._batch_size, self._linger_s)
             batch = [pending.popleft() for _ in range(min(len(pending), self._batch_size))]
+            rejections = self._take_rejections()
             self._room.set()
-            await self._persist(batch)
-            self._processed += len(batch)
+            await self._persist(batch, rejections)
+            self._processed += len(batch) + sum(r.calls for r in rejections)
             self._wake_flushers()
             if self._abandon.is_set():
-                left = len(pending)
+                left = len(pending) + sum(self._rejections.values())
                 pending.clear()
+                self._rejections.clear()
                 self._processed += left
                 self._drop(left, "abandoned", "database unreachable at shutdown")
                 return
+
+    def _take_rejections(self) -> list[RejectedCalls]:
+        if not self._rejections:
+            return []
+        taken, self._rejections = self._rejections, {}
+        return [
+            RejectedCalls(minute, peer, rpc, reason, calls)
+            for (minute, peer, rpc, reason), calls in taken.items()
+        ]
 
     async def _wait(self, wake_at: int, timeout_s: float | None) -> None:
         """Sleep until ``wake_at`` records are queued, a flush or close, or the timeout.
@@ -280,17 +330,27 @@ class BatchingLedger(abc.ABC):
         finally:
             self._wake_at = sys.maxsize  # writing: record() need not wake anyone
 
-    async def _persist(self, batch: list[UsageRecord]) -> None:
+    async def _persist(
+        self, batch: list[UsageRecord], rejections: Sequence[RejectedCalls] = ()
+    ) -> None:
         delay = _RETRY_INITIAL_S
         while True:
             try:
-                await self._write_batch(batch)
+                await self._write_batch(batch, rejections)
             except Exception as exc:
                 if not self._is_transient(exc):
-                    await self._isolate(batch, exc)
+                    if batch:
+                        await self._isolate(batch, exc)
+                    if rejections:
+                        if batch:
+                            # The counts go on in a transaction of their own.
+                            await self._persist([], rejections)
+                        else:
+                            self._reject_counts(rejections, exc)
                     return
                 if self._abandon.is_set():
-                    self._drop(len(batch), "abandoned", "database unreachable at shutdown")
+                    lost = len(batch) + sum(r.calls for r in rejections)
+                    self._drop(lost, "abandoned", "database unreachable at shutdown")
                     return
                 self._warn(
                     "retry",
@@ -325,6 +385,18 @@ class BatchingLedger(abc.ABC):
         # without losing the good ones.
         for record in batch:
             await self._persist([record])
+
+    def _reject_counts(self, rejections: Sequence[RejectedCalls], exc: Exception) -> None:
+        calls = sum(r.calls for r in rejections)
+        self._rejected += calls
+        self._warn(
+            "rejected-counts",
+            "ledger refused the counts of %d rejected call(s) (%s: %s)",
+            calls,
+            type(exc).__name__,
+            exc,
+            level=logging.ERROR,
+        )
 
     def _wake_flushers(self) -> None:
         still_waiting = []

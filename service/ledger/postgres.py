@@ -22,6 +22,7 @@ from service.domain.usage import (
     MEDIA_COUNT_FIELDS,
     MediaTotals,
     ProviderTotals,
+    RejectedCalls,
     UsageRecord,
     UsageTotals,
     cost_from_stats,
@@ -125,6 +126,15 @@ _BY_PROVIDER = """
            coalesce(sum(completion_tokens), 0), coalesce(sum(cost_usd), 0)
     FROM usage_records WHERE caller_id = $1 AND time >= $2 AND time < $3
     GROUP BY provider ORDER BY provider
+"""
+_COUNT_REJECTED = """
+    INSERT INTO rejected_calls (minute, peer, rpc, reason, calls) VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (minute, peer, rpc, reason)
+    DO UPDATE SET calls = rejected_calls.calls + excluded.calls
+"""
+_REJECTED = """
+    SELECT minute, peer, rpc, reason, calls FROM rejected_calls
+    WHERE minute >= $1 AND minute < $2 ORDER BY minute, peer, rpc, reason
 """
 _UNRECONCILED = (
     f"SELECT {_COLUMNS} FROM usage_records "  # noqa: S608
@@ -237,6 +247,10 @@ class PostgresLedger(BatchingLedger):
     async def note_reconcile_miss(self, call_id: str) -> None:
         await self._db().execute(_MISS, call_id)
 
+    async def rejected(self, since: datetime, until: datetime) -> list[RejectedCalls]:
+        rows = await self._db().fetch(_REJECTED, since, until)
+        return [RejectedCalls(*row) for row in rows]
+
     async def _open(self) -> None:
         self._pool = await asyncpg.create_pool(
             self._dsn,
@@ -257,11 +271,17 @@ class PostgresLedger(BatchingLedger):
         if pool is not None:
             await pool.close()
 
-    async def _write_batch(self, batch: Sequence[UsageRecord]) -> None:
+    async def _write_batch(
+        self, batch: Sequence[UsageRecord], rejections: Sequence[RejectedCalls] = ()
+    ) -> None:
         rows = [_to_row(record) for record in batch]
+        counts = [(r.minute, r.peer, r.rpc, r.reason, r.calls) for r in rejections]
         pool = self._db()
         async with pool.acquire(timeout=self._command_timeout_s) as conn, conn.transaction():
-            await conn.executemany(_INSERT, rows)
+            if rows:
+                await conn.executemany(_INSERT, rows)
+            if counts:
+                await conn.executemany(_COUNT_REJECTED, counts)
 
     def _is_transient(self, exc: Exception) -> bool:
         # Connection trouble and server-side errors are worth retrying, except SQLSTATE

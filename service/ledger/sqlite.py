@@ -24,6 +24,7 @@ from service.domain.usage import (
     MEDIA_COUNT_FIELDS,
     MediaTotals,
     ProviderTotals,
+    RejectedCalls,
     UsageRecord,
     UsageTotals,
     cost_from_stats,
@@ -176,6 +177,14 @@ _BY_PROVIDER = """
     FROM usage_records WHERE caller_id = ? AND time >= ? AND time < ?
     GROUP BY provider ORDER BY provider
 """
+_COUNT_REJECTED = """
+    INSERT INTO rejected_calls (minute, peer, rpc, reason, calls) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (minute, peer, rpc, reason) DO UPDATE SET calls = calls + excluded.calls
+"""
+_REJECTED = """
+    SELECT minute, peer, rpc, reason, calls FROM rejected_calls
+    WHERE minute >= ? AND minute < ? ORDER BY minute, peer, rpc, reason
+"""
 _UNRECONCILED = (
     f"SELECT {_COLUMNS} FROM usage_records "  # noqa: S608
     "WHERE reconciled = 0 AND generation_id <> '' AND (cancelled = 1 OR cost_usd IS NULL) "
@@ -320,6 +329,14 @@ class SqliteLedger(BatchingLedger):
     async def note_reconcile_miss(self, call_id: str) -> None:
         await self._run(lambda: self._db().execute(_MISS, (call_id,)))
 
+    async def rejected(self, since: datetime, until: datetime) -> list[RejectedCalls]:
+        params = (_to_micros(since), _to_micros(until))
+        rows = await self._run(lambda: self._db().execute(_REJECTED, params).fetchall())
+        return [
+            RejectedCalls(_EPOCH + minute * _MICROSECOND, peer, rpc, reason, calls)
+            for minute, peer, rpc, reason, calls in rows
+        ]
+
     # --- backend ---------------------------------------------------------------------------
 
     async def _open(self) -> None:
@@ -366,8 +383,10 @@ class SqliteLedger(BatchingLedger):
         self._executor.shutdown(wait=False)
         self._executor = None
 
-    async def _write_batch(self, batch: Sequence[UsageRecord]) -> None:
-        await self._run(lambda: _insert(self._db(), batch))
+    async def _write_batch(
+        self, batch: Sequence[UsageRecord], rejections: Sequence[RejectedCalls] = ()
+    ) -> None:
+        await self._run(lambda: _insert(self._db(), batch, rejections))
 
     def _is_transient(self, exc: Exception) -> bool:
         # OperationalError: locked, busy, disk full, I/O error. Anything else is about the
@@ -392,11 +411,16 @@ def _is_lock(exc: sqlite3.OperationalError) -> bool:
     return "locked" in message or "busy" in message
 
 
-def _insert(conn: sqlite3.Connection, batch: Sequence[UsageRecord]) -> None:
+def _insert(
+    conn: sqlite3.Connection, batch: Sequence[UsageRecord], rejections: Sequence[RejectedCalls]
+) -> None:
     rows = [_to_row(record) for record in batch]
+    counts = [(_to_micros(r.minute), r.peer, r.rpc, r.reason, r.calls) for r in rejections]
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.executemany(_INSERT, rows)
+        if counts:
+            conn.executemany(_COUNT_REJECTED, counts)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

@@ -243,21 +243,14 @@ class Failure:
     """Chat requests the simulator must have seen; the row's retries are one less."""
 
 
+# A call refused before its caller is known is counted in rejected_calls, not a row of its
+# own: tests/accounting/test_acct_rejected_calls.py.
 FAILURES = [
     Failure(
         "invalid-argument",
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",
         pb.CompleteRequest(messages=[user(PROMPT)], sampling=pb.SamplingParams(max_tokens=-1)),
-    ),
-    Failure(
-        "unauthenticated",
-        grpc.StatusCode.UNAUTHENTICATED,
-        "API_KEY_INVALID",
-        pb.CompleteRequest(messages=[user(PROMPT)]),
-        key=WRONG_KEY,
-        caller_id="",
-        requested_model="",
     ),
     Failure(
         "permission-denied",

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from service.domain.usage import LedgerStore, UsageRecord
+from service.domain.usage import LedgerStore, RejectedCalls, UsageRecord
 from service.ledger.batching import BatchingLedger
 from tests.ledger.records import count_rows, make_record
 
@@ -25,8 +25,10 @@ class Batches:
         self.written = asyncio.Event()
         write = store._write_batch
 
-        async def counted(batch: Sequence[UsageRecord]) -> None:
-            await write(batch)
+        async def counted(
+            batch: Sequence[UsageRecord], rejections: Sequence[RejectedCalls] = ()
+        ) -> None:
+            await write(batch, rejections)
             self.sizes.append(len(batch))
             self.written.set()
 
