@@ -129,9 +129,14 @@ class Policy:
     forbidden_provider_answers: AnswerCheck = AnswerCheck.FLAG
     id: str = field(default="", compare=False)
     """``p-`` and 16 hex digits of the SHA-256 of the rules: the same rules, the same id."""
+    silent: ProviderPreferences | None = field(default=None, compare=False, repr=False)
+    """The provider object a request without preferences gets (None: none), worked out once:
+    most requests carry none, and merging per call would cost more than the call's checks."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", f"p-{_digest(self)[:16]}")
+        merged = merge_preferences(_NO_PREFERENCES, self)
+        object.__setattr__(self, "silent", None if merged.is_empty() else merged)
 
     @property
     def restricts_providers(self) -> bool:
@@ -175,11 +180,6 @@ def _digest(policy: Policy) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_OPEN = Policy()
-OPEN_POLICY = _OPEN
-"""The policy of a caller for whom the callers file sets no rule."""
-
-
 def violation(policy: Policy, rule: Rule, field_name: str, what: str) -> PermissionDeniedError:
     """The refusal of a request that asks for more than ``rule`` allows."""
     return PermissionDeniedError(
@@ -195,6 +195,8 @@ def violation(policy: Policy, rule: Rule, field_name: str, what: str) -> Permiss
 def model_ids(request: CompletionRequest) -> list[tuple[str, ModelId]]:
     """(field, parsed id) of the model and each fallback; an unknown suffix is
     INVALID_ARGUMENT naming the field."""
+    if not request.fallback_models and ":" not in request.model:
+        return [("model", ModelId(request.model))]  # nearly every request: no suffix
     named = [("model", request.model)]
     named += [(f"fallback_models[{i}]", m) for i, m in enumerate(request.fallback_models)]
     parsed = []
@@ -227,10 +229,14 @@ def apply_policy(
     _check_plugins(request, policy, ids, candidates)
     _check_modalities(request, policy)
     reasoning = _reasoning(request, policy, ids, candidates)
-    provider = merge_preferences(request.provider or ProviderPreferences(), policy)
-    return dataclasses.replace(
-        request, provider=None if provider.is_empty() else provider, reasoning=reasoning
-    )
+    if request.provider is None:
+        provider = policy.silent
+    else:
+        merged = merge_preferences(request.provider, policy)
+        provider = None if merged.is_empty() else merged
+    if provider is request.provider and reasoning is request.reasoning:
+        return request  # the common case (no policy, no preferences): no copy
+    return dataclasses.replace(request, provider=provider, reasoning=reasoning)
 
 
 def _check_plugins(
@@ -452,6 +458,12 @@ def merge_preferences(asked: ProviderPreferences, policy: Policy) -> ProviderPre
         data_collection=data_collection,
         zdr=zdr,
     )
+
+
+_NO_PREFERENCES = ProviderPreferences()
+_OPEN = Policy()
+OPEN_POLICY = _OPEN
+"""The policy of a caller for whom the callers file sets no rule."""
 
 
 # --- checking the answer -----------------------------------------------------------------
