@@ -45,7 +45,7 @@ from service.domain.providers import (
     provider_slug,
 )
 from service.domain.variants import WEB_PLUGIN, ModelId, UnknownVariantError, parse_model_id
-from service.errors import InvalidRequestError, PermissionDeniedError, Reason
+from service.errors import InvalidRequestError, PermissionDeniedError, Reason, quoted
 
 FILE_PARSER_PLUGIN = "file-parser"
 KNOWN_PLUGINS = frozenset({WEB_PLUGIN, FILE_PARSER_PLUGIN, "web-fetch"})
@@ -224,7 +224,7 @@ def apply_policy(
                 policy,
                 Rule.FALLBACK_MODELS,
                 f"fallback_models[{i}]",
-                f"model '{fallback}' may not be used as a fallback",
+                f"model '{quoted(fallback)}' may not be used as a fallback",
             )
     _check_plugins(request, policy, ids, candidates)
     _check_modalities(request, policy)
