@@ -173,6 +173,12 @@ class FloorServicer(pb_grpc.CompletionServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the floor")
         raise AssertionError("unreachable")
 
+    async def Embed(  # noqa: N802
+        self, request: pb.EmbedRequest, context: Context
+    ) -> pb.EmbedResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the floor")
+        raise AssertionError("unreachable")
+
 
 async def serve(listen: str, upstream: str, api_key: str, default_model: str) -> None:
     connector = aiohttp.TCPConnector(limit=1024, limit_per_host=1024, keepalive_timeout=30.0)

@@ -96,6 +96,8 @@ class OpenRouterSettings(BaseSettings):
     """A file holding the key (a mounted Secret); read at start-up and on every reload."""
     base_url: AnyHttpUrl = AnyHttpUrl(DEFAULT_BASE_URL)
     default_model: str = "openai/gpt-4o-mini"
+    default_embedding_model: str = "openai/text-embedding-3-small"
+    """Used by Embed when a request names no model; empty: requests must name one."""
     http_referer: str = ""
     x_title: str = "LLM Gateway"
     timeout_ms: int = Field(default=45_000, ge=100, le=3_600_000)
@@ -145,6 +147,8 @@ class GatewaySettings(BaseSettings):
     max_tokens_cap: int = Field(default=16_384, ge=1)
     max_parts_per_message: int = Field(default=64, ge=1)
     max_part_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_embed_inputs: int = Field(default=2048, ge=1, le=100_000)
+    """Inputs of one Embed call."""
     """Inline bytes of one media part (image, file, audio, video)."""
     max_media_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     """Inline media bytes of one request; must stay below ``max_message_bytes``."""

@@ -30,6 +30,7 @@ from service.domain.accounting import Accountant
 from service.domain.callers import Caller, CallerRegistry
 from service.domain.gateway import Gateway, GatewayPolicy
 from service.domain.limits import RequestLimits
+from service.domain.models import ModelInfo
 from service.domain.quotas import FailurePolicy, LeasePolicy, QuotaStore
 from service.domain.schemas import SchemaLoadError, SchemaRegistry
 from service.errors import GatewayError
@@ -102,6 +103,7 @@ def request_limits(settings: GatewaySettings) -> RequestLimits:
         max_parts_per_message=settings.max_parts_per_message,
         max_part_bytes=min(settings.max_part_bytes, settings.max_media_bytes),
         max_media_bytes=settings.max_media_bytes,
+        max_embedding_inputs=settings.max_embed_inputs,
     )
 
 
@@ -131,6 +133,17 @@ class GatewayServer:
         except BaseException:
             await self._stack.aclose()
             raise
+
+    def _embedding_default(self, models: Sequence[ModelInfo]) -> str:
+        """The default embedding model; one the catalog lacks is only warned about (chat
+        does not need it) and Embed calls that name no model then fail naming the field."""
+        default = self.openrouter.default_embedding_model
+        if default and not any(m.id == default and m.makes_embeddings for m in models):
+            log.warning(
+                "OPENROUTER_DEFAULT_EMBEDDING_MODEL is not an embedding model of the catalog",
+                extra={"model": default},
+            )
+        return default
 
     async def _start(self) -> None:
         if self.openrouter.api_key_file is not None:
@@ -191,6 +204,7 @@ class GatewayServer:
             client,
             GatewayPolicy(
                 default_model=default,
+                default_embedding_model=self._embedding_default(models),
                 allowed_models=self.settings.allowed_models,
                 limits=request_limits(self.settings),
                 leases=LeasePolicy(

@@ -209,6 +209,13 @@ def _part(part: pb.Part, field: str, violations: list[FieldViolation]) -> Part:
     return TextPart(" ")
 
 
+def parts(
+    values: Sequence[pb.Part], field: str, violations: list[FieldViolation]
+) -> tuple[Part, ...]:
+    """Parts outside a message (an embedding input's), ``field`` naming their list."""
+    return tuple(_part(part, f"{field}[{j}]", violations) for j, part in enumerate(values))
+
+
 def _messages(messages: Sequence[pb.Message], violations: list[FieldViolation]) -> list[Message]:
     result = []
     for i, message in enumerate(messages):

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 
-from service.api import convert
+from service.api import convert, convert_embed
 from service.api.auth import Authenticator
 from service.api.frame import REQUEST_ID_KEY, Call, CallFrame, Context, FinishHook
 from service.domain.accounting import Accountant
@@ -107,6 +107,11 @@ class CompletionServicer:
             "GetUsage", raw, context, pb.GetUsageRequest.FromString, self._usage
         )
 
+    async def Embed(
+        self, raw: bytes, context: Context[pb.EmbedResponse]
+    ) -> pb.EmbedResponse | None:
+        return await self.frame.run("Embed", raw, context, pb.EmbedRequest.FromString, self._embed)
+
     # --- what each RPC does ----------------------------------------------------------
 
     async def _complete(
@@ -196,6 +201,7 @@ class CompletionServicer:
         return pb.ListModelsResponse(
             models=[convert.model(m) for m in models],
             default_model=self._gateway.default_model,
+            default_embedding_model=self._gateway.default_embedding_model,
         )
 
     async def _usage(
@@ -208,6 +214,20 @@ class CompletionServicer:
             call.caller, since, until
         )
         return convert.usage_response(call.caller.id, period_start, period_end, totals, quotas)
+
+    async def _embed(
+        self, call: Call, request: pb.EmbedRequest, context: Context[pb.EmbedResponse]
+    ) -> pb.EmbedResponse:
+        prepared = await self._gateway.prepare_embedding(
+            call.caller,
+            convert_embed.embedding_request(request),
+            end_user_id=request.end_user_id,
+            record=call.record,
+            trace_headers=call.observed.trace,
+        )
+        call.observed.model = prepared.model.id
+        result = await self._gateway.embed(prepared, deadline=call.deadline, record=call.record)
+        return convert_embed.embed_response(result, prepared.request.encoding)
 
 
 def _time(request: pb.GetUsageRequest, field: Literal["start_time", "end_time"]) -> datetime | None:
@@ -245,6 +265,9 @@ def register(servicer: CompletionServicer, server: grpc.aio.Server) -> None:
         ),
         "GetUsage": grpc.unary_unary_rpc_method_handler(
             servicer.GetUsage, response_serializer=pb.GetUsageResponse.SerializeToString
+        ),
+        "Embed": grpc.unary_unary_rpc_method_handler(
+            servicer.Embed, response_serializer=pb.EmbedResponse.SerializeToString
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

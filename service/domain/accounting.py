@@ -140,29 +140,29 @@ def estimate_prompt_tokens(request: CompletionRequest) -> int:
     above); media parts are bounded per model by ``media_prompt_bound``."""
     tokens = _TOKENS_PER_REQUEST + _TOKENS_PER_MESSAGE * len(request.messages)
     for message in request.messages:
-        tokens += _utf8_bound(message.content)
+        tokens += utf8_bound(message.content)
         for part in message.parts:
             if isinstance(part, TextPart):
-                tokens += _utf8_bound(part.text)
+                tokens += utf8_bound(part.text)
         for detail in message.reasoning_details:
             # Reasoning sent back is read as prompt (encrypted data as its own tokens).
             for value in (detail.text, detail.summary, detail.data, detail.signature):
-                tokens += _utf8_bound(value or "")
-        tokens += _utf8_bound(message.name or "") + _utf8_bound(message.tool_call_id or "")
+                tokens += utf8_bound(value or "")
+        tokens += utf8_bound(message.name or "") + utf8_bound(message.tool_call_id or "")
         for call in message.tool_calls:
-            tokens += _utf8_bound(call.id) + _utf8_bound(call.name) + _utf8_bound(call.arguments)
+            tokens += utf8_bound(call.id) + utf8_bound(call.name) + utf8_bound(call.arguments)
     if request.tools:
         tokens += _TOKENS_FOR_TOOLS
     for tool in request.tools:
-        tokens += _utf8_bound(tool.name) + _utf8_bound(tool.description)
-        tokens += _utf8_bound(_json_text(tool.parameters))
+        tokens += utf8_bound(tool.name) + utf8_bound(tool.description)
+        tokens += utf8_bound(_json_text(tool.parameters))
     if request.response_format is not None and request.response_format.schema is not None:
-        tokens += _utf8_bound(request.response_format.name)
-        tokens += _utf8_bound(_json_text(request.response_format.schema))
+        tokens += utf8_bound(request.response_format.name)
+        tokens += utf8_bound(_json_text(request.response_format.schema))
     return tokens
 
 
-def _utf8_bound(text: str) -> int:
+def utf8_bound(text: str) -> int:
     """UTF-8 bytes of ``text``, or of its NFC form where that is longer."""
     if text.isascii():  # most prompts: no encoding, no normalisation to pay for
         return len(text)

@@ -30,6 +30,10 @@ def _refuse(field: str, model: ModelInfo, what: str, **metadata: str) -> Unsuppo
 
 def check_capabilities(request: CompletionRequest, candidates: Sequence[ModelInfo]) -> None:
     """Raise ``UnsupportedFeatureError`` for the first need a candidate does not meet."""
+    for k, model in enumerate(candidates):
+        if model.makes_embeddings:
+            field = "model" if k == 0 else f"fallback_models[{k - 1}]"
+            raise _refuse(field, model, "is an embedding model: call Embed")
     if request.reasoning is not None and request.reasoning.wanted:
         for model in candidates:
             if not model.supports_reasoning:

@@ -64,6 +64,8 @@ class Modality(StrEnum):
     FILE = "file"
     AUDIO = "audio"
     VIDEO = "video"
+    EMBEDDINGS = "embeddings"
+    """An output only: embedding models (served by Embed, not by the chat RPCs)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,13 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from service.domain.accounting import CallRecord, MediaInputs, usage_cost, worst_case
+from service.domain.accounting import (
+    CallRecord,
+    CostEstimate,
+    MediaInputs,
+    usage_cost,
+    worst_case,
+)
 from service.domain.callers import Caller
 from service.domain.capabilities import check_capabilities
 from service.domain.completion import (
@@ -30,6 +36,12 @@ from service.domain.completion import (
     StreamStarted,
     add_unsupported,
 )
+from service.domain.embedding_rules import (
+    check_embedding_model,
+    embedding_worst_case,
+    prepare_embedding,
+)
+from service.domain.embeddings import EmbeddingRequest, Embeddings
 from service.domain.limits import RequestLimits, identifier_violations, prepare
 from service.domain.models import ModelInfo
 from service.domain.policy import AnswerCheck, answer_breach, apply_policy, breach_error
@@ -100,8 +112,19 @@ class PreparedCall:
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedEmbedding:
+    """A validated, authorised embedding request and its model's catalog entry."""
+
+    caller: Caller
+    request: EmbeddingRequest
+    model: ModelInfo
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayPolicy:
     default_model: str
+    default_embedding_model: str = ""
+    """Used when an Embed request leaves ``model`` empty; empty: ``model`` is required."""
     allowed_models: tuple[str, ...] = ()
     """Global allow-list of globs; empty allows the whole catalog."""
     limits: RequestLimits = field(default_factory=RequestLimits)
@@ -136,6 +159,10 @@ class Gateway:
     @property
     def default_model(self) -> str:
         return self._policy.default_model
+
+    @property
+    def default_embedding_model(self) -> str:
+        return self._policy.default_embedding_model
 
     def globally_allowed(self, model: str) -> bool:
         patterns = self._policy.allowed_models
@@ -190,12 +217,7 @@ class Gateway:
             *((f"fallback_models[{i}]", m) for i, m in enumerate(request.fallback_models)),
         ]
         infos = [await self.catalog.get(candidate) for _, candidate in named]
-        for (field_name, candidate), found in zip(named, infos, strict=True):
-            if not self.allowed_for(caller, candidate, in_catalog=found is not None):
-                raise PermissionDeniedError(
-                    f"{field_name}: model '{quoted(candidate)}' is not allowed for this caller",
-                    metadata={"model": quoted(candidate), "field": field_name},
-                )
+        self._authorise(caller, named, infos)
         candidates: list[ModelInfo] = []
         for (field_name, candidate), found in zip(named, infos, strict=True):
             if found is None:
@@ -236,6 +258,55 @@ class Gateway:
         if refused:
             raise breach_error(policy, rule, provider)
 
+    def _authorise(
+        self,
+        caller: Caller,
+        named: Sequence[tuple[str, str]],
+        infos: Sequence[ModelInfo | None],
+    ) -> None:
+        """Every (field, model) must be allowed for the caller (``infos``: their catalog
+        entries, None for a name the catalog lacks)."""
+        for (field_name, candidate), found in zip(named, infos, strict=True):
+            if not self.allowed_for(caller, candidate, in_catalog=found is not None):
+                raise PermissionDeniedError(
+                    f"{field_name}: model '{quoted(candidate)}' is not allowed for this caller",
+                    metadata={"model": quoted(candidate), "field": field_name},
+                )
+
+    async def prepare_embedding(
+        self,
+        caller: Caller,
+        request: EmbeddingRequest,
+        *,
+        end_user_id: str,
+        record: CallRecord,
+        trace_headers: Mapping[str, str] | None = None,
+    ) -> PreparedEmbedding:
+        """Validate and authorise an Embed request, as ``prepare`` does a chat request."""
+        model = request.model or self._policy.default_embedding_model
+        record.caller_id = caller.id
+        if not identifier_violations(request.model, (), end_user_id):
+            record.end_user_id = end_user_id
+            record.requested_model = model
+        prepared = prepare_embedding(
+            request,
+            self._policy.limits,
+            end_user_id=end_user_id,
+            model=model,
+            user=end_user_token(caller.id, end_user_id),
+            trace_headers=trace_headers or request.trace_headers,
+        )
+        if not model:
+            raise InvalidRequestError.for_field(
+                "model", "must be set: the gateway has no default embedding model"
+            )
+        info = await self.catalog.get(model)
+        self._authorise(caller, [("model", model)], [info])
+        if info is None:
+            raise InvalidRequestError.for_field("model", f"unknown model '{quoted(model)}'")
+        check_embedding_model(prepared, info)
+        return PreparedEmbedding(caller, prepared, info)
+
     # --- quotas ---------------------------------------------------------------------------
 
     async def _reserve(
@@ -244,16 +315,21 @@ class Gateway:
         """Reserve the worst case of ``attempts`` upstream calls, leased for as long as they
         can run."""
         estimate = worst_case(request, list(call.candidates))
+        return await self._reserve_estimate(call.caller, estimate, deadline, attempts=attempts)
+
+    async def _reserve_estimate(
+        self, caller: Caller, estimate: CostEstimate, deadline: float, *, attempts: int = 1
+    ) -> Reservation:
         remaining = deadline - asyncio.get_running_loop().time()
         tokens = estimate.tokens * attempts
-        tpm = call.caller.limits.tokens_per_minute
+        tpm = caller.limits.tokens_per_minute
         if tpm is not None and tokens > tpm >= estimate.completion * attempts:
             # The prompt's bound (a token per byte, a context window for media) is far above
             # what most prompts use: a rate limit refuses only what the caller asked for
             # (max_tokens), and such a call takes the whole minute window instead.
             tokens = tpm
         return await self._quotas.reserve(
-            call.caller,
+            caller,
             tokens=tokens,
             usd=estimate.usd * attempts,
             lease_s=self._policy.leases.lease_s(remaining, attempts=attempts),
@@ -284,7 +360,7 @@ class Gateway:
         return stop
 
     async def _settle(
-        self, reservation: Reservation, call: PreparedCall, record: CallRecord
+        self, reservation: Reservation, call: PreparedCall | PreparedEmbedding, record: CallRecord
     ) -> None:
         usage = record.stats.usage
         try:
@@ -331,6 +407,21 @@ class Gateway:
         add_unsupported(record.unsupported, completion.unsupported)
         self._check_provider(call, completion.provider, record)
         return completion
+
+    async def embed(
+        self, call: PreparedEmbedding, *, deadline: float, record: CallRecord
+    ) -> Embeddings:
+        estimate = embedding_worst_case(call.request, call.model)
+        reservation = await self._reserve_estimate(call.caller, estimate, deadline)
+        try:
+            embeddings = await self._backend.embed(
+                call.request, deadline=deadline, stats=record.stats
+            )
+        except BaseException:
+            await asyncio.shield(self._settle(reservation, call, record))
+            raise
+        await self._settle(reservation, call, record)
+        return embeddings
 
     async def stream(
         self, call: PreparedCall, *, deadline: float, record: CallRecord

@@ -69,6 +69,8 @@ class RequestLimits:
     max_part_bytes: int = 10 * MIB
     max_media_bytes: int = 20 * MIB
     """Inline media bytes of one request, all parts together."""
+    max_embedding_inputs: int = 2048
+    """Inputs of one Embed call (OpenAI's own limit per request)."""
 
 
 def _range(
@@ -237,6 +239,20 @@ def _check_media(
                 )
             )
         _check_source(part.source, f"{where}.file", None, limits, violations)
+
+
+def check_media_part(
+    part: Part, where: str, limits: RequestLimits, violations: list[FieldViolation]
+) -> int:
+    """Check one part of any kind outside a message (an embedding input's); returns the
+    inline media bytes it carries."""
+    if isinstance(part, TextPart):
+        if not part.text:
+            violations.append(FieldViolation(f"{where}.text", "must not be empty"))
+        return 0
+    size = part_bytes(part)
+    _check_media(part, where, size, limits, violations)
+    return size
 
 
 def _check_source(

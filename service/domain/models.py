@@ -50,6 +50,7 @@ def _lower(price: Decimal, ceiling: Decimal | None) -> Decimal:
 
 
 TEXT_ONLY = frozenset({Modality.TEXT})
+_SERVED_OUTPUTS = frozenset({Modality.TEXT, Modality.IMAGE, Modality.EMBEDDINGS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,18 @@ class ModelInfo:
     @property
     def supports_reasoning(self) -> bool:
         return bool({"reasoning", "include_reasoning"} & self.supported_parameters)
+
+    @property
+    def servable(self) -> bool:
+        """Whether some RPC serves the model: it writes text, images or embeddings (or the
+        catalog does not say). Speech, transcription and rerank models are not served."""
+        outputs = self.output_modalities
+        return outputs is None or bool(outputs & _SERVED_OUTPUTS)
+
+    @property
+    def makes_embeddings(self) -> bool:
+        """An embedding model: served by Embed, never by the chat RPCs."""
+        return self.output_modalities is not None and Modality.EMBEDDINGS in self.output_modalities
 
     def takes(self, modality: Modality) -> bool:
         """Whether the model reads ``modality`` (True when the catalog does not say)."""

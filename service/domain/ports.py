@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from service.domain.completion import CallStats, Completion, CompletionRequest, StreamEvent
+from service.domain.embeddings import EmbeddingRequest, Embeddings
 from service.domain.models import ModelInfo
 
 
@@ -40,6 +41,12 @@ class CompletionBackend(Protocol):
         self, request: CompletionRequest, *, deadline: float, stats: CallStats | None = None
     ) -> AsyncGenerator[StreamEvent, None]:
         """Events of one streamed answer; a clean end always yields ``StreamFinished`` last."""
+        ...
+
+    async def embed(
+        self, request: EmbeddingRequest, *, deadline: float, stats: CallStats | None = None
+    ) -> Embeddings:
+        """The vectors of every input, in order (``/embeddings``), retried like ``complete``."""
         ...
 
     async def list_models(self) -> Sequence[ModelInfo]:

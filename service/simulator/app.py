@@ -9,6 +9,7 @@ from .catalog import DEFAULT_CATALOG, Catalog
 from .chat import handle_chat
 from .config import SimulatorConfig
 from .context import CONTEXT_KEY, STATE_KEY, SimulatorContext
+from .embeddings import handle_embeddings
 from .errors import bad_request, generation_not_found
 from .intake import admit, check_auth, error_response
 from .state import SimulatorState
@@ -30,6 +31,7 @@ def create_app(
     app[CONTEXT_KEY] = SimulatorContext(config, catalog or DEFAULT_CATALOG, state)
     app[STATE_KEY] = state
     app.router.add_post(f"{API_PREFIX}/chat/completions", handle_chat)
+    app.router.add_post(f"{API_PREFIX}/embeddings", handle_embeddings)
     app.router.add_get(f"{API_PREFIX}/models", handle_models)
     app.router.add_get(f"{API_PREFIX}/generation", handle_generation)
     app.router.add_get("/_sim/requests", handle_sim_requests)
@@ -49,11 +51,12 @@ def _json(payload: object, status: int = 200) -> web.Response:
 
 
 async def handle_models(request: web.Request) -> web.Response:
-    """`GET /models`, like OpenRouter public (no key needed), with the parameter filter."""
+    """`GET /models`, like OpenRouter public (no key needed), with its two filters."""
     ctx = request.app[CONTEXT_KEY]
     await admit(request, ctx)
     wanted = request.query.get("supported_parameters", "")
-    return _json({"data": ctx.catalog.listing(wanted.split(","))})
+    outputs = request.query.get("output_modalities", "")
+    return _json({"data": ctx.catalog.listing(wanted.split(","), outputs)})
 
 
 async def handle_generation(request: web.Request) -> web.Response:

@@ -107,6 +107,10 @@ class ModelInfo:
     audio_price: Decimal = Decimal(0)
     """Per input audio token (0: audio tokens cost the prompt price)."""
     reasoning_style: ReasoningStyle = ReasoningStyle.PLAIN
+    embedding_dimensions: int = 0
+    """The vectors' length, for an embedding model (output modality ``embeddings``)."""
+    flexible_dimensions: bool = False
+    """Whether ``dimensions`` may shorten its vectors (OpenAI's text-embedding-3)."""
 
     def supports(self, parameter: str) -> bool:
         return parameter in self.supported_parameters
@@ -239,13 +243,21 @@ class Catalog:
                 found = self._models.get(base)
         return found
 
-    def listing(self, required_parameters: Iterable[str] = ()) -> list[dict[str, Any]]:
-        """Models supporting every required parameter, as `/models` entries."""
+    def listing(
+        self, required_parameters: Iterable[str] = (), output_modalities: str = ""
+    ) -> list[dict[str, Any]]:
+        """Models supporting every required parameter, as `/models` entries.
+
+        As on OpenRouter, only text models unless ``output_modalities`` asks for others: a
+        comma-separated list (a model making any of them is listed) or ``all``.
+        """
         required = {p.strip() for p in required_parameters if p.strip()}
+        wanted = {m.strip() for m in output_modalities.split(",") if m.strip()} or {"text"}
         return [
             model.to_json()
             for model in self._models.values()
             if required <= model.supported_parameters
+            and ("all" in wanted or wanted & set(model.output_modalities))
         ]
 
 
@@ -480,6 +492,43 @@ DEFAULT_CATALOG = Catalog(
             output_modalities=("image", "text"),
             image_price=Decimal("0.001238"),
             image_output_price=Decimal("0.039"),
+        ),
+        ModelInfo(
+            id="openai/text-embedding-3-small",
+            canonical_slug="openai/text-embedding-3-small",
+            name="OpenAI: Text Embedding 3 Small",
+            created=1706140800,
+            description="Small text embeddings; dimensions can be shortened.",
+            context_length=8192,
+            max_completion_tokens=0,
+            tokenizer="GPT",
+            provider_name="OpenAI",
+            prompt_price=Decimal("0.00000002"),
+            completion_price=Decimal(0),
+            is_moderated=False,
+            supported_parameters=frozenset(),
+            output_modalities=("embeddings",),
+            embedding_dimensions=1536,
+            flexible_dimensions=True,
+        ),
+        ModelInfo(
+            id="nvidia/llama-nemotron-embed-vl-1b-v2",
+            canonical_slug="nvidia/llama-nemotron-embed-vl-1b-v2",
+            name="NVIDIA: Llama Nemotron Embed VL 1B v2",
+            created=1761955200,
+            description="Embeddings of text and images in one space.",
+            context_length=8192,
+            max_completion_tokens=0,
+            tokenizer="Llama3",
+            provider_name="Nvidia",
+            prompt_price=Decimal("0.00000005"),
+            completion_price=Decimal(0),
+            is_moderated=False,
+            supported_parameters=frozenset(),
+            input_modalities=("text", "image"),
+            output_modalities=("embeddings",),
+            image_price=Decimal("0.0001"),
+            embedding_dimensions=2048,
         ),
     )
 )

@@ -11,7 +11,6 @@ a disconnect is noticed within ``_HANG_POLL_S``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import time
 from dataclasses import dataclass
@@ -311,12 +310,7 @@ async def _serve(
 
 
 def _should_fail(ctx: SimulatorContext, call: _Call) -> bool:
-    limit = call.scenario.fail_times
-    if limit is None:
-        return True
-    # Identical retries have identical bodies; key order must not matter.
-    key = hashlib.sha256(orjson.dumps(call.body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return ctx.state.count_attempt(key) < limit
+    return ctx.state.should_fail(call.body, call.scenario.fail_times)
 
 
 async def _until_disconnected(request: web.Request) -> None:

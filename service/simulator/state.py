@@ -8,11 +8,14 @@ stored: a request only records whether it had one.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
+
+import orjson
 
 _T = TypeVar("_T")
 
@@ -160,6 +163,14 @@ class SimulatorState:
         seen = self._attempts.get(key, 0)
         self._attempts[key] = seen + 1
         return seen
+
+    def should_fail(self, body: Any, fail_times: int | None) -> bool:
+        """Whether an ``error`` directive fails this request: always, or (``fail-times``) for
+        the first N identical bodies; key order does not make two bodies differ."""
+        if fail_times is None:
+            return True
+        key = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return self.count_attempt(key) < fail_times
 
     def is_first_json_attempt(self, key: str, message_count: int) -> bool:
         """True until the same conversation comes back with more messages (`json=wrong-once`)."""

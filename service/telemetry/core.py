@@ -59,6 +59,7 @@ POLICY_RULE: Final = "llmgateway.policy.rule"
 POLICY_BREACHES: Final = "llmgateway.policy.breaches"
 
 OPERATION_CHAT: Final = "chat"
+OPERATION_EMBEDDINGS: Final = "embeddings"
 PROVIDER_OPENROUTER: Final = "openrouter"
 
 # Bucket boundaries in seconds (the SDK's defaults are made for milliseconds).

@@ -34,6 +34,7 @@ from service.telemetry.core import (
     GEN_AI_USAGE_INPUT_TOKENS,
     GEN_AI_USAGE_OUTPUT_TOKENS,
     OPERATION_CHAT,
+    OPERATION_EMBEDDINGS,
     POLICY_RULE,
     PROVIDER_OPENROUTER,
     REPAIR_USED,
@@ -60,7 +61,13 @@ _GETTER: Final = DefaultGetter()
 _NO_HEADERS: Final[Mapping[str, str]] = {}
 # Spans start from here or a caller's context, never from whatever happens to be current.
 _ROOT: Final = Context()
-_CHAT_RPCS: Final = frozenset({"Complete", "StreamComplete", "CompleteStructured"})
+# The RPCs that call a model, and their GenAI operation.
+_MODEL_RPCS: Final = {
+    "Complete": OPERATION_CHAT,
+    "StreamComplete": OPERATION_CHAT,
+    "CompleteStructured": OPERATION_CHAT,
+    "Embed": OPERATION_EMBEDDINGS,
+}
 _STREAM_RPCS: Final = frozenset({"StreamComplete"})
 # gRPC semantic conventions: a server span is an error only for these codes; the others
 # (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, …) are the caller's to fix and leave it unset.
@@ -88,6 +95,8 @@ class _Method:
     duration_attributes: Mapping[str, AttributeValue]
     method_attributes: Mapping[str, AttributeValue]
     chat: bool
+    """The RPC calls a model (chat or embeddings): GenAI attributes, tokens, trace upstream."""
+    operation: str
     stream: bool
 
 
@@ -123,17 +132,18 @@ class RpcTelemetry:
         return attributes
 
     def token_attributes(
-        self, model: str
+        self, model: str, operation: str = OPERATION_CHAT
     ) -> tuple[Mapping[str, AttributeValue], Mapping[str, AttributeValue]]:
         """The input and the output attributes of ``gen_ai.client.token.usage``."""
-        attributes = self._tokens_by_model.get(model)
+        key = model if operation == OPERATION_CHAT else f"{operation}\x00{model}"
+        attributes = self._tokens_by_model.get(key)
         if attributes is None:
             common = {
-                GEN_AI_OPERATION_NAME: OPERATION_CHAT,
+                GEN_AI_OPERATION_NAME: operation,
                 GEN_AI_PROVIDER_NAME: PROVIDER_OPENROUTER,
                 GEN_AI_REQUEST_MODEL: model,
             }
-            attributes = self._tokens_by_model[model] = (
+            attributes = self._tokens_by_model[key] = (
                 {**common, GEN_AI_TOKEN_TYPE: _INPUT},
                 {**common, GEN_AI_TOKEN_TYPE: _OUTPUT},
             )
@@ -148,15 +158,17 @@ class RpcTelemetry:
                 RPC_METHOD: rpc,
             }
             span_attributes = {**base, **self._server}
-            if rpc in _CHAT_RPCS:
-                span_attributes[GEN_AI_OPERATION_NAME] = OPERATION_CHAT
+            operation = _MODEL_RPCS.get(rpc, "")
+            if operation:
+                span_attributes[GEN_AI_OPERATION_NAME] = operation
             method = _Method(
                 name=rpc,
                 span_name=f"{self._service}/{rpc}",
                 span_attributes=span_attributes,
                 duration_attributes=base,
                 method_attributes={RPC_METHOD: rpc},
-                chat=rpc in _CHAT_RPCS,
+                chat=bool(operation),
+                operation=operation,
                 stream=rpc in _STREAM_RPCS,
             )
             self._methods[rpc] = method
@@ -283,7 +295,7 @@ class RpcCall:
         if usage is not None:
             metrics.tokens.add((caller, model, _INPUT), usage.prompt_tokens)
             metrics.tokens.add((caller, model, _OUTPUT), usage.completion_tokens)
-            token_input, token_output = self._owner.token_attributes(model)
+            token_input, token_output = self._owner.token_attributes(model, method.operation)
             metrics.token_usage.record(usage.prompt_tokens, token_input)
             metrics.token_usage.record(usage.completion_tokens, token_output)
             if usage.cost_usd is not None and usage.cost_usd > 0:

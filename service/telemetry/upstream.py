@@ -18,7 +18,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from service.domain.completion import CallStats, CompletionRequest
+from service.domain.completion import CallStats
 from service.errors import GatewayError, UpstreamError
 from service.telemetry.core import (
     ATTEMPT,
@@ -47,6 +47,7 @@ from service.telemetry.core import (
     trace_headers,
 )
 from service.telemetry.spans import SpanRecorder
+from service.upstream.observer import ObservedRequest
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 _GETTER: Final = DefaultGetter()
@@ -82,7 +83,13 @@ class UpstreamTelemetry:
         return cls(telemetry.spans, telemetry.instruments)
 
     def attempt(
-        self, request: CompletionRequest, number: int, *, url: str, stream: bool
+        self,
+        request: ObservedRequest,
+        number: int,
+        *,
+        url: str,
+        stream: bool,
+        operation: str = OPERATION_CHAT,
     ) -> Attempt:
         if self._spans is None:
             return Attempt(self, None, number, _NO_HEADERS)
@@ -97,11 +104,11 @@ class UpstreamTelemetry:
         else:
             parent = _ROOT
         span = self._spans.start(
-            f"{OPERATION_CHAT} {request.model}",
+            f"{operation} {request.model}",
             parent,
             SpanKind.CLIENT,
             {
-                **self._static(url),
+                **self._static(url, operation),
                 GEN_AI_REQUEST_MODEL: request.model,
                 GEN_AI_REQUEST_STREAM: stream,
                 ATTEMPT: number,
@@ -109,12 +116,13 @@ class UpstreamTelemetry:
         )
         return Attempt(self, span, number, trace_headers(span.get_span_context()))
 
-    def _static(self, url: str) -> Mapping[str, AttributeValue]:
+    def _static(self, url: str, operation: str) -> Mapping[str, AttributeValue]:
+        # One URL per operation (/chat/completions, /embeddings): the URL is the key.
         attributes = self._by_url.get(url)
         if attributes is None:
             parts = urlsplit(url)
             attributes = {
-                GEN_AI_OPERATION_NAME: OPERATION_CHAT,
+                GEN_AI_OPERATION_NAME: operation,
                 GEN_AI_PROVIDER_NAME: PROVIDER_OPENROUTER,
                 HTTP_REQUEST_METHOD: "POST",
                 URL_FULL: safe_url(url),

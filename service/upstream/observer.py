@@ -7,8 +7,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final, Protocol
 
-from service.domain.completion import CallStats, CompletionRequest
+from service.domain.completion import CallStats
 from service.errors import UpstreamError
+
+
+class ObservedRequest(Protocol):
+    """What an observer reads of the request an attempt sends (chat or embeddings)."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def trace_headers(self) -> Mapping[str, str]: ...
 
 
 class UpstreamAttempt(Protocol):
@@ -34,10 +44,17 @@ class UpstreamAttempt(Protocol):
 
 
 class AttemptObserver(Protocol):
-    """Watches chat attempts (telemetry's client spans and attempt counters)."""
+    """Watches model-call attempts (telemetry's client spans and attempt counters);
+    ``operation`` is the GenAI operation, ``chat`` or ``embeddings``."""
 
     def attempt(
-        self, request: CompletionRequest, number: int, *, url: str, stream: bool
+        self,
+        request: ObservedRequest,
+        number: int,
+        *,
+        url: str,
+        stream: bool,
+        operation: str = "chat",
     ) -> UpstreamAttempt: ...
 
 
@@ -59,4 +76,4 @@ class _Unwatched:
 
 UNWATCHED: Final[UpstreamAttempt] = _Unwatched()
 
-__all__ = ["UNWATCHED", "AttemptObserver", "UpstreamAttempt"]
+__all__ = ["UNWATCHED", "AttemptObserver", "ObservedRequest", "UpstreamAttempt"]

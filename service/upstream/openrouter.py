@@ -37,10 +37,11 @@ from service.domain.completion import (
     StreamEvent,
     StreamFinished,
 )
+from service.domain.embeddings import EmbeddingRequest, Embeddings
 from service.domain.models import ModelInfo
 from service.domain.ports import GenerationStats
 from service.errors import InternalError, UpstreamError
-from service.upstream import wire
+from service.upstream import embeddings, wire
 from service.upstream.catalog import ModelCatalog
 from service.upstream.errors import (
     attempt_failure,
@@ -50,7 +51,7 @@ from service.upstream.errors import (
     protocol_error,
     read_timeout_error,
 )
-from service.upstream.observer import UNWATCHED, AttemptObserver, UpstreamAttempt
+from service.upstream.observer import UNWATCHED, AttemptObserver, ObservedRequest, UpstreamAttempt
 from service.upstream.retries import Retrier
 from service.upstream.sse import SSEDecoder, SSEEvent
 from service.upstream.streaming import StreamAssembler
@@ -58,6 +59,7 @@ from service.upstream.streaming import StreamAssembler
 logger = logging.getLogger(__name__)
 
 _KEEPALIVE_TIMEOUT_S: Final = 30.0
+_ALL_MODELS: Final = {"output_modalities": "all"}
 # Headers a caller's trace context may not override.
 _PROTECTED_HEADERS: Final = frozenset(
     {"authorization", "content-type", "accept", "http-referer", "x-openrouter-title", "x-title"}
@@ -72,7 +74,8 @@ class _Reply:
 
 
 class OpenRouterClient:
-    """Talks to OpenRouter's ``/chat/completions``, ``/models`` and ``/generation``.
+    """Talks to OpenRouter's ``/chat/completions``, ``/embeddings``, ``/models`` and
+    ``/generation``.
 
     ``rng`` drives backoff jitter; pass a seeded ``random.Random`` for repeatable tests.
     ``observer`` (telemetry) sees every chat completion attempt.
@@ -251,6 +254,45 @@ class OpenRouterClient:
         finally:
             stats.upstream_seconds = loop.time() - started
 
+    async def embed(
+        self, request: EmbeddingRequest, *, deadline: float, stats: CallStats | None = None
+    ) -> Embeddings:
+        """The vectors of every input, in order; retried like ``complete``."""
+        stats = stats if stats is not None else CallStats()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        budget_end = self._budget_end(started, deadline)
+        url = f"{self._base}/embeddings"
+        body = embeddings.encode_body(request)
+        headers = self._headers(request.trace_headers, accept="application/json")
+
+        def watch(number: int) -> UpstreamAttempt:
+            return self._watch(request, number, url=url, stream=False, operation="embeddings")
+
+        async def attempt(watched: UpstreamAttempt) -> Embeddings:
+            send = {**headers, **watched.headers} if watched.headers else headers
+            reply = await self._exchange("POST", url, send, budget_end, data=body)
+            if reply.status != 200:
+                raise error_from_response(reply.status, reply.body, reply.headers)
+            data = wire.load_object(reply.body, "the embeddings answer")
+            if isinstance(data.get("error"), dict):
+                raise error_from_payload(data["error"], http_status=200)
+            # Recorded before the vectors are read, so an answer whose vectors are broken
+            # still books the usage it reports.
+            stats.generation_id = _str_or_empty(data.get("id"))
+            stats.served_model = _str_or_empty(data.get("model"))
+            stats.provider = _str_or_empty(data.get("provider"))
+            stats.usage = wire.parse_usage(data.get("usage"))
+            result = embeddings.parse_embeddings(data, expected=len(request.inputs))
+            stats.first_token_at = loop.time()
+            watched.succeeded(stats, "")
+            return result
+
+        try:
+            return await self._retries.run(attempt, budget_end, stats, watch)
+        finally:
+            stats.upstream_seconds = loop.time() - started
+
     # --- catalog and generation stats ----------------------------------------------------
 
     async def list_models(self) -> Sequence[ModelInfo]:
@@ -288,10 +330,12 @@ class OpenRouterClient:
         headers = self._headers({}, accept="application/json", has_body=False)
 
         async def attempt(_: UpstreamAttempt) -> list[ModelInfo]:
-            reply = await self._exchange("GET", url, headers, budget_end)
+            # Without the filter OpenRouter lists text models only: no embedding models.
+            reply = await self._exchange("GET", url, headers, budget_end, params=_ALL_MODELS)
             if reply.status != 200:
                 raise error_from_response(reply.status, reply.body, reply.headers)
-            return wire.parse_models(wire.load_object(reply.body, "the model list"))
+            models = wire.parse_models(wire.load_object(reply.body, "the model list"))
+            return [model for model in models if model.servable]
 
         return tuple(await self._retries.run(attempt, budget_end, CallStats()))
 
@@ -384,11 +428,17 @@ class OpenRouterClient:
                 response.close()
 
     def _watch(
-        self, request: CompletionRequest, number: int, *, url: str, stream: bool
+        self,
+        request: ObservedRequest,
+        number: int,
+        *,
+        url: str,
+        stream: bool,
+        operation: str = "chat",
     ) -> UpstreamAttempt:
         if self._observer is None:
             return UNWATCHED
-        return self._observer.attempt(request, number, url=url, stream=stream)
+        return self._observer.attempt(request, number, url=url, stream=stream, operation=operation)
 
 
 def _str_or_empty(value: object) -> str:

@@ -216,6 +216,11 @@ def _reasoning(config: ReasoningConfig) -> dict[str, Any]:
     return out
 
 
+def content_part(part: Part) -> dict[str, Any]:
+    """One content part as OpenRouter takes it (in a message, or an embedding input)."""
+    return _part(part)
+
+
 def _part(part: Part) -> dict[str, Any]:
     """One content part as OpenRouter's ``messages[].content[]`` takes it."""
     if isinstance(part, TextPart):

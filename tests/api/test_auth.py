@@ -188,7 +188,11 @@ async def test_the_global_allow_list_binds_even_a_caller_allowed_everything() ->
         )
         assert error.info.metadata["model"] == "anthropic/claude-3.5-haiku"
         listing = await gw.stub.ListModels(pb.ListModelsRequest(), metadata=auth())
-        assert [m.id for m in listing.models] == ["openai/gpt-4o-mini", "openai/gpt-5-mini"]
+        assert [m.id for m in listing.models] == [
+            "openai/gpt-4o-mini",
+            "openai/gpt-5-mini",
+            "openai/text-embedding-3-small",
+        ]
         reply = await gw.stub.Complete(pb.CompleteRequest(messages=[user("Hi")]), metadata=auth())
         assert reply.model == "openai/gpt-4o-mini"
 

@@ -201,7 +201,9 @@ async def test_stream_relays_reasoning_before_the_answer() -> None:
 
 
 async def _simulator_models(base_url: str) -> dict[str, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session, session.get(f"{base_url}/models") as resp:
+    # Every kind of model, as the gateway asks (embedding models too).
+    url = f"{base_url}/models?output_modalities=all"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
         listing = await resp.json()
     return {entry["id"]: entry for entry in listing["data"]}
 

@@ -57,8 +57,9 @@ def test_catalog_modalities_and_media_prices() -> None:
         audio=Decimal("0.000004"),
         audio_output=Decimal("0.000008"),
     )
-    # Kinds without a part or output in the contract are left out, not guessed at.
-    assert embedder.output_modalities == frozenset()
+    # Embedding models are told apart; kinds no RPC serves are left out, not guessed at.
+    assert embedder.output_modalities == frozenset({Modality.EMBEDDINGS})
+    assert embedder.makes_embeddings
     assert not embedder.makes(Modality.TEXT)
     # A listing without modality lists says nothing: the gateway then refuses nothing.
     assert old.input_modalities is None

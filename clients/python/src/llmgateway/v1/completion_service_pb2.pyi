@@ -505,6 +505,39 @@ QUOTA_KIND_USD_PER_DAY: QuotaKind.ValueType  # 3
 """US dollars per UTC day."""
 Global___QuotaKind: _TypeAlias = QuotaKind  # noqa: Y015
 
+class _EmbeddingEncoding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EmbeddingEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EmbeddingEncoding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EMBEDDING_ENCODING_UNSPECIFIED: _EmbeddingEncoding.ValueType  # 0
+    """Not set: `EMBEDDING_ENCODING_FLOAT`."""
+    EMBEDDING_ENCODING_FLOAT: _EmbeddingEncoding.ValueType  # 1
+    """In `Embedding.values`: packed float32 numbers."""
+    EMBEDDING_ENCODING_BASE64: _EmbeddingEncoding.ValueType  # 2
+    """In `Embedding.data`: the float32 numbers as little-endian bytes, ready for a vector store
+    or `numpy.frombuffer(data, "<f4")`. Protobuf JSON shows them in base64, exactly as
+    OpenRouter's `encoding_format: base64` does.
+    """
+
+class EmbeddingEncoding(_EmbeddingEncoding, metaclass=_EmbeddingEncodingEnumTypeWrapper):
+    """EmbeddingEncoding is how the vectors of an Embed answer are written. It is also what the
+    gateway asks OpenRouter for (`encoding_format`); a provider that ignores it answers in
+    floats, which the gateway converts, so the answer is always in the asked encoding.
+    """
+
+EMBEDDING_ENCODING_UNSPECIFIED: EmbeddingEncoding.ValueType  # 0
+"""Not set: `EMBEDDING_ENCODING_FLOAT`."""
+EMBEDDING_ENCODING_FLOAT: EmbeddingEncoding.ValueType  # 1
+"""In `Embedding.values`: packed float32 numbers."""
+EMBEDDING_ENCODING_BASE64: EmbeddingEncoding.ValueType  # 2
+"""In `Embedding.data`: the float32 numbers as little-endian bytes, ready for a vector store
+or `numpy.frombuffer(data, "<f4")`. Protobuf JSON shows them in base64, exactly as
+OpenRouter's `encoding_format: base64` does.
+"""
+Global___EmbeddingEncoding: _TypeAlias = EmbeddingEncoding  # noqa: Y015
+
 @_typing.final
 class Message(_message.Message):
     """Message is one turn of a conversation."""
@@ -2469,8 +2502,13 @@ class ListModelsResponse(_message.Message):
 
     MODELS_FIELD_NUMBER: _builtins.int
     DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
+    DEFAULT_EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     default_model: _builtins.str
     """Output only. The model used when a request leaves `model` empty."""
+    default_embedding_model: _builtins.str
+    """Output only. The model used when an Embed request leaves `model` empty; empty when the
+    gateway has none.
+    """
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]:
         """Output only. The models, sorted by id."""
@@ -2480,10 +2518,11 @@ class ListModelsResponse(_message.Message):
         *,
         models: _abc.Iterable[Global___Model] | None = ...,
         default_model: _builtins.str = ...,
+        default_embedding_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_model", b"default_model", "models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_embedding_model", b"default_embedding_model", "default_model", b"default_model", "models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2732,3 +2771,169 @@ class ProviderUsage(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProviderUsage: _TypeAlias = ProviderUsage  # noqa: Y015
+
+@_typing.final
+class EmbedInput(_message.Message):
+    """EmbedInput is one thing to embed: a text, or parts embedded together as one vector."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Optional; set `text` or `parts`, never both. The text to embed: at most
+    `GATEWAY_MAX_MESSAGE_CHARS` characters (default 200,000).
+    """
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Part]:
+        """Optional. Text and media parts, for models that read them (their `input_modalities` in
+        ListModels, else FAILED_PRECONDITION / UNSUPPORTED_FEATURE naming the part). Limits as in
+        [Message.parts][llmgateway.v1.Message.parts].
+        """
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        parts: _abc.Iterable[Global___Part] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parts", b"parts", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbedInput: _TypeAlias = EmbedInput  # noqa: Y015
+
+@_typing.final
+class EmbedRequest(_message.Message):
+    """EmbedRequest asks for the embeddings of one input or a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    ENCODING_FIELD_NUMBER: _builtins.int
+    INPUT_TYPE_FIELD_NUMBER: _builtins.int
+    END_USER_ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Optional. An embedding model's OpenRouter id, e.g. `openai/text-embedding-3-small`.
+    Empty: the gateway's default embedding model (`default_embedding_model` of ListModels).
+    Must be allowed for the caller.
+    """
+    dimensions: _builtins.int
+    """Optional. The vectors' length, 1 to 16,384, for models that can shorten their vectors
+    (e.g. OpenAI's text-embedding-3). Default: the model's own length.
+    """
+    encoding: Global___EmbeddingEncoding.ValueType
+    """Optional. How the vectors are written. Default: `EMBEDDING_ENCODING_FLOAT`."""
+    input_type: _builtins.str
+    """Optional. What the inputs are for, for models that embed queries and documents
+    differently, e.g. `search_query` or `search_document`: 1 to 64 of a-z, 0-9, `_` and `-`.
+    """
+    end_user_id: _builtins.str
+    """Optional. As in [CompleteRequest.end_user_id][llmgateway.v1.CompleteRequest.end_user_id]."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___EmbedInput]:
+        """Required. 1 to `GATEWAY_MAX_EMBED_INPUTS` inputs (default 2,048), at most
+        `GATEWAY_MAX_TOTAL_CHARS` characters in all (default 1,000,000).
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___EmbedInput] | None = ...,
+        dimensions: _builtins.int | None = ...,
+        encoding: Global___EmbeddingEncoding.ValueType = ...,
+        input_type: _builtins.str = ...,
+        end_user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions", "encoding", b"encoding", "end_user_id", b"end_user_id", "input_type", b"input_type", "inputs", b"inputs", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
+    _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dimensions) -> _WhichOneofReturnType__dimensions | None: ...
+
+Global___EmbedRequest: _TypeAlias = EmbedRequest  # noqa: Y015
+
+@_typing.final
+class Embedding(_message.Message):
+    """Embedding is the vector of one input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Output only. The input's position in `inputs`, from 0."""
+    data: _builtins.bytes
+    """Output only. The vector as little-endian float32 bytes, with `EMBEDDING_ENCODING_BASE64`."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Output only. The vector, with `EMBEDDING_ENCODING_FLOAT`."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "index", b"index", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Embedding: _TypeAlias = Embedding  # noqa: Y015
+
+@_typing.final
+class EmbedResponse(_message.Message):
+    """EmbedResponse holds one vector per input, in input order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    EMBEDDINGS_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Output only. OpenRouter's id of the call, for support and cost lookups."""
+    model: _builtins.str
+    """Output only. The model that made the vectors."""
+    provider: _builtins.str
+    """Output only. The provider that served it, e.g. `OpenAI`."""
+    dimensions: _builtins.int
+    """Output only. The length of every vector."""
+    @_builtins.property
+    def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Embedding]:
+        """Output only. The vectors, `embeddings[i]` for `inputs[i]`."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Output only. What the call consumed: `prompt_tokens`, `total_tokens` and `cost_usd`."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        embeddings: _abc.Iterable[Global___Embedding] | None = ...,
+        dimensions: _builtins.int = ...,
+        usage: Global___Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "embeddings", b"embeddings", "id", b"id", "model", b"model", "provider", b"provider", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbedResponse: _TypeAlias = EmbedResponse  # noqa: Y015

@@ -76,6 +76,11 @@ class CompletionServiceStub:
                 request_serializer=llmgateway_dot_v1_dot_completion__service__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=llmgateway_dot_v1_dot_completion__service__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/llmgateway.v1.CompletionService/Embed',
+                request_serializer=llmgateway_dot_v1_dot_completion__service__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=llmgateway_dot_v1_dot_completion__service__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class CompletionServiceServicer:
@@ -138,6 +143,18 @@ class CompletionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embed turns inputs (text, or text and images for models that read images) into
+        embedding vectors, one per input and in order, through OpenRouter's `/embeddings`. It
+        passes the same authentication, allow-lists, quotas, usage ledger and telemetry as the
+        chat RPCs. Only embedding models serve it (ListModels lists MODALITY_EMBEDDINGS among
+        their `output_modalities`); any other model fails with FAILED_PRECONDITION /
+        UNSUPPORTED_FEATURE, as an embedding model does for the chat RPCs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompletionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +182,11 @@ def add_CompletionServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=llmgateway_dot_v1_dot_completion__service__pb2.GetUsageRequest.FromString,
                     response_serializer=llmgateway_dot_v1_dot_completion__service__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=llmgateway_dot_v1_dot_completion__service__pb2.EmbedRequest.FromString,
+                    response_serializer=llmgateway_dot_v1_dot_completion__service__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +341,33 @@ class CompletionService:
             '/llmgateway.v1.CompletionService/GetUsage',
             llmgateway_dot_v1_dot_completion__service__pb2.GetUsageRequest.SerializeToString,
             llmgateway_dot_v1_dot_completion__service__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmgateway.v1.CompletionService/Embed',
+            llmgateway_dot_v1_dot_completion__service__pb2.EmbedRequest.SerializeToString,
+            llmgateway_dot_v1_dot_completion__service__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

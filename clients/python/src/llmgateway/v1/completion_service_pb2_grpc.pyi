@@ -69,6 +69,14 @@ class CompletionServiceStub:
     """GetUsage returns the calling caller's own usage totals for a period and its remaining
     quotas. A caller can never read another caller's usage.
     """
+    Embed: _grpc.UnaryUnaryMultiCallable[_completion_service_pb2.EmbedRequest, _completion_service_pb2.EmbedResponse]
+    """Embed turns inputs (text, or text and images for models that read images) into
+    embedding vectors, one per input and in order, through OpenRouter's `/embeddings`. It
+    passes the same authentication, allow-lists, quotas, usage ledger and telemetry as the
+    chat RPCs. Only embedding models serve it (ListModels lists MODALITY_EMBEDDINGS among
+    their `output_modalities`); any other model fails with FAILED_PRECONDITION /
+    UNSUPPORTED_FEATURE, as an embedding model does for the chat RPCs.
+    """
 
 @_typing.type_check_only
 class CompletionServiceAsyncStub(CompletionServiceStub):
@@ -110,6 +118,14 @@ class CompletionServiceAsyncStub(CompletionServiceStub):
     GetUsage: _aio.UnaryUnaryMultiCallable[_completion_service_pb2.GetUsageRequest, _completion_service_pb2.GetUsageResponse]  # type: ignore[assignment]
     """GetUsage returns the calling caller's own usage totals for a period and its remaining
     quotas. A caller can never read another caller's usage.
+    """
+    Embed: _aio.UnaryUnaryMultiCallable[_completion_service_pb2.EmbedRequest, _completion_service_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Embed turns inputs (text, or text and images for models that read images) into
+    embedding vectors, one per input and in order, through OpenRouter's `/embeddings`. It
+    passes the same authentication, allow-lists, quotas, usage ledger and telemetry as the
+    chat RPCs. Only embedding models serve it (ListModels lists MODALITY_EMBEDDINGS among
+    their `output_modalities`); any other model fails with FAILED_PRECONDITION /
+    UNSUPPORTED_FEATURE, as an embedding model does for the chat RPCs.
     """
 
 class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -179,6 +195,20 @@ class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_completion_service_pb2.GetUsageResponse, _abc.Awaitable[_completion_service_pb2.GetUsageResponse]]:
         """GetUsage returns the calling caller's own usage totals for a period and its remaining
         quotas. A caller can never read another caller's usage.
+        """
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _completion_service_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_completion_service_pb2.EmbedResponse, _abc.Awaitable[_completion_service_pb2.EmbedResponse]]:
+        """Embed turns inputs (text, or text and images for models that read images) into
+        embedding vectors, one per input and in order, through OpenRouter's `/embeddings`. It
+        passes the same authentication, allow-lists, quotas, usage ledger and telemetry as the
+        chat RPCs. Only embedding models serve it (ListModels lists MODALITY_EMBEDDINGS among
+        their `output_modalities`); any other model fails with FAILED_PRECONDITION /
+        UNSUPPORTED_FEATURE, as an embedding model does for the chat RPCs.
         """
 
 def add_CompletionServiceServicer_to_server(servicer: CompletionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
