@@ -173,6 +173,12 @@ class FloorServicer(pb_grpc.CompletionServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the floor")
         raise AssertionError("unreachable")
 
+    async def StreamCompleteStructured(  # noqa: N802
+        self, request: pb.StreamCompleteStructuredRequest, context: Context
+    ) -> AsyncIterator[pb.StreamCompleteStructuredResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the floor")
+        yield pb.StreamCompleteStructuredResponse()  # unreachable: makes this a generator
+
     async def Embed(  # noqa: N802
         self, request: pb.EmbedRequest, context: Context
     ) -> pb.EmbedResponse:

@@ -38,6 +38,8 @@ from service.domain.completion import (
     ReasoningDetailType,
     ReasoningEffort,
     ReasoningSummary,
+    ResponseFormat,
+    ResponseFormatKind,
     Role,
     SamplingParams,
     StreamEvent,
@@ -289,7 +291,7 @@ def _detail_in(
     )
 
 
-def _reasoning_details_out(details: Sequence[ReasoningDetail]) -> list[pb.ReasoningDetail]:
+def reasoning_details_out(details: Sequence[ReasoningDetail]) -> list[pb.ReasoningDetail]:
     # Only the fields that were sent: unset stays unset, so a block comes back as it went.
     return [
         pb.ReasoningDetail(
@@ -364,13 +366,11 @@ def _logprobs_out(value: Logprobs | None) -> pb.Logprobs | None:
     return pb.Logprobs(content=_tokens(value.content), refusal=_tokens(value.refusal))
 
 
-def _unsupported_out(values: Sequence[UnsupportedOutput]) -> list[pb.UnsupportedOutput]:
+def unsupported_out(values: Sequence[UnsupportedOutput]) -> list[pb.UnsupportedOutput]:
     return [pb.UnsupportedOutput(kind=v.kind, count=v.count) for v in values]
 
 
-def _reasoning(
-    message: pb.CompleteRequest | pb.StreamCompleteRequest | pb.CompleteStructuredRequest,
-) -> ReasoningConfig | None:
+def _reasoning(message: AnyCompletionRequest) -> ReasoningConfig | None:
     if not message.HasField("reasoning"):
         return None
     config = message.reasoning
@@ -394,9 +394,15 @@ def _output_modality(
     return modality
 
 
-def _file_parser(
-    message: pb.CompleteRequest | pb.StreamCompleteRequest | pb.CompleteStructuredRequest,
-) -> FileParser | None:
+AnyCompletionRequest = (
+    pb.CompleteRequest
+    | pb.StreamCompleteRequest
+    | pb.CompleteStructuredRequest
+    | pb.StreamCompleteStructuredRequest
+)
+
+
+def _file_parser(message: AnyCompletionRequest) -> FileParser | None:
     if not message.HasField("file_parser"):
         return None
     return FileParser(pdf_engine=_PDF_ENGINES.get(message.file_parser.pdf_engine))
@@ -414,8 +420,7 @@ def _decimal(text: str, field: str, violations: list[FieldViolation]) -> Decimal
 
 
 def _provider(
-    message: pb.CompleteRequest | pb.StreamCompleteRequest | pb.CompleteStructuredRequest,
-    violations: list[FieldViolation],
+    message: AnyCompletionRequest, violations: list[FieldViolation]
 ) -> ProviderPreferences | None:
     if not message.HasField("provider"):
         return None
@@ -479,9 +484,7 @@ def _tool_choice(
     return ToolChoice(mode)
 
 
-def completion_request(
-    message: pb.CompleteRequest | pb.StreamCompleteRequest | pb.CompleteStructuredRequest,
-) -> CompletionRequest:
+def completion_request(message: AnyCompletionRequest) -> CompletionRequest:
     """The domain request as the caller sent it (validation of values happens in the domain)."""
     violations: list[FieldViolation] = []
     messages = _messages(message.messages, violations)
@@ -490,13 +493,15 @@ def completion_request(
     outputs: tuple[Modality, ...] = ()
     logprobs = False
     top_logprobs: int | None = None
-    if not isinstance(message, pb.CompleteStructuredRequest):
+    response_format = None
+    if isinstance(message, pb.CompleteRequest | pb.StreamCompleteRequest):
         outputs = tuple(
             _output_modality(value, f"output_modalities[{i}]", violations)
             for i, value in enumerate(message.output_modalities)
         )
         logprobs = message.logprobs
         top_logprobs = message.top_logprobs if message.HasField("top_logprobs") else None
+        response_format = _response_format(message.response_format, violations)
         tools = tuple(
             ToolDefinition(
                 name=t.name,
@@ -515,6 +520,7 @@ def completion_request(
         fallback_models=tuple(message.fallback_models),
         tools=tools,
         tool_choice=tool_choice,
+        response_format=response_format,
         file_parser=_file_parser(message),
         reasoning=_reasoning(message),
         output_modalities=outputs,
@@ -523,6 +529,16 @@ def completion_request(
         provider=provider,
         decode_violations=tuple(violations),
     )
+
+
+def _response_format(
+    value: pb.ResponseFormat.ValueType, violations: list[FieldViolation]
+) -> ResponseFormat | None:
+    if value == pb.RESPONSE_FORMAT_JSON_OBJECT:
+        return ResponseFormat(kind=ResponseFormatKind.JSON_OBJECT)
+    if value not in (pb.RESPONSE_FORMAT_UNSPECIFIED, pb.RESPONSE_FORMAT_TEXT):
+        violations.append(FieldViolation("response_format", "is not a known ResponseFormat"))
+    return None
 
 
 def usage(value: Usage | None) -> pb.Usage:
@@ -561,16 +577,16 @@ def complete_response(completion: Completion) -> pb.CompleteResponse:
         finish_reason=_FINISH[completion.finish_reason],
         native_finish_reason=completion.native_finish_reason,
         usage=usage(completion.usage),
-        reasoning_details=_reasoning_details_out(completion.reasoning_details),
+        reasoning_details=reasoning_details_out(completion.reasoning_details),
         images=_images_out(completion.images),
         annotations=_annotations_out(completion.annotations),
         refusal=completion.refusal,
         logprobs=_logprobs_out(completion.logprobs),
-        unsupported_outputs=_unsupported_out(completion.unsupported),
+        unsupported_outputs=unsupported_out(completion.unsupported),
     )
 
 
-_MODES: dict[StructuredMode, pb.StructuredMode.ValueType] = {
+STRUCTURED_MODES: dict[StructuredMode, pb.StructuredMode.ValueType] = {
     StructuredMode.NATIVE: pb.STRUCTURED_MODE_NATIVE,
     StructuredMode.JSON_OBJECT: pb.STRUCTURED_MODE_JSON_OBJECT,
     StructuredMode.INSTRUCTIONS: pb.STRUCTURED_MODE_INSTRUCTIONS,
@@ -587,7 +603,7 @@ def structured_response(result: StructuredResult) -> pb.CompleteStructuredRespon
         value=dict_to_struct(result.value),
         schema_name=result.schema_name,
         schema_version=result.schema_version,
-        mode=_MODES[result.mode],
+        mode=STRUCTURED_MODES[result.mode],
         fallback_used=result.fallback_used,
         repaired=result.repaired,
         attempts=result.attempts,
@@ -615,7 +631,7 @@ def stream_response(event: StreamEvent) -> pb.StreamCompleteResponse:
                 content=event.content,
                 reasoning=event.reasoning,
                 tool_calls=[_tool_call_delta(call) for call in event.tool_calls],
-                reasoning_details=_reasoning_details_out(event.reasoning_details),
+                reasoning_details=reasoning_details_out(event.reasoning_details),
                 images=_images_out(event.images),
                 annotations=_annotations_out(event.annotations),
                 refusal=event.refusal,
@@ -631,8 +647,8 @@ def stream_response(event: StreamEvent) -> pb.StreamCompleteResponse:
             finish_reason=_FINISH[event.finish_reason],
             native_finish_reason=event.native_finish_reason,
             usage=usage(event.usage),
-            reasoning_details=_reasoning_details_out(event.reasoning_details),
-            unsupported_outputs=_unsupported_out(event.unsupported),
+            reasoning_details=reasoning_details_out(event.reasoning_details),
+            unsupported_outputs=unsupported_out(event.unsupported),
         )
     )
 

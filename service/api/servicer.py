@@ -8,9 +8,10 @@ authentication, so undecodable input gets a status of its own.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -18,15 +19,20 @@ from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.api import convert, convert_embed
 from service.api.auth import Authenticator
+from service.api.convert_structured_stream import structured_stream_response
 from service.api.frame import REQUEST_ID_KEY, Call, CallFrame, Context, FinishHook
 from service.domain.accounting import Accountant
-from service.domain.completion import StreamFinished
+from service.domain.completion import StreamEvent, StreamFinished
 from service.domain.gateway import Gateway
+from service.domain.schemas import RegisteredSchema
+from service.domain.structured_stream import StructuredEvent, StructuredFinished
 from service.errors import InvalidRequestError, StreamTruncatedError
 from service.telemetry.core import Telemetry
 from service.telemetry.rpc import RpcTelemetry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompletionService"].full_name
+E = TypeVar("E")
+M = TypeVar("M")
 
 __all__ = ["SERVICE_NAME", "CompletionServicer", "FinishHook", "register"]
 
@@ -80,6 +86,17 @@ class CompletionServicer:
     async def StreamComplete(self, raw: bytes, context: Context[pb.StreamCompleteResponse]) -> None:
         await self.frame.run(
             "StreamComplete", raw, context, pb.StreamCompleteRequest.FromString, self._stream
+        )
+
+    async def StreamCompleteStructured(
+        self, raw: bytes, context: Context[pb.StreamCompleteStructuredResponse]
+    ) -> None:
+        await self.frame.run(
+            "StreamCompleteStructured",
+            raw,
+            context,
+            pb.StreamCompleteStructuredRequest.FromString,
+            self._stream_structured,
         )
 
     async def CompleteStructured(
@@ -146,26 +163,37 @@ class CompletionServicer:
             trace_headers=call.observed.trace,
         )
         call.observed.model = prepared.model.id
-        finished = False
-        headers_sent = False
         events = self._gateway.stream(prepared, deadline=call.deadline, record=record)
-        async with aclosing(events):
-            async for event in events:
-                if not headers_sent:
-                    # The request id in the headers, so a caller has it while it reads; a
-                    # stream that fails before its first message has it in the trailers.
-                    await context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
-                    headers_sent = True
-                # Each message is awaited onto the wire before the next upstream read: a slow
-                # reader holds back the upstream read instead of growing a buffer.
-                await context.write(convert.stream_response(event))
-                if isinstance(event, StreamFinished):
-                    finished = True
-                    call.observed.finish_reason = event.finish_reason.value
-                else:
-                    finished = False
-        if not finished:
-            raise StreamTruncatedError("the upstream stream ended without a finish")
+        await _relay(call, context, events, convert.stream_response, _stream_finish)
+
+    async def _stream_structured(
+        self,
+        call: Call,
+        request: pb.StreamCompleteStructuredRequest,
+        context: Context[pb.StreamCompleteStructuredResponse],
+    ) -> None:
+        schema = self._schema_of(request)
+        prepared = await self._gateway.prepare(
+            call.caller,
+            convert.completion_request(request),
+            end_user_id=request.end_user_id,
+            record=call.record,
+            trace_headers=call.observed.trace,
+        )
+        call.observed.model = prepared.model.id
+        events = self._gateway.stream_structured(
+            prepared, schema, deadline=call.deadline, record=call.record
+        )
+        await _relay(call, context, events, structured_stream_response, _structured_finish)
+
+    def _schema_of(
+        self, request: pb.CompleteStructuredRequest | pb.StreamCompleteStructuredRequest
+    ) -> RegisteredSchema:
+        if request.WhichOneof("schema") == "inline_schema":
+            inline = request.inline_schema
+            strict = inline.strict if inline.HasField("strict") else True
+            return self._gateway.schema(inline=(inline.name, inline.schema_json, strict))
+        return self._gateway.schema(name=request.schema_name)
 
     async def _structured(
         self,
@@ -174,12 +202,7 @@ class CompletionServicer:
         context: Context[pb.CompleteStructuredResponse],
     ) -> pb.CompleteStructuredResponse:
         base = convert.completion_request(request)
-        if request.WhichOneof("schema") == "inline_schema":
-            inline = request.inline_schema
-            strict = inline.strict if inline.HasField("strict") else True
-            schema = self._gateway.schema(inline=(inline.name, inline.schema_json, strict))
-        else:
-            schema = self._gateway.schema(name=request.schema_name)
+        schema = self._schema_of(request)
         prepared = await self._gateway.prepare(
             call.caller,
             base,
@@ -230,6 +253,44 @@ class CompletionServicer:
         return convert_embed.embed_response(result, prepared.request.encoding)
 
 
+async def _relay(
+    call: Call,
+    context: Context[M],
+    events: AsyncGenerator[E, None],
+    to_message: Callable[[E], M],
+    finish_of: Callable[[E], str | None],
+) -> None:
+    """Write a stream's events as they come. ``finish_of`` is the finish reason of a stream's
+    last event (None for every other event): a stream that ends without one was cut."""
+    record = call.record
+    finished = False
+    headers_sent = False
+    async with aclosing(events):
+        async for event in events:
+            if not headers_sent:
+                # The request id in the headers, so a caller has it while it reads; a stream
+                # that fails before its first message has it in the trailers.
+                await context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
+                headers_sent = True
+            # Each message is awaited onto the wire before the next upstream read: a slow
+            # reader holds back the upstream read instead of growing a buffer.
+            await context.write(to_message(event))
+            reason = finish_of(event)
+            finished = reason is not None
+            if reason is not None:
+                call.observed.finish_reason = reason
+    if not finished:
+        raise StreamTruncatedError("the upstream stream ended without a finish")
+
+
+def _stream_finish(event: StreamEvent) -> str | None:
+    return event.finish_reason.value if isinstance(event, StreamFinished) else None
+
+
+def _structured_finish(event: StructuredEvent) -> str | None:
+    return event.finish_reason.value if isinstance(event, StructuredFinished) else None
+
+
 def _time(request: pb.GetUsageRequest, field: Literal["start_time", "end_time"]) -> datetime | None:
     """A request's Timestamp field as a UTC datetime; None when unset.
 
@@ -255,6 +316,10 @@ def register(servicer: CompletionServicer, server: grpc.aio.Server) -> None:
         "StreamComplete": grpc.unary_stream_rpc_method_handler(
             servicer.StreamComplete,
             response_serializer=pb.StreamCompleteResponse.SerializeToString,
+        ),
+        "StreamCompleteStructured": grpc.unary_stream_rpc_method_handler(
+            servicer.StreamCompleteStructured,
+            response_serializer=pb.StreamCompleteStructuredResponse.SerializeToString,
         ),
         "CompleteStructured": grpc.unary_unary_rpc_method_handler(
             servicer.CompleteStructured,

@@ -16,6 +16,7 @@ from service.domain.completion import (
     FilePart,
     Modality,
     PdfEngine,
+    ResponseFormatKind,
 )
 from service.domain.models import ModelInfo
 from service.errors import UnsupportedFeatureError
@@ -26,6 +27,12 @@ def _refuse(field: str, model: ModelInfo, what: str, **metadata: str) -> Unsuppo
         f"{field}: model '{model.id}' {what}",
         metadata={"field": field, "model": model.id, **metadata},
     )
+
+
+def json_mode(request: CompletionRequest) -> bool:
+    """The caller asked for JSON mode (``response_format: json_object``) on a chat RPC."""
+    fmt = request.response_format
+    return fmt is not None and fmt.kind is ResponseFormatKind.JSON_OBJECT
 
 
 def check_capabilities(request: CompletionRequest, candidates: Sequence[ModelInfo]) -> None:
@@ -52,6 +59,10 @@ def check_capabilities(request: CompletionRequest, candidates: Sequence[ModelInf
         for model in candidates if asked else ():
             if parameter not in model.supported_parameters:
                 raise _refuse(parameter, model, f"does not support {parameter}")
+    if json_mode(request):
+        for model in candidates:
+            if not model.supports_response_format:
+                raise _refuse("response_format", model, "has no JSON mode (response_format)")
     native_pdf = (
         request.file_parser is not None and request.file_parser.pdf_engine is PdfEngine.NATIVE
     )

@@ -7,6 +7,7 @@ accounting of each call. Transport-free: the gRPC servicer calls in, the backend
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import hashlib
 import logging
@@ -25,11 +26,12 @@ from service.domain.accounting import (
     worst_case,
 )
 from service.domain.callers import Caller
-from service.domain.capabilities import check_capabilities
+from service.domain.capabilities import check_capabilities, json_mode
 from service.domain.completion import (
     CallStats,
     Completion,
     CompletionRequest,
+    ContentDelta,
     OutputDelta,
     StreamEvent,
     StreamFinished,
@@ -54,7 +56,20 @@ from service.domain.quotas import (
     unknown_quota_status,
 )
 from service.domain.schemas import RegisteredSchema, SchemaRegistry
-from service.domain.structured import MAX_ATTEMPTS, StructuredCompleter, StructuredResult
+from service.domain.structured import (
+    MAX_ATTEMPTS,
+    RESPONSE_HEALING,
+    StructuredCompleter,
+    StructuredResult,
+    build_request,
+    check_json_object,
+    choose_mode,
+)
+from service.domain.structured_stream import (
+    StructuredEvent,
+    StructuredFinished,
+    structured_events,
+)
 from service.domain.usage import LedgerStore, UsageTotals
 from service.errors import (
     InvalidRequestError,
@@ -231,6 +246,9 @@ class Gateway:
         # what it did not (a reasoning cap), which a candidate that cannot reason ignores.
         prepared = apply_policy(prepared, caller.policy, candidates)
         record.media_in = MediaInputs.of(prepared)
+        if json_mode(prepared):
+            # Support varies per endpoint: route only to those that honour response_format.
+            prepared = dataclasses.replace(prepared, require_parameters=True)
         return PreparedCall(caller, prepared, info, tuple(candidates))
 
     # --- proof upstream ---------------------------------------------------------------------
@@ -392,6 +410,10 @@ class Gateway:
         self, call: PreparedCall, *, deadline: float, record: CallRecord
     ) -> Completion:
         request = call.request
+        checked = json_mode(request)
+        if checked and RESPONSE_HEALING not in request.plugins:
+            # Repairs fences and trailing commas upstream, before the gateway's check.
+            request = dataclasses.replace(request, plugins=(*request.plugins, RESPONSE_HEALING))
         reservation = await self._reserve(call, request, deadline)
         try:
             completion = await self._backend.complete(
@@ -406,6 +428,8 @@ class Gateway:
         record.images_out += len(completion.images)
         add_unsupported(record.unsupported, completion.unsupported)
         self._check_provider(call, completion.provider, record)
+        if checked:
+            check_json_object(completion.content, completion.finish_reason)
         return completion
 
     async def embed(
@@ -423,10 +447,50 @@ class Gateway:
         await self._settle(reservation, call, record)
         return embeddings
 
-    async def stream(
+    def stream(
         self, call: PreparedCall, *, deadline: float, record: CallRecord
     ) -> AsyncGenerator[StreamEvent, None]:
-        request = call.request
+        """The answer's events; in JSON mode its end comes only after the whole answer was
+        checked to be a JSON object."""
+        events = self._stream(call, call.request, deadline=deadline, record=record)
+        if not json_mode(call.request):
+            return events
+        return _checked_json(events)
+
+    async def stream_structured(
+        self,
+        call: PreparedCall,
+        schema: RegisteredSchema,
+        *,
+        deadline: float,
+        record: CallRecord,
+    ) -> AsyncGenerator[StructuredEvent, None]:
+        """The JSON as it is generated, then the validated value (or SchemaValidationError)."""
+        mode = choose_mode(call.model)
+        request = build_request(
+            call.request,
+            schema,
+            mode,
+            default_temperature=self._structured.default_temperature,
+            stream=True,
+        )
+        record.repair_used = False
+        events = self._stream(call, request, deadline=deadline, record=record)
+        async with aclosing(events):
+            async for event in structured_events(events, schema, mode):
+                if isinstance(event, StructuredFinished):
+                    record.repair_used = event.extracted
+                    record.fallback_used = record.fallback_used or event.fallback_used
+                yield event
+
+    async def _stream(
+        self,
+        call: PreparedCall,
+        request: CompletionRequest,
+        *,
+        deadline: float,
+        record: CallRecord,
+    ) -> AsyncGenerator[StreamEvent, None]:
         reservation = await self._reserve(call, request, deadline)
         stop_renewing = None if math.isfinite(deadline) else self._keep_leased(reservation)
         try:
@@ -537,6 +601,23 @@ class Gateway:
     async def models_for(self, caller: Caller) -> list[ModelInfo]:
         models = await self.catalog.all()
         return sorted((m for m in models if self.allowed_for(caller, m.id)), key=lambda m: m.id)
+
+
+async def _checked_json(
+    events: AsyncGenerator[StreamEvent, None],
+) -> AsyncGenerator[StreamEvent, None]:
+    """A JSON-mode stream: relayed as it comes; its end only once the whole answer proved to
+    be a JSON object (``SchemaValidationError`` instead)."""
+    pieces: list[str] = []
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, ContentDelta):
+                pieces.append(event.text)
+            elif isinstance(event, OutputDelta):
+                pieces.append(event.content)
+            elif isinstance(event, StreamFinished):
+                check_json_object("".join(pieces), event.finish_reason)
+            yield event
 
 
 def _merge_attempts(total: CallStats, attempts: list[CallStats]) -> None:

@@ -28,7 +28,7 @@ from service.domain.completion import (
     TextPart,
     Usage,
 )
-from service.domain.json_extract import parse_reply
+from service.domain.json_extract import parse_reply, parse_strict
 from service.domain.models import ModelInfo
 from service.domain.schemas import Finding, RegisteredSchema, summarize_findings
 from service.errors import SchemaValidationError
@@ -138,11 +138,13 @@ def build_request(
     mode: StructuredMode,
     *,
     default_temperature: float = DEFAULT_TEMPERATURE,
+    stream: bool = False,
 ) -> CompletionRequest:
     """``base`` rewritten to ask for ``schema`` in ``mode`` (the first attempt's request).
 
     Any ``response_format`` already on ``base`` is replaced; the caller's plugins, sampling
-    (temperature included, when set) and other fields are kept.
+    (temperature included, when set) and other fields are kept. A ``stream`` gets no
+    response-healing plugin: OpenRouter heals non-streamed replies only.
     """
     sampling = base.sampling
     if sampling.temperature is None:
@@ -168,7 +170,7 @@ def build_request(
         require_parameters = True
         # Healing only acts on non-streamed replies with a response_format; without one it
         # would be a no-op, so it is not sent then.
-        if RESPONSE_HEALING not in plugins:
+        if not stream and RESPONSE_HEALING not in plugins:
             plugins = (*plugins, RESPONSE_HEALING)
     return replace(
         base,
@@ -213,9 +215,14 @@ class CheckedReply:
 
 
 def check_reply(completion: Completion, schema: RegisteredSchema) -> CheckedReply:
-    parsed = parse_reply(completion.content)
+    return check_text(completion.content, completion.finish_reason, schema)
+
+
+def check_text(content: str, finish_reason: FinishReason, schema: RegisteredSchema) -> CheckedReply:
+    """A reply's text (whole, or a stream's pieces joined) read and validated."""
+    parsed = parse_reply(content)
     if not parsed.ok:
-        if completion.finish_reason is FinishReason.LENGTH:
+        if finish_reason is FinishReason.LENGTH:
             message = (
                 "the reply was cut off at the token limit (finish_reason length) before the "
                 "JSON was complete; raise max_tokens"
@@ -304,7 +311,7 @@ class StructuredCompleter:
             else:
                 why = ""
             if why:
-                raise _failure(schema, mode, attempt, findings, f"the model's output {why}")
+                raise schema_failure(schema, mode, attempt, findings, f"the model's output {why}")
             repairs.append(RepairKind.REASKED)
             request = replace(
                 request, messages=_reask_messages(request.messages, completion, findings)
@@ -324,7 +331,48 @@ def _reask_messages(
     return (*messages, Message(role=Role.ASSISTANT, content=completion.content), reask)
 
 
-def _failure(
+JSON_OBJECT_SCHEMA = "json_object"
+"""The ``schema`` ErrorInfo metadata of a JSON-mode answer that is not a JSON object."""
+
+
+def check_json_object(content: str, finish_reason: FinishReason) -> None:
+    """JSON mode (``response_format: json_object``) promises one JSON object: an answer
+    that is not one fails with ``SchemaValidationError``, never passes as OK. An answer of
+    tool calls only (no content) has nothing to check."""
+    if not content and finish_reason is FinishReason.TOOL_CALLS:
+        return
+    ok, value, problem = parse_strict(content)
+    if ok and isinstance(value, dict):
+        return
+    if finish_reason is FinishReason.LENGTH:
+        finding = (
+            "the reply was cut off at the token limit (finish_reason length); raise max_tokens"
+        )
+    elif not content.strip():
+        finding = "the reply was empty"
+    elif ok:
+        finding = f"the reply is JSON but not an object: {_json_kind(value)}"
+    else:
+        finding = f"the reply is {problem}"
+    raise SchemaValidationError(
+        "the model's output in JSON mode is not a JSON object",
+        metadata={"schema": JSON_OBJECT_SCHEMA, "findings": finding},
+    )
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def schema_failure(
     schema: RegisteredSchema, mode: StructuredMode, attempts: int, findings: str, message: str
 ) -> SchemaValidationError:
     # No reply content here: findings are content-free by construction (see schemas.Finding).

@@ -2,7 +2,9 @@
 
 ``connect`` / ``connect_async`` open a channel with the caller's key and the recommended
 configuration, ``error_details`` reads the rich error details of a failed call, ``assemble`` /
-``assemble_async`` turn a stream into one CompleteResponse, and ``call_with_retry`` /
+``assemble_async`` turn a stream into one CompleteResponse (``assemble_structured`` /
+``assemble_structured_async`` a structured stream into a CompleteStructuredResponse), and
+``call_with_retry`` /
 ``call_with_retry_async`` wait out a RESOURCE_EXHAUSTED that names its RetryInfo delay.
 """
 
@@ -32,8 +34,11 @@ from llmgateway.client.retries import call_with_retry, call_with_retry_async
 from llmgateway.client.streams import (
     IncompleteStreamError,
     StreamAssembler,
+    StructuredStreamAssembler,
     assemble,
     assemble_async,
+    assemble_structured,
+    assemble_structured_async,
 )
 
 __all__ = [
@@ -47,9 +52,12 @@ __all__ = [
     "QuotaViolation",
     "RetryInfo",
     "StreamAssembler",
+    "StructuredStreamAssembler",
     "Transport",
     "assemble",
     "assemble_async",
+    "assemble_structured",
+    "assemble_structured_async",
     "async_bearer_key_interceptors",
     "bearer_credentials",
     "call_with_retry",

@@ -1,4 +1,5 @@
-"""Assembles a StreamComplete stream into the CompleteResponse a Complete call would return.
+"""Assembles a StreamComplete stream into the CompleteResponse a Complete call would return,
+and a StreamCompleteStructured stream into the CompleteStructuredResponse of CompleteStructured.
 
 The assembly is driven by the message descriptors, not by a list of today's fields, so delta
 kinds added to the contract later are assembled without a change here:
@@ -80,6 +81,64 @@ def assemble(stream: Iterable[pb.StreamCompleteResponse]) -> pb.CompleteResponse
 async def assemble_async(stream: AsyncIterable[pb.StreamCompleteResponse]) -> pb.CompleteResponse:
     """Reads a whole asyncio stream into one CompleteResponse."""
     assembler = StreamAssembler()
+    async for message in stream:
+        assembler.add(message)
+    return assembler.result()
+
+
+class StructuredStreamAssembler:
+    """``StreamAssembler`` for StreamCompleteStructured: ``result`` is the validated answer as a
+    CompleteStructuredResponse (one attempt: a stream is never re-asked); ``text`` is the
+    model's raw text so far, for showing it as it arrives."""
+
+    def __init__(self) -> None:
+        self._response = pb.CompleteStructuredResponse(attempts=1)
+        self._pieces: list[str] = []
+        self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
+
+    def add(self, message: pb.StreamCompleteStructuredResponse) -> None:
+        kind = message.WhichOneof("event")
+        if kind == "start":
+            _copy_same_names(message.start, self._response)
+        elif kind == "delta":
+            self._pieces.append(message.delta.json)
+        elif kind == "end":
+            _copy_same_names(message.end, self._response)
+            self._ended = True
+
+    def result(self) -> pb.CompleteStructuredResponse:
+        """The validated answer; without ``end``, IncompleteStreamError (whose ``partial``
+        holds the raw text in ``content``)."""
+        if not self._ended:
+            raise IncompleteStreamError(pb.CompleteResponse(content=self.text))
+        copy = pb.CompleteStructuredResponse()
+        copy.CopyFrom(self._response)
+        return copy
+
+
+def assemble_structured(
+    stream: Iterable[pb.StreamCompleteStructuredResponse],
+) -> pb.CompleteStructuredResponse:
+    """Reads a whole sync structured stream into one CompleteStructuredResponse."""
+    assembler = StructuredStreamAssembler()
+    for message in stream:
+        assembler.add(message)
+    return assembler.result()
+
+
+async def assemble_structured_async(
+    stream: AsyncIterable[pb.StreamCompleteStructuredResponse],
+) -> pb.CompleteStructuredResponse:
+    """Reads a whole asyncio structured stream into one CompleteStructuredResponse."""
+    assembler = StructuredStreamAssembler()
     async for message in stream:
         assembler.add(message)
     return assembler.result()

@@ -265,6 +265,48 @@ MODALITY_VIDEO: Modality.ValueType  # 5
 """Video (input only)."""
 Global___Modality: _TypeAlias = Modality  # noqa: Y015
 
+class _ResponseFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResponseFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResponseFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESPONSE_FORMAT_UNSPECIFIED: _ResponseFormat.ValueType  # 0
+    """Not set: free text."""
+    RESPONSE_FORMAT_TEXT: _ResponseFormat.ValueType  # 1
+    """Free text."""
+    RESPONSE_FORMAT_JSON_OBJECT: _ResponseFormat.ValueType  # 2
+    """JSON mode (OpenRouter's `response_format: json_object`): the answer is one JSON object.
+    The model and every fallback must list `response_format` in the catalog (ListModels:
+    `supports_response_format`), else FAILED_PRECONDITION / UNSUPPORTED_FEATURE (field
+    `response_format`); OpenRouter then routes only to endpoints that honour it. Ask for JSON
+    in the prompt too: some providers refuse JSON mode otherwise. The gateway checks the
+    answer: one that is not a JSON object (cut off by `max_tokens`, say) fails with
+    FAILED_PRECONDITION / SCHEMA_VALIDATION_FAILED, never OK; a stream fails so at its end,
+    after its deltas. To hold the JSON to a schema, use CompleteStructured or
+    StreamCompleteStructured.
+    """
+
+class ResponseFormat(_ResponseFormat, metaclass=_ResponseFormatEnumTypeWrapper):
+    """ResponseFormat is the form the answer's text takes."""
+
+RESPONSE_FORMAT_UNSPECIFIED: ResponseFormat.ValueType  # 0
+"""Not set: free text."""
+RESPONSE_FORMAT_TEXT: ResponseFormat.ValueType  # 1
+"""Free text."""
+RESPONSE_FORMAT_JSON_OBJECT: ResponseFormat.ValueType  # 2
+"""JSON mode (OpenRouter's `response_format: json_object`): the answer is one JSON object.
+The model and every fallback must list `response_format` in the catalog (ListModels:
+`supports_response_format`), else FAILED_PRECONDITION / UNSUPPORTED_FEATURE (field
+`response_format`); OpenRouter then routes only to endpoints that honour it. Ask for JSON
+in the prompt too: some providers refuse JSON mode otherwise. The gateway checks the
+answer: one that is not a JSON object (cut off by `max_tokens`, say) fails with
+FAILED_PRECONDITION / SCHEMA_VALIDATION_FAILED, never OK; a stream fails so at its end,
+after its deltas. To hold the JSON to a schema, use CompleteStructured or
+StreamCompleteStructured.
+"""
+Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
+
 class _ToolChoiceMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1688,6 +1730,7 @@ class CompleteRequest(_message.Message):
     OUTPUT_MODALITIES_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. The OpenRouter model id, e.g. `openai/gpt-4o-mini`. Empty: the gateway's default
@@ -1710,6 +1753,8 @@ class CompleteRequest(_message.Message):
     """Optional. With `logprobs`, also the likeliest 0 to 20 tokens at each position (models
     listing `top_logprobs`).
     """
+    response_format: Global___ResponseFormat.ValueType
+    """Optional. The answer's form: free text, or a JSON object (JSON mode). Default: text."""
     @_builtins.property
     def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional. Up to 3 further model ids tried in order if `model` fails upstream. Each must be
@@ -1771,11 +1816,12 @@ class CompleteRequest(_message.Message):
         output_modalities: _abc.Iterable[Global___Modality.ValueType] | None = ...,
         logprobs: _builtins.bool = ...,
         top_logprobs: _builtins.int | None = ...,
+        response_format: Global___ResponseFormat.ValueType = ...,
         provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "file_parser", b"file_parser", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "provider", b"provider", "reasoning", b"reasoning", "response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
     _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
@@ -2090,6 +2136,7 @@ class StreamCompleteRequest(_message.Message):
     OUTPUT_MODALITIES_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
@@ -2102,6 +2149,10 @@ class StreamCompleteRequest(_message.Message):
     top_logprobs: _builtins.int
     """Optional. With `logprobs`, also the likeliest 0 to 20 tokens at each position (models
     listing `top_logprobs`).
+    """
+    response_format: Global___ResponseFormat.ValueType
+    """Optional. As in
+    [CompleteRequest.response_format][llmgateway.v1.CompleteRequest.response_format].
     """
     @_builtins.property
     def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -2160,11 +2211,12 @@ class StreamCompleteRequest(_message.Message):
         output_modalities: _abc.Iterable[Global___Modality.ValueType] | None = ...,
         logprobs: _builtins.bool = ...,
         top_logprobs: _builtins.int | None = ...,
+        response_format: Global___ResponseFormat.ValueType = ...,
         provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "file_parser", b"file_parser", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "provider", b"provider", "reasoning", b"reasoning", "response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
     _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
@@ -2392,6 +2444,234 @@ class StreamCompleteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___StreamCompleteResponse: _TypeAlias = StreamCompleteResponse  # noqa: Y015
+
+@_typing.final
+class StreamCompleteStructuredRequest(_message.Message):
+    """StreamCompleteStructuredRequest asks for JSON matching a schema, streamed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    FALLBACK_MODELS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    SAMPLING_FIELD_NUMBER: _builtins.int
+    END_USER_ID_FIELD_NUMBER: _builtins.int
+    SCHEMA_NAME_FIELD_NUMBER: _builtins.int
+    INLINE_SCHEMA_FIELD_NUMBER: _builtins.int
+    FILE_PARSER_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
+    end_user_id: _builtins.str
+    """Optional. As in [CompleteRequest.end_user_id][llmgateway.v1.CompleteRequest.end_user_id]."""
+    schema_name: _builtins.str
+    """A registered, versioned schema, e.g. `chat_reply_v1`."""
+    @_builtins.property
+    def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. As in
+        [CompleteRequest.fallback_models][llmgateway.v1.CompleteRequest.fallback_models].
+        """
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """Required. As in [CompleteRequest.messages][llmgateway.v1.CompleteRequest.messages]; image
+        and file parts included.
+        """
+
+    @_builtins.property
+    def sampling(self) -> Global___SamplingParams:
+        """Optional. As in
+        [CompleteStructuredRequest.sampling][llmgateway.v1.CompleteStructuredRequest.sampling]
+        (`temperature` defaults to 0).
+        """
+
+    @_builtins.property
+    def inline_schema(self) -> Global___InlineJsonSchema:
+        """A schema given inline."""
+
+    @_builtins.property
+    def file_parser(self) -> Global___FileParserOptions:
+        """Optional. How file parts are read. Default: OpenRouter's."""
+
+    @_builtins.property
+    def reasoning(self) -> Global___ReasoningConfig:
+        """Optional. Ask for reasoning. Default: the model's own behaviour."""
+
+    @_builtins.property
+    def provider(self) -> Global___ProviderPreferences:
+        """Optional. As in [CompleteRequest.provider][llmgateway.v1.CompleteRequest.provider]."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        fallback_models: _abc.Iterable[_builtins.str] | None = ...,
+        messages: _abc.Iterable[Global___Message] | None = ...,
+        sampling: Global___SamplingParams | None = ...,
+        end_user_id: _builtins.str = ...,
+        schema_name: _builtins.str = ...,
+        inline_schema: Global___InlineJsonSchema | None = ...,
+        file_parser: Global___FileParserOptions | None = ...,
+        reasoning: Global___ReasoningConfig | None = ...,
+        provider: Global___ProviderPreferences | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file_parser", b"file_parser", "inline_schema", b"inline_schema", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_schema: _TypeAlias = _typing.Literal["schema_name", "inline_schema"]  # noqa: Y015
+    _WhichOneofArgType_schema: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_schema) -> _WhichOneofReturnType_schema | None: ...
+
+Global___StreamCompleteStructuredRequest: _TypeAlias = StreamCompleteStructuredRequest  # noqa: Y015
+
+@_typing.final
+class StructuredDelta(_message.Message):
+    """StructuredDelta is a newly generated piece of a structured answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    json: _builtins.str
+    """Output only. The next piece of the model's JSON text, as generated: concatenated, the
+    pieces are the model's raw text (with STRUCTURED_MODE_INSTRUCTIONS possibly around
+    prose or fences). The validated JSON is `StructuredEnd.json`.
+    """
+    reasoning: _builtins.str
+    """Output only. The next piece of the model's reasoning text."""
+    def __init__(
+        self,
+        *,
+        json: _builtins.str = ...,
+        reasoning: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["json", b"json", "reasoning", b"reasoning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StructuredDelta: _TypeAlias = StructuredDelta  # noqa: Y015
+
+@_typing.final
+class StructuredEnd(_message.Message):
+    """StructuredEnd closes a structured stream whose JSON matched its schema."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    SCHEMA_NAME_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    FALLBACK_USED_FIELD_NUMBER: _builtins.int
+    REPAIRED_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    NATIVE_FINISH_REASON_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    REASONING_DETAILS_FIELD_NUMBER: _builtins.int
+    UNSUPPORTED_OUTPUTS_FIELD_NUMBER: _builtins.int
+    json: _builtins.str
+    """Output only. The validated JSON, compact."""
+    schema_name: _builtins.str
+    """Output only. The schema's name: the registered name or the inline name."""
+    schema_version: _builtins.int
+    """Output only. The registered schema's version; 0 for inline schemas."""
+    mode: Global___StructuredMode.ValueType
+    """Output only. How JSON was obtained from the model."""
+    fallback_used: _builtins.bool
+    """Output only. True when the model lacked native structured outputs and a fallback mode was
+    used.
+    """
+    repaired: _builtins.bool
+    """Output only. True when the JSON had to be cut out of surrounding prose or fences."""
+    finish_reason: Global___FinishReason.ValueType
+    """Output only. Why generation stopped."""
+    native_finish_reason: _builtins.str
+    """Output only. The provider's own finish reason, unnormalised."""
+    @_builtins.property
+    def value(self) -> _struct_pb2.Struct:
+        """Output only. The same JSON as a Struct (numbers become doubles)."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Output only. What the call consumed. Zero counts when the provider reported none."""
+
+    @_builtins.property
+    def reasoning_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningDetail]:
+        """Output only. The stream's reasoning blocks merged, as in
+        [StreamEnd.reasoning_details][llmgateway.v1.StreamEnd.reasoning_details].
+        """
+
+    @_builtins.property
+    def unsupported_outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnsupportedOutput]:
+        """Output only. What the stream held that a structured answer does not carry (images,
+        citations, a refusal's text), counted.
+        """
+
+    def __init__(
+        self,
+        *,
+        json: _builtins.str = ...,
+        value: _struct_pb2.Struct | None = ...,
+        schema_name: _builtins.str = ...,
+        schema_version: _builtins.int = ...,
+        mode: Global___StructuredMode.ValueType = ...,
+        fallback_used: _builtins.bool = ...,
+        repaired: _builtins.bool = ...,
+        finish_reason: Global___FinishReason.ValueType = ...,
+        native_finish_reason: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+        reasoning_details: _abc.Iterable[Global___ReasoningDetail] | None = ...,
+        unsupported_outputs: _abc.Iterable[Global___UnsupportedOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fallback_used", b"fallback_used", "finish_reason", b"finish_reason", "json", b"json", "mode", b"mode", "native_finish_reason", b"native_finish_reason", "reasoning_details", b"reasoning_details", "repaired", b"repaired", "schema_name", b"schema_name", "schema_version", b"schema_version", "unsupported_outputs", b"unsupported_outputs", "usage", b"usage", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StructuredEnd: _TypeAlias = StructuredEnd  # noqa: Y015
+
+@_typing.final
+class StreamCompleteStructuredResponse(_message.Message):
+    """StreamCompleteStructuredResponse is one message of a structured stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start(self) -> Global___StreamStart:
+        """The first message of every stream."""
+
+    @_builtins.property
+    def delta(self) -> Global___StructuredDelta:
+        """Generated output; any number of these."""
+
+    @_builtins.property
+    def end(self) -> Global___StructuredEnd:
+        """The last message of a stream whose JSON is valid, exactly once."""
+
+    def __init__(
+        self,
+        *,
+        start: Global___StreamStart | None = ...,
+        delta: Global___StructuredDelta | None = ...,
+        end: Global___StructuredEnd | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "end", b"end", "event", b"event", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "end", b"end", "event", b"event", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["start", "delta", "end"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___StreamCompleteStructuredResponse: _TypeAlias = StreamCompleteStructuredResponse  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):

@@ -66,6 +66,11 @@ class CompletionServiceStub:
                 request_serializer=llmgateway_dot_v1_dot_completion__service__pb2.StreamCompleteRequest.SerializeToString,
                 response_deserializer=llmgateway_dot_v1_dot_completion__service__pb2.StreamCompleteResponse.FromString,
                 _registered_method=True)
+        self.StreamCompleteStructured = channel.unary_stream(
+                '/llmgateway.v1.CompletionService/StreamCompleteStructured',
+                request_serializer=llmgateway_dot_v1_dot_completion__service__pb2.StreamCompleteStructuredRequest.SerializeToString,
+                response_deserializer=llmgateway_dot_v1_dot_completion__service__pb2.StreamCompleteStructuredResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/llmgateway.v1.CompletionService/ListModels',
                 request_serializer=llmgateway_dot_v1_dot_completion__service__pb2.ListModelsRequest.SerializeToString,
@@ -127,6 +132,19 @@ class CompletionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamCompleteStructured(self, request, context):
+        """StreamCompleteStructured streams JSON for a JSON Schema as the model writes it: one
+        `start`, `delta` messages with pieces of the JSON text, then exactly one `end` with the
+        validated value. The whole text is validated once it is complete; JSON that does not
+        match ends the stream with FAILED_PRECONDITION / SCHEMA_VALIDATION_FAILED, never OK, and
+        there is no corrective re-ask (a stream cannot take back what it sent). It is its own
+        RPC, not a mode of StreamComplete, because its end is a different message (the validated
+        value, the schema and the mode) and its request takes a schema instead of tools.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """ListModels lists the models this caller may use, with context length, prices and
         capabilities.
@@ -172,6 +190,11 @@ def add_CompletionServiceServicer_to_server(servicer, server):
                     servicer.StreamComplete,
                     request_deserializer=llmgateway_dot_v1_dot_completion__service__pb2.StreamCompleteRequest.FromString,
                     response_serializer=llmgateway_dot_v1_dot_completion__service__pb2.StreamCompleteResponse.SerializeToString,
+            ),
+            'StreamCompleteStructured': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamCompleteStructured,
+                    request_deserializer=llmgateway_dot_v1_dot_completion__service__pb2.StreamCompleteStructuredRequest.FromString,
+                    response_serializer=llmgateway_dot_v1_dot_completion__service__pb2.StreamCompleteStructuredResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -287,6 +310,33 @@ class CompletionService:
             '/llmgateway.v1.CompletionService/StreamComplete',
             llmgateway_dot_v1_dot_completion__service__pb2.StreamCompleteRequest.SerializeToString,
             llmgateway_dot_v1_dot_completion__service__pb2.StreamCompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamCompleteStructured(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/llmgateway.v1.CompletionService/StreamCompleteStructured',
+            llmgateway_dot_v1_dot_completion__service__pb2.StreamCompleteStructuredRequest.SerializeToString,
+            llmgateway_dot_v1_dot_completion__service__pb2.StreamCompleteStructuredResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,15 @@ class CompletionServiceStub:
     """StreamComplete streams an answer as it is generated: one `start`, any number of `delta`
     messages, then exactly one `end` message. A stream without `end` did not complete.
     """
+    StreamCompleteStructured: _grpc.UnaryStreamMultiCallable[_completion_service_pb2.StreamCompleteStructuredRequest, _completion_service_pb2.StreamCompleteStructuredResponse]
+    """StreamCompleteStructured streams JSON for a JSON Schema as the model writes it: one
+    `start`, `delta` messages with pieces of the JSON text, then exactly one `end` with the
+    validated value. The whole text is validated once it is complete; JSON that does not
+    match ends the stream with FAILED_PRECONDITION / SCHEMA_VALIDATION_FAILED, never OK, and
+    there is no corrective re-ask (a stream cannot take back what it sent). It is its own
+    RPC, not a mode of StreamComplete, because its end is a different message (the validated
+    value, the schema and the mode) and its request takes a schema instead of tools.
+    """
     ListModels: _grpc.UnaryUnaryMultiCallable[_completion_service_pb2.ListModelsRequest, _completion_service_pb2.ListModelsResponse]
     """ListModels lists the models this caller may use, with context length, prices and
     capabilities.
@@ -110,6 +119,15 @@ class CompletionServiceAsyncStub(CompletionServiceStub):
     StreamComplete: _aio.UnaryStreamMultiCallable[_completion_service_pb2.StreamCompleteRequest, _completion_service_pb2.StreamCompleteResponse]  # type: ignore[assignment]
     """StreamComplete streams an answer as it is generated: one `start`, any number of `delta`
     messages, then exactly one `end` message. A stream without `end` did not complete.
+    """
+    StreamCompleteStructured: _aio.UnaryStreamMultiCallable[_completion_service_pb2.StreamCompleteStructuredRequest, _completion_service_pb2.StreamCompleteStructuredResponse]  # type: ignore[assignment]
+    """StreamCompleteStructured streams JSON for a JSON Schema as the model writes it: one
+    `start`, `delta` messages with pieces of the JSON text, then exactly one `end` with the
+    validated value. The whole text is validated once it is complete; JSON that does not
+    match ends the stream with FAILED_PRECONDITION / SCHEMA_VALIDATION_FAILED, never OK, and
+    there is no corrective re-ask (a stream cannot take back what it sent). It is its own
+    RPC, not a mode of StreamComplete, because its end is a different message (the validated
+    value, the schema and the mode) and its request takes a schema instead of tools.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_completion_service_pb2.ListModelsRequest, _completion_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels lists the models this caller may use, with context length, prices and
@@ -175,6 +193,21 @@ class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_completion_service_pb2.StreamCompleteResponse], _abc.AsyncIterator[_completion_service_pb2.StreamCompleteResponse]]:
         """StreamComplete streams an answer as it is generated: one `start`, any number of `delta`
         messages, then exactly one `end` message. A stream without `end` did not complete.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamCompleteStructured(
+        self,
+        request: _completion_service_pb2.StreamCompleteStructuredRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_completion_service_pb2.StreamCompleteStructuredResponse], _abc.AsyncIterator[_completion_service_pb2.StreamCompleteStructuredResponse]]:
+        """StreamCompleteStructured streams JSON for a JSON Schema as the model writes it: one
+        `start`, `delta` messages with pieces of the JSON text, then exactly one `end` with the
+        validated value. The whole text is validated once it is complete; JSON that does not
+        match ends the stream with FAILED_PRECONDITION / SCHEMA_VALIDATION_FAILED, never OK, and
+        there is no corrective re-ask (a stream cannot take back what it sent). It is its own
+        RPC, not a mode of StreamComplete, because its end is a different message (the validated
+        value, the schema and the mode) and its request takes a schema instead of tools.
         """
 
     @_abc_1.abstractmethod
