@@ -56,7 +56,7 @@ from service.domain.completion import (
     Usage,
     VideoPart,
 )
-from service.domain.models import ModelInfo
+from service.domain.models import ModelInfo, ModelPricing
 from service.domain.providers import (
     MAX_PRICE_KINDS,
     DataCollection,
@@ -653,20 +653,43 @@ def stream_response(event: StreamEvent) -> pb.StreamCompleteResponse:
     )
 
 
+def _usd(value: Decimal | None) -> str:
+    return "" if value is None else format(value, "f")
+
+
+def pricing(value: ModelPricing) -> pb.ModelPricing:
+    if value.variable:
+        # Not free: unknown until the router picks a model. No amount at all.
+        return pb.ModelPricing(variable=True)
+    return pb.ModelPricing(
+        prompt_usd_per_token=_usd(value.prompt),
+        completion_usd_per_token=_usd(value.completion),
+        request_usd=_usd(value.request),
+        image_usd=_usd(value.image),
+        image_output_usd=_usd(value.image_output),
+        image_token_usd=_usd(value.image_token),
+        audio_usd_per_token=_usd(value.audio),
+        audio_output_usd_per_token=_usd(value.audio_output),
+        audio_cache_usd_per_token=_usd(value.audio_cache),
+        web_search_usd=_usd(value.web_search),
+        internal_reasoning_usd_per_token=_usd(value.internal_reasoning),
+        cache_read_usd_per_token=_usd(value.cache_read),
+        cache_write_usd_per_token=_usd(value.cache_write),
+        cache_write_1h_usd_per_token=_usd(value.cache_write_1h),
+    )
+
+
 def model(info: ModelInfo) -> pb.Model:
     return pb.Model(
         id=info.id,
         name=info.name,
         context_length=info.context_length,
         max_completion_tokens=info.max_completion_tokens or 0,
-        pricing=pb.ModelPricing(
-            prompt_usd_per_token=format(info.pricing.prompt, "f"),
-            completion_usd_per_token=format(info.pricing.completion, "f"),
-            request_usd=format(info.pricing.request, "f"),
-        ),
+        pricing=pricing(info.pricing),
         supports_structured_outputs=info.supports_structured_outputs,
         supports_response_format=info.supports_response_format,
         supports_tools=info.supports_tools,
+        supports_reasoning=info.supports_reasoning,
     )
 
 

@@ -30,7 +30,7 @@ from service.domain.completion import (
     VideoPart,
     part_bytes,
 )
-from service.domain.models import ModelInfo
+from service.domain.models import ModelInfo, ModelPricing
 from service.domain.providers import NO_MAX_PRICE
 from service.domain.usage import LedgerStore, UsageRecord
 
@@ -247,15 +247,22 @@ def _prompt_bound(text: int, media: MediaBound, model: ModelInfo) -> int:
 
 
 def _model_worst_case(
-    request: CompletionRequest, model: ModelInfo, text: int, media: MediaBound
+    request: CompletionRequest,
+    model: ModelInfo,
+    text: int,
+    media: MediaBound,
+    unknown_price: ModelPricing | None,
 ) -> CostEstimate:
+    pricing = model.ceiling
+    if pricing.variable:
+        pricing = unknown_price or pricing
     # OpenRouter routes only to endpoints within the request's (policy-merged) max price:
     # where a ceiling is below the catalog's price, the ceiling bounds what the call costs.
     ceiling = request.provider.max_price if request.provider is not None else NO_MAX_PRICE
-    pricing = model.pricing.capped(ceiling)
+    pricing = pricing.capped(ceiling)
     prompt = _prompt_bound(text, media, model)
     completion = request.sampling.max_tokens or 0
-    usd = pricing.cost(prompt, completion)
+    usd = _worst_price(pricing, prompt, completion)
     usd += pricing.image * media.images
     usd += max(pricing.audio - pricing.prompt, Decimal(0)) * min(media.audio_tokens, prompt)
     tokens = prompt + completion
@@ -268,18 +275,35 @@ def _model_worst_case(
     return CostEstimate(tokens=tokens, usd=usd)
 
 
-def worst_case(request: CompletionRequest, candidates: list[ModelInfo]) -> CostEstimate:
+def worst_case(
+    request: CompletionRequest,
+    candidates: list[ModelInfo],
+    *,
+    unknown_price: ModelPricing | None = None,
+) -> CostEstimate:
     """The most this request can cost: every candidate model might serve it, each at its
-    catalog price or the request's max price where that is lower."""
+    catalog price or the request's max price where that is lower.
+
+    A candidate priced ``variable`` (a router) may route to any model: it is priced at
+    ``unknown_price``, the catalog's dearest price of each kind (capped the same way).
+    """
     text = estimate_prompt_tokens(request)
     media = media_prompt_bound(request)
     completion = request.sampling.max_tokens or 0
     if not candidates:
         return CostEstimate(tokens=text + completion, usd=Decimal(0), completion=completion)
-    each = [_model_worst_case(request, model, text, media) for model in candidates]
+    each = [_model_worst_case(request, model, text, media, unknown_price) for model in candidates]
     return CostEstimate(
         tokens=max(e.tokens for e in each), usd=max(e.usd for e in each), completion=completion
     )
+
+
+def _worst_price(pricing: ModelPricing, prompt: int, completion: int) -> Decimal:
+    """Every prompt token may be written to the prompt cache (automatic caching writes
+    without any mark, at up to 1.25x), and every generated token may be a reasoning token."""
+    prompt_rate = max(pricing.prompt, pricing.cache_write or 0, pricing.cache_write_1h or 0)
+    completion_rate = max(pricing.completion, pricing.internal_reasoning or 0)
+    return prompt_rate * prompt + completion_rate * completion + pricing.request
 
 
 def usage_cost(usage: Usage, model: ModelInfo | None) -> Decimal:

@@ -132,6 +132,6 @@ def embedding_worst_case(request: EmbeddingRequest, model: ModelInfo) -> CostEst
                 # Other kinds (audio, video, files) have no better bound than an image's.
                 tokens += MAX_IMAGE_TOKENS
                 images += isinstance(part, ImagePart)
-    pricing = model.pricing
+    pricing = model.ceiling
     usd = pricing.prompt * tokens + pricing.image * images + pricing.request
     return CostEstimate(tokens=tokens, usd=max(usd, Decimal(0)))

@@ -45,7 +45,7 @@ from service.domain.embedding_rules import (
 )
 from service.domain.embeddings import EmbeddingRequest, Embeddings
 from service.domain.limits import RequestLimits, identifier_violations, prepare
-from service.domain.models import ModelInfo
+from service.domain.models import ModelInfo, ModelPricing, dearest
 from service.domain.policy import AnswerCheck, answer_breach, apply_policy, breach_error
 from service.domain.ports import CompletionBackend
 from service.domain.quotas import (
@@ -104,13 +104,26 @@ class ModelCatalog:
         self._backend = backend
         self._source: Sequence[ModelInfo] | None = None
         self._by_id: Mapping[str, ModelInfo] = {}
+        self._dearest = ModelPricing()
 
-    async def get(self, model: str) -> ModelInfo | None:
+    async def _refresh(self) -> None:
         models = await self._backend.list_models()
         if models is not self._source:
             self._by_id = {m.id: m for m in models}
+            # What a router may bill: the dearest price of each kind of any chat model.
+            self._dearest = dearest(
+                m.ceiling for m in models if not m.pricing.variable and not m.makes_embeddings
+            )
             self._source = models
+
+    async def get(self, model: str) -> ModelInfo | None:
+        await self._refresh()
         return self._by_id.get(model) or self._by_id.get(_base_id(model))
+
+    async def dearest(self) -> ModelPricing:
+        """The highest price of each kind over the catalog's chat models (never variable)."""
+        await self._refresh()
+        return self._dearest
 
     async def all(self) -> Sequence[ModelInfo]:
         return await self._backend.list_models()
@@ -332,7 +345,10 @@ class Gateway:
     ) -> Reservation:
         """Reserve the worst case of ``attempts`` upstream calls, leased for as long as they
         can run."""
-        estimate = worst_case(request, list(call.candidates))
+        unknown = None
+        if any(m.pricing.variable for m in call.candidates):
+            unknown = await self.catalog.dearest()
+        estimate = worst_case(request, list(call.candidates), unknown_price=unknown)
         return await self._reserve_estimate(call.caller, estimate, deadline, attempts=attempts)
 
     async def _reserve_estimate(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
+from typing import Any
 
 from service.domain.completion import Modality
 from service.domain.providers import MaxPrice
@@ -11,11 +13,20 @@ from service.domain.providers import MaxPrice
 
 @dataclass(frozen=True, slots=True)
 class ModelPricing:
-    """Prices in USD, exact decimals as OpenRouter sends them; absent kinds are 0.
+    """Prices in USD, exact decimals as OpenRouter sends them.
 
     ``prompt``/``completion`` are per token, ``request`` per request, ``image`` per input
     image, ``image_output`` per generated image, ``image_token`` per generated image token,
-    ``audio`` per input audio token and ``audio_output`` per generated audio token.
+    ``audio`` per input audio token and ``audio_output`` per generated audio token; absent,
+    they are 0 (not charged). The kinds after them are ``None`` when the catalog does not list
+    them, which means "does not apply" rather than "free": ``audio_cache`` per cached audio
+    token, ``web_search`` per native search, ``internal_reasoning`` per reasoning token,
+    ``cache_read`` per prompt token read from the cache, ``cache_write`` /
+    ``cache_write_1h`` per prompt token written to it (5-minute / 1-hour lifetime).
+
+    ``variable`` marks a router (``openrouter/auto``, listed as ``"-1"``): the call is billed
+    as the model it routes to, so no price is known before; the amounts are then 0, and
+    nothing may treat them as free.
     """
 
     prompt: Decimal = Decimal(0)
@@ -26,6 +37,13 @@ class ModelPricing:
     image_token: Decimal = Decimal(0)
     audio: Decimal = Decimal(0)
     audio_output: Decimal = Decimal(0)
+    audio_cache: Decimal | None = None
+    web_search: Decimal | None = None
+    internal_reasoning: Decimal | None = None
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
+    variable: bool = False
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
         return self.prompt * prompt_tokens + self.completion * completion_tokens + self.request
@@ -49,6 +67,21 @@ def _lower(price: Decimal, ceiling: Decimal | None) -> Decimal:
     return price if ceiling is None else min(price, ceiling)
 
 
+def dearest(prices: Iterable[ModelPricing]) -> ModelPricing:
+    """The highest price of each kind over ``prices``: what no one of them exceeds."""
+    values: dict[str, Any] = {}
+    for pricing in prices:
+        for name in _PRICE_KINDS:
+            price = getattr(pricing, name)
+            if price is not None and (values.get(name) is None or price > values[name]):
+                values[name] = price
+        values["variable"] = values.get("variable", False) or pricing.variable
+    return ModelPricing(**values)
+
+
+_PRICE_KINDS = tuple(f.name for f in fields(ModelPricing) if f.name != "variable")
+
+
 TEXT_ONLY = frozenset({Modality.TEXT})
 _SERVED_OUTPUTS = frozenset({Modality.TEXT, Modality.IMAGE, Modality.EMBEDDINGS})
 
@@ -65,6 +98,14 @@ class ModelInfo:
     """From ``architecture.input_modalities``; None when the catalog does not say, and then
     the gateway does not refuse parts on the model's behalf (OpenRouter will, if it must)."""
     output_modalities: frozenset[Modality] | None = None
+    peak_pricing: ModelPricing | None = None
+    """The highest price of each kind over the base prices and the conditional ones
+    (OpenRouter's ``overrides``: long prompts, times of day); None when there are none."""
+
+    @property
+    def ceiling(self) -> ModelPricing:
+        """What no call of this model is priced above (before the per-call kinds)."""
+        return self.peak_pricing or self.pricing
 
     @property
     def supports_structured_outputs(self) -> bool:

@@ -111,6 +111,12 @@ class ModelInfo:
     """The vectors' length, for an embedding model (output modality ``embeddings``)."""
     flexible_dimensions: bool = False
     """Whether ``dimensions`` may shorten its vectors (OpenAI's text-embedding-3)."""
+    extra_prices: Mapping[str, str] = field(default_factory=dict)
+    """Further ``pricing`` keys as listed (``web_search``, ``input_cache_read``, …)."""
+    overrides: tuple[Mapping[str, Any], ...] = ()
+    """Conditional prices (``min_prompt_tokens``…), listed as ``pricing.overrides``."""
+    routes_to: str = ""
+    """A router (``openrouter/auto``): listed at ``"-1"``, served and billed as this model."""
 
     def supports(self, parameter: str) -> bool:
         return parameter in self.supported_parameters
@@ -200,9 +206,12 @@ class ModelInfo:
             "supported_parameters": sorted(self.supported_parameters),
         }
 
-    def _pricing_json(self) -> dict[str, str]:
+    def _pricing_json(self) -> dict[str, Any]:
+        if self.routes_to:
+            # As the replay's openrouter/auto-beta: "-1" and no other key.
+            return {"prompt": "-1", "completion": "-1"}
         # Like real listings: prompt and completion always, other kinds only when they apply.
-        pricing = {
+        pricing: dict[str, Any] = {
             "prompt": _price_string(self.prompt_price),
             "completion": _price_string(self.completion_price),
             "request": "0",
@@ -212,6 +221,9 @@ class ModelInfo:
             pricing["image_output"] = _price_string(self.image_output_price)
         if self.audio_price:
             pricing["audio"] = _price_string(self.audio_price)
+        pricing.update(self.extra_prices)
+        if self.overrides:
+            pricing["overrides"] = [dict(o) for o in self.overrides]
         return pricing
 
 
@@ -291,6 +303,7 @@ DEFAULT_CATALOG = Catalog(
             },
             input_modalities=("text", "image", "file"),
             image_price=Decimal("0.000217"),
+            extra_prices={"input_cache_read": "0.000000075"},
         ),
         ModelInfo(
             id="anthropic/claude-3.5-haiku",
@@ -423,6 +436,12 @@ DEFAULT_CATALOG = Catalog(
             input_modalities=("text", "image", "file"),
             image_price=Decimal("0.0048"),
             reasoning_style=ReasoningStyle.ANTHROPIC,
+            extra_prices={
+                "web_search": "0.01",
+                "input_cache_read": "0.0000003",
+                "input_cache_write": "0.00000375",
+                "input_cache_write_1h": "0.000006",
+            },
         ),
         ModelInfo(
             id="openai/gpt-5-mini",
@@ -450,6 +469,7 @@ DEFAULT_CATALOG = Catalog(
             native_finish_reasons=_SIM_NATIVE,
             input_modalities=("text", "image", "file"),
             reasoning_style=ReasoningStyle.OPENAI,
+            extra_prices={"web_search": "0.01", "input_cache_read": "0.000000025"},
         ),
         ModelInfo(
             id="google/gemini-3-flash-preview",
@@ -472,6 +492,16 @@ DEFAULT_CATALOG = Catalog(
             image_price=Decimal("0.0000005"),
             audio_price=Decimal("0.000001"),
             reasoning_style=ReasoningStyle.GOOGLE,
+            extra_prices={
+                "web_search": "0.014",
+                "internal_reasoning": "0.000003",
+                "input_cache_read": "0.00000005",
+                "input_cache_write": "0.0000000833",
+                "input_audio_cache": "0.0000001",
+            },
+            overrides=(
+                {"min_prompt_tokens": 200000, "prompt": "0.000001", "completion": "0.000006"},
+            ),
         ),
         ModelInfo(
             id="google/gemini-2.5-flash-image",
@@ -492,6 +522,23 @@ DEFAULT_CATALOG = Catalog(
             output_modalities=("image", "text"),
             image_price=Decimal("0.001238"),
             image_output_price=Decimal("0.039"),
+        ),
+        ModelInfo(
+            id="openrouter/auto",
+            canonical_slug="openrouter/auto",
+            name="Auto Router",
+            created=1699401600,
+            description="Routes each prompt to a model; billed as the model that served.",
+            context_length=2000000,
+            max_completion_tokens=0,
+            tokenizer="Router",
+            provider_name="OpenAI",
+            prompt_price=Decimal(0),
+            completion_price=Decimal(0),
+            is_moderated=False,
+            supported_parameters=_SAMPLING | {"response_format", "tools", "tool_choice"},
+            input_modalities=("text", "image"),
+            routes_to="openai/gpt-4o-mini",
         ),
         ModelInfo(
             id="openai/text-embedding-3-small",

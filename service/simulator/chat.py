@@ -230,6 +230,11 @@ def _resolve_model(
     if not isinstance(requested, str):
         raise _RejectedError(bad_request("model must be a string"))
     primary = catalog.get(requested)
+    if primary is not None and primary.routes_to:
+        # A router serves (and bills) as the model it picks.
+        routed = catalog.get(primary.routes_to)
+        if routed is not None:
+            primary, requested = routed, primary.routes_to
     if primary is not None and not scenario.fail_primary:
         return primary, requested
     for alternative in fallbacks:

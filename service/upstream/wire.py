@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 import orjson
@@ -35,12 +35,13 @@ from service.domain.completion import (
     Usage,
     count_unsupported,
 )
-from service.domain.models import ModelInfo, ModelPricing
+from service.domain.models import ModelInfo
 from service.domain.ports import GenerationStats
 from service.domain.providers import MAX_PRICE_KINDS
 from service.errors import UpstreamError
 from service.upstream.errors import error_from_payload, protocol_error
 from service.upstream.outputs import Extras, annotation_json, detail_json, read_extras, url_of
+from service.upstream.pricing import parse_pricing
 from service.upstream.readers import as_dict as _dict
 from service.upstream.readers import as_float_or_none as _float_or_none
 from service.upstream.readers import as_int as _int
@@ -487,20 +488,6 @@ def _tool_call_delta(raw: object, position: int) -> ToolCallDelta:
 # --- catalog and generation stats --------------------------------------------------------
 
 
-def _price(value: object) -> Decimal:
-    """A USD-per-token decimal string; anything unusable (or negative: "-1" means
-    "variable" on router models) counts as 0 so a ledger never books negative cost."""
-    if isinstance(value, bool) or value is None:
-        return Decimal(0)
-    try:
-        price = Decimal(value) if isinstance(value, str) else Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return Decimal(0)
-    if not price.is_finite() or price < 0:
-        return Decimal(0)
-    return price
-
-
 def parse_models(data: Mapping[str, Any]) -> list[ModelInfo]:
     """``GET /models`` -> ModelInfo list; entries without an ``id`` are skipped."""
     entries = data.get("data")
@@ -510,7 +497,7 @@ def parse_models(data: Mapping[str, Any]) -> list[ModelInfo]:
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
             continue
-        pricing = _dict(entry.get("pricing"))
+        pricing, peak = parse_pricing(entry.get("pricing"))
         top = _dict(entry.get("top_provider"))
         max_out = top.get("max_completion_tokens")
         params = entry.get("supported_parameters")
@@ -521,16 +508,8 @@ def parse_models(data: Mapping[str, Any]) -> list[ModelInfo]:
                 name=_str(entry.get("name")),
                 context_length=_int(entry.get("context_length")) or _int(top.get("context_length")),
                 max_completion_tokens=_int(max_out) if max_out is not None else None,
-                pricing=ModelPricing(
-                    prompt=_price(pricing.get("prompt")),
-                    completion=_price(pricing.get("completion")),
-                    request=_price(pricing.get("request")),
-                    image=_price(pricing.get("image")),
-                    image_output=_price(pricing.get("image_output")),
-                    image_token=_price(pricing.get("image_token")),
-                    audio=_price(pricing.get("audio")),
-                    audio_output=_price(pricing.get("audio_output")),
-                ),
+                pricing=pricing,
+                peak_pricing=peak,
                 supported_parameters=frozenset(
                     p for p in (params if isinstance(params, list) else ()) if isinstance(p, str)
                 ),

@@ -221,9 +221,26 @@ async def test_list_models_gives_alpha_every_model_sorted_with_prices_and_capabi
             assert model.name == entry["name"]
             assert model.context_length == entry["context_length"]
             assert model.max_completion_tokens == entry["top_provider"]["max_completion_tokens"]
-            assert model.pricing.prompt_usd_per_token == entry["pricing"]["prompt"]
-            assert model.pricing.completion_usd_per_token == entry["pricing"]["completion"]
-            assert model.pricing.request_usd == entry["pricing"]["request"]
+            prices = entry["pricing"]
+            if prices["prompt"] == "-1":
+                # Variable (a router): no amount at all, never "0".
+                assert model.pricing == pb.ModelPricing(variable=True)
+            else:
+                assert not model.pricing.variable
+                assert model.pricing.prompt_usd_per_token == prices["prompt"]
+                assert model.pricing.completion_usd_per_token == prices["completion"]
+                assert model.pricing.request_usd == prices["request"]
+                # Kinds the listing lacks are empty (does not apply), not "0".
+                for kind, field in (
+                    ("web_search", "web_search_usd"),
+                    ("input_cache_read", "cache_read_usd_per_token"),
+                    ("input_cache_write", "cache_write_usd_per_token"),
+                    ("input_cache_write_1h", "cache_write_1h_usd_per_token"),
+                    ("internal_reasoning", "internal_reasoning_usd_per_token"),
+                    ("input_audio_cache", "audio_cache_usd_per_token"),
+                ):
+                    assert getattr(model.pricing, field) == prices.get(kind, "")
+            assert model.supports_reasoning == bool({"reasoning", "include_reasoning"} & params)
             assert model.supports_structured_outputs == ("structured_outputs" in params)
             assert model.supports_response_format == ("response_format" in params)
             assert model.supports_tools == ("tools" in params)

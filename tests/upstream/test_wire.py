@@ -296,8 +296,8 @@ def test_models() -> None:
     assert gpt.supports_response_format
     assert not gpt.supports_tools
     auto = models[1]
-    # "-1" (variable price) must not produce a negative cost.
-    assert auto.pricing == ModelPricing()
+    # "-1" (variable price) must not produce a negative cost, nor pass as free.
+    assert auto.pricing == ModelPricing(variable=True)
     assert auto.max_completion_tokens is None
     with pytest.raises(UpstreamProtocolError):
         wire.parse_models({"models": []})

@@ -56,6 +56,7 @@ def test_catalog_modalities_and_media_prices() -> None:
         image_token=Decimal("0.00003"),
         audio=Decimal("0.000004"),
         audio_output=Decimal("0.000008"),
+        web_search=Decimal("0.014"),
     )
     # Embedding models are told apart; kinds no RPC serves are left out, not guessed at.
     assert embedder.output_modalities == frozenset({Modality.EMBEDDINGS})

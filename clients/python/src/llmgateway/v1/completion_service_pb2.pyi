@@ -2692,29 +2692,94 @@ Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
 
 @_typing.final
 class ModelPricing(_message.Message):
-    """ModelPricing is what a model costs, in US dollars, as exact decimal strings."""
+    """ModelPricing is what a model costs, in US dollars, as exact decimal strings. `0` means
+    free; an empty string means the kind does not apply to the model (no native web search,
+    no prompt cache). Prices that depend on the call (OpenRouter's conditional prices for long
+    prompts or times of day) show their base value here.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PROMPT_USD_PER_TOKEN_FIELD_NUMBER: _builtins.int
     COMPLETION_USD_PER_TOKEN_FIELD_NUMBER: _builtins.int
     REQUEST_USD_FIELD_NUMBER: _builtins.int
+    VARIABLE_FIELD_NUMBER: _builtins.int
+    IMAGE_USD_FIELD_NUMBER: _builtins.int
+    IMAGE_OUTPUT_USD_FIELD_NUMBER: _builtins.int
+    IMAGE_TOKEN_USD_FIELD_NUMBER: _builtins.int
+    AUDIO_USD_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    AUDIO_OUTPUT_USD_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    AUDIO_CACHE_USD_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    WEB_SEARCH_USD_FIELD_NUMBER: _builtins.int
+    INTERNAL_REASONING_USD_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    CACHE_READ_USD_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_USD_PER_TOKEN_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_1H_USD_PER_TOKEN_FIELD_NUMBER: _builtins.int
     prompt_usd_per_token: _builtins.str
     """Output only. US dollars per prompt token, e.g. `0.00000015`."""
     completion_usd_per_token: _builtins.str
     """Output only. US dollars per generated token."""
     request_usd: _builtins.str
     """Output only. US dollars per request on top of tokens; usually `0`."""
+    variable: _builtins.bool
+    """Output only. True when the price is not known before a call: a router such as
+    `openrouter/auto` bills each call as the model it routes to. Every price field is then
+    empty, never `0`: such a model is not free. The quota reservation prices its calls at
+    the dearest price of each kind in the catalog.
+    """
+    image_usd: _builtins.str
+    """Output only. US dollars per input image."""
+    image_output_usd: _builtins.str
+    """Output only. US dollars per generated image."""
+    image_token_usd: _builtins.str
+    """Output only. US dollars per generated image token."""
+    audio_usd_per_token: _builtins.str
+    """Output only. US dollars per input audio token."""
+    audio_output_usd_per_token: _builtins.str
+    """Output only. US dollars per generated audio token."""
+    audio_cache_usd_per_token: _builtins.str
+    """Output only. US dollars per input audio token read from the prompt cache."""
+    web_search_usd: _builtins.str
+    """Output only. US dollars per search with the model's own (native) web search; on top of
+    tokens. Empty when the model has none: web search then runs on another engine, priced
+    by OpenRouter per request (see the README).
+    """
+    internal_reasoning_usd_per_token: _builtins.str
+    """Output only. US dollars per reasoning token, where it differs from
+    `completion_usd_per_token`.
+    """
+    cache_read_usd_per_token: _builtins.str
+    """Output only. US dollars per prompt token read from the prompt cache."""
+    cache_write_usd_per_token: _builtins.str
+    """Output only. US dollars per prompt token written to the prompt cache (5-minute
+    lifetime).
+    """
+    cache_write_1h_usd_per_token: _builtins.str
+    """Output only. US dollars per prompt token written to the prompt cache with a 1-hour
+    lifetime (`CacheControl.ttl` of one hour).
+    """
     def __init__(
         self,
         *,
         prompt_usd_per_token: _builtins.str = ...,
         completion_usd_per_token: _builtins.str = ...,
         request_usd: _builtins.str = ...,
+        variable: _builtins.bool = ...,
+        image_usd: _builtins.str = ...,
+        image_output_usd: _builtins.str = ...,
+        image_token_usd: _builtins.str = ...,
+        audio_usd_per_token: _builtins.str = ...,
+        audio_output_usd_per_token: _builtins.str = ...,
+        audio_cache_usd_per_token: _builtins.str = ...,
+        web_search_usd: _builtins.str = ...,
+        internal_reasoning_usd_per_token: _builtins.str = ...,
+        cache_read_usd_per_token: _builtins.str = ...,
+        cache_write_usd_per_token: _builtins.str = ...,
+        cache_write_1h_usd_per_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_usd_per_token", b"completion_usd_per_token", "prompt_usd_per_token", b"prompt_usd_per_token", "request_usd", b"request_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_cache_usd_per_token", b"audio_cache_usd_per_token", "audio_output_usd_per_token", b"audio_output_usd_per_token", "audio_usd_per_token", b"audio_usd_per_token", "cache_read_usd_per_token", b"cache_read_usd_per_token", "cache_write_1h_usd_per_token", b"cache_write_1h_usd_per_token", "cache_write_usd_per_token", b"cache_write_usd_per_token", "completion_usd_per_token", b"completion_usd_per_token", "image_output_usd", b"image_output_usd", "image_token_usd", b"image_token_usd", "image_usd", b"image_usd", "internal_reasoning_usd_per_token", b"internal_reasoning_usd_per_token", "prompt_usd_per_token", b"prompt_usd_per_token", "request_usd", b"request_usd", "variable", b"variable", "web_search_usd", b"web_search_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2734,6 +2799,7 @@ class Model(_message.Message):
     SUPPORTS_STRUCTURED_OUTPUTS_FIELD_NUMBER: _builtins.int
     SUPPORTS_RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     SUPPORTS_TOOLS_FIELD_NUMBER: _builtins.int
+    SUPPORTS_REASONING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The OpenRouter model id, e.g. `openai/gpt-4o-mini`."""
     name: _builtins.str
@@ -2750,6 +2816,8 @@ class Model(_message.Message):
     """Output only. The model has a JSON mode (`response_format: json_object`)."""
     supports_tools: _builtins.bool
     """Output only. The model can call tools."""
+    supports_reasoning: _builtins.bool
+    """Output only. The model reasons on request (`reasoning` of the chat requests)."""
     @_builtins.property
     def pricing(self) -> Global___ModelPricing:
         """Output only. Prices."""
@@ -2765,10 +2833,11 @@ class Model(_message.Message):
         supports_structured_outputs: _builtins.bool = ...,
         supports_response_format: _builtins.bool = ...,
         supports_tools: _builtins.bool = ...,
+        supports_reasoning: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pricing", b"pricing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "id", b"id", "max_completion_tokens", b"max_completion_tokens", "name", b"name", "pricing", b"pricing", "supports_response_format", b"supports_response_format", "supports_structured_outputs", b"supports_structured_outputs", "supports_tools", b"supports_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "id", b"id", "max_completion_tokens", b"max_completion_tokens", "name", b"name", "pricing", b"pricing", "supports_reasoning", b"supports_reasoning", "supports_response_format", b"supports_response_format", "supports_structured_outputs", b"supports_structured_outputs", "supports_tools", b"supports_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
