@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,6 +25,7 @@ from service.domain.completion import (
     FilePart,
     ImagePart,
     Modality,
+    Part,
     TextPart,
     Usage,
     VideoPart,
@@ -221,19 +222,23 @@ class MediaBound:
 
 
 def media_prompt_bound(request: CompletionRequest) -> MediaBound:
+    return parts_bound(part for message in request.messages for part in message.parts)
+
+
+def parts_bound(parts: Iterable[Part]) -> MediaBound:
+    """What media parts (of messages, or of embedding inputs) can add to a prompt."""
     tokens = audio = images = 0
     unbounded = False
-    for message in request.messages:
-        for part in message.parts:
-            if isinstance(part, ImagePart):
-                images += 1
-                tokens += IMAGE_INPUT_TOKENS
-            elif isinstance(part, AudioPart):
-                audio += math.ceil(len(part.data) / AUDIO_BYTES_PER_TOKEN)
-            elif isinstance(part, VideoPart) and part_bytes(part):
-                tokens += math.ceil(part_bytes(part) / VIDEO_BYTES_PER_TOKEN)
-            elif isinstance(part, FilePart | VideoPart):
-                unbounded = True
+    for part in parts:
+        if isinstance(part, ImagePart):
+            images += 1
+            tokens += IMAGE_INPUT_TOKENS
+        elif isinstance(part, AudioPart):
+            audio += math.ceil(len(part.data) / AUDIO_BYTES_PER_TOKEN)
+        elif isinstance(part, VideoPart) and part_bytes(part):
+            tokens += math.ceil(part_bytes(part) / VIDEO_BYTES_PER_TOKEN)
+        elif isinstance(part, FilePart | VideoPart):
+            unbounded = True
     return MediaBound(tokens + audio, audio, images, unbounded)
 
 

@@ -12,8 +12,8 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from service.domain.accounting import CostEstimate, utf8_bound
-from service.domain.completion import PART_MODALITY, ImagePart, Modality, TextPart
+from service.domain.accounting import CostEstimate, parts_bound, utf8_bound
+from service.domain.completion import PART_MODALITY, Modality, TextPart
 from service.domain.embeddings import EmbeddingInput, EmbeddingRequest
 from service.domain.limits import MAX_END_USER_ID_CHARS, RequestLimits, check_media_part
 from service.domain.models import ModelInfo
@@ -24,12 +24,9 @@ MAX_DIMENSIONS = 16_384
 a bound on what a batch's answer can weigh."""
 _INPUT_TYPE = re.compile(r"^[a-z0-9_-]{1,64}$")
 
-# The reservation's bounds (see ``accounting``): text at one token per UTF-8 byte; around
-# each input the special tokens and the instruction prefix some models add for an
-# ``input_type`` (``search_query: ``); an image at the most tokens any provider makes of one
-# (Qwen-VL's default pixel cap is 16,384 patches of 28x28).
 _TOKENS_PER_INPUT = 16
-MAX_IMAGE_TOKENS = 16_384
+"""Around each input, the special tokens and the instruction prefix some models add for an
+``input_type`` (``search_query: ``); the text itself is bounded as in ``accounting``."""
 
 
 def prepare_embedding(
@@ -118,20 +115,18 @@ def check_embedding_model(request: EmbeddingRequest, model: ModelInfo) -> None:
 
 
 def embedding_worst_case(request: EmbeddingRequest, model: ModelInfo) -> CostEstimate:
-    """The most the call can cost: every token bound priced as a prompt token, every image
-    also at the per-image price."""
+    """The most the call can cost: text at its token bound, media parts at the chat RPCs'
+    bounds (a document bounded only by the context length), all at the prompt price, and
+    each image at the per-image price on top."""
     tokens = 0
-    images = 0
     overhead = _TOKENS_PER_INPUT + utf8_bound(request.input_type)
     for item in request.inputs:
         tokens += overhead + utf8_bound(item.text)
-        for part in item.parts:
-            if isinstance(part, TextPart):
-                tokens += utf8_bound(part.text)
-            else:
-                # Other kinds (audio, video, files) have no better bound than an image's.
-                tokens += MAX_IMAGE_TOKENS
-                images += isinstance(part, ImagePart)
+        tokens += sum(utf8_bound(p.text) for p in item.parts if isinstance(p, TextPart))
+    media = parts_bound(part for item in request.inputs for part in item.parts)
+    tokens += media.tokens
+    if media.unbounded:
+        tokens = max(tokens, model.context_length * len(request.inputs))
     pricing = model.ceiling
-    usd = pricing.prompt * tokens + pricing.image * images + pricing.request
+    usd = pricing.prompt * tokens + pricing.image * media.images + pricing.request
     return CostEstimate(tokens=tokens, usd=max(usd, Decimal(0)))
