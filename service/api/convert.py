@@ -99,7 +99,11 @@ _MODALITIES: dict[pb.Modality.ValueType, Modality] = {
     pb.MODALITY_FILE: Modality.FILE,
     pb.MODALITY_AUDIO: Modality.AUDIO,
     pb.MODALITY_VIDEO: Modality.VIDEO,
+    pb.MODALITY_EMBEDDINGS: Modality.EMBEDDINGS,
 }
+_MODALITIES_OUT = {modality: value for value, modality in _MODALITIES.items()}
+# The contract's order (text, image, file, audio, video, embeddings), not the catalog's.
+_MODALITY_ORDER = list(_MODALITIES.values())
 _DETAIL_TYPES: dict[pb.ReasoningDetailType.ValueType, ReasoningDetailType] = {
     pb.REASONING_DETAIL_TYPE_TEXT: ReasoningDetailType.TEXT,
     pb.REASONING_DETAIL_TYPE_SUMMARY: ReasoningDetailType.SUMMARY,
@@ -690,7 +694,13 @@ def model(info: ModelInfo) -> pb.Model:
         supports_response_format=info.supports_response_format,
         supports_tools=info.supports_tools,
         supports_reasoning=info.supports_reasoning,
+        input_modalities=_modalities_out(info.input_modalities),
+        output_modalities=_modalities_out(info.output_modalities),
     )
+
+
+def _modalities_out(values: frozenset[Modality] | None) -> list[pb.Modality.ValueType]:
+    return [_MODALITIES_OUT[m] for m in _MODALITY_ORDER if values is not None and m in values]
 
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:

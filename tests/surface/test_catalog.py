@@ -64,6 +64,34 @@ async def test_every_price_kind_is_listed_and_absent_kinds_are_empty(gw: Harness
     assert not listed["openai/gpt-4o-mini"].supports_reasoning
 
 
+async def test_modalities_tell_models_apart(gw: Harness) -> None:
+    listed = await models(gw)
+    gemini = listed["google/gemini-2.0-flash-001"]
+    assert list(gemini.input_modalities) == [
+        pb.MODALITY_TEXT,
+        pb.MODALITY_IMAGE,
+        pb.MODALITY_FILE,
+        pb.MODALITY_AUDIO,
+        pb.MODALITY_VIDEO,
+    ]
+    assert list(gemini.output_modalities) == [pb.MODALITY_TEXT]
+    painter = listed["google/gemini-2.5-flash-image"]
+    assert list(painter.output_modalities) == [pb.MODALITY_TEXT, pb.MODALITY_IMAGE]
+    embedders = {i for i, m in listed.items() if pb.MODALITY_EMBEDDINGS in m.output_modalities}
+    assert embedders == {"openai/text-embedding-3-small", "nvidia/llama-nemotron-embed-vl-1b-v2"}
+    assert list(listed["nvidia/llama-nemotron-embed-vl-1b-v2"].input_modalities) == [
+        pb.MODALITY_TEXT,
+        pb.MODALITY_IMAGE,
+    ]
+    # Embeddings are an output of embedding models only: not something to ask a chat for.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gw.stub.Complete(
+            pb.CompleteRequest(messages=[user("Hi")], output_modalities=[pb.MODALITY_EMBEDDINGS]),
+            metadata=auth(),
+        )
+    assert rich_error(caught.value).code is grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_a_router_is_shown_variable_never_free(gw: Harness) -> None:
     auto = (await models(gw))["openrouter/auto"]
     assert auto.pricing.variable

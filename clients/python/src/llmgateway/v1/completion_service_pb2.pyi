@@ -245,6 +245,8 @@ class _ModalityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Modality.Val
     """Audio."""
     MODALITY_VIDEO: _Modality.ValueType  # 5
     """Video (input only)."""
+    MODALITY_EMBEDDINGS: _Modality.ValueType  # 6
+    """Embedding vectors (output only): an embedding model, served by Embed and by no chat RPC."""
 
 class Modality(_Modality, metaclass=_ModalityEnumTypeWrapper):
     """Modality is a kind of content a model reads or writes (the catalog's
@@ -263,6 +265,8 @@ MODALITY_AUDIO: Modality.ValueType  # 4
 """Audio."""
 MODALITY_VIDEO: Modality.ValueType  # 5
 """Video (input only)."""
+MODALITY_EMBEDDINGS: Modality.ValueType  # 6
+"""Embedding vectors (output only): an embedding model, served by Embed and by no chat RPC."""
 Global___Modality: _TypeAlias = Modality  # noqa: Y015
 
 class _ResponseFormat:
@@ -2800,6 +2804,8 @@ class Model(_message.Message):
     SUPPORTS_RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     SUPPORTS_TOOLS_FIELD_NUMBER: _builtins.int
     SUPPORTS_REASONING_FIELD_NUMBER: _builtins.int
+    INPUT_MODALITIES_FIELD_NUMBER: _builtins.int
+    OUTPUT_MODALITIES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The OpenRouter model id, e.g. `openai/gpt-4o-mini`."""
     name: _builtins.str
@@ -2822,6 +2828,18 @@ class Model(_message.Message):
     def pricing(self) -> Global___ModelPricing:
         """Output only. Prices."""
 
+    @_builtins.property
+    def input_modalities(self) -> _containers.RepeatedScalarFieldContainer[Global___Modality.ValueType]:
+        """Output only. What the model reads: text, images, files, audio, video. Empty when the
+        catalog does not say (the gateway then refuses no part on the model's behalf).
+        """
+
+    @_builtins.property
+    def output_modalities(self) -> _containers.RepeatedScalarFieldContainer[Global___Modality.ValueType]:
+        """Output only. What the model writes: text, images, or embeddings (an embedding model).
+        Empty when the catalog does not say.
+        """
+
     def __init__(
         self,
         *,
@@ -2834,10 +2852,12 @@ class Model(_message.Message):
         supports_response_format: _builtins.bool = ...,
         supports_tools: _builtins.bool = ...,
         supports_reasoning: _builtins.bool = ...,
+        input_modalities: _abc.Iterable[Global___Modality.ValueType] | None = ...,
+        output_modalities: _abc.Iterable[Global___Modality.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pricing", b"pricing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "id", b"id", "max_completion_tokens", b"max_completion_tokens", "name", b"name", "pricing", b"pricing", "supports_reasoning", b"supports_reasoning", "supports_response_format", b"supports_response_format", "supports_structured_outputs", b"supports_structured_outputs", "supports_tools", b"supports_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "id", b"id", "input_modalities", b"input_modalities", "max_completion_tokens", b"max_completion_tokens", "name", b"name", "output_modalities", b"output_modalities", "pricing", b"pricing", "supports_reasoning", b"supports_reasoning", "supports_response_format", b"supports_response_format", "supports_structured_outputs", b"supports_structured_outputs", "supports_tools", b"supports_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
