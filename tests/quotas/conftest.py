@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -64,3 +65,12 @@ async def store_factory(
 @pytest.fixture
 def store(store_factory: Callable[[], QuotaStore]) -> QuotaStore:
     return store_factory()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def gateway_store(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Gateway settings selecting the quota store: in-process, or a real (flushed) Redis."""
+    if request.param == "memory":
+        return {}
+    url: str = request.getfixturevalue("redis_url")
+    return {"redis_url": url}

@@ -88,22 +88,14 @@ def cost(prompt: int, completion: int) -> Decimal:
     return (Decimal("0.8") * prompt + Decimal(4) * completion) / 1_000_000
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "memory":
-        return {}
-    url: str = request.getfixturevalue("redis_url")
-    return {"redis_url": url}
-
-
 async def test_50_concurrent_dense_script_calls_stay_within_one_reservation_of_the_budget(
-    store: dict[str, Any],
+    gateway_store: dict[str, Any],
 ) -> None:
     callers = [Caller("alpha", hash_key(ALPHA_KEY), ("*",), CallerLimits(usd_per_day=BUDGET))]
     request = pb.CompleteRequest(
         model=MODEL, messages=[user(PROMPT)], sampling=pb.SamplingParams(max_tokens=4)
     )
-    async with start_gateway(callers=callers, gateway=store) as gw:
+    async with start_gateway(callers=callers, gateway=gateway_store) as gw:
 
         async def call() -> pb.CompleteResponse | grpc.StatusCode:
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -14,7 +14,7 @@ from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.domain.callers import Caller, CallerLimits, hash_key
 from tests.harness import ALPHA_KEY, Harness, auth, start_gateway, user
-from tests.servers import RedisServer, start_redis
+from tests.servers import RedisServer
 
 CALLERS = [Caller("alpha", hash_key(ALPHA_KEY), ("*",), CallerLimits(requests_per_minute=10**9))]
 REQUEST = pb.CompleteRequest(messages=[user("Hi [[sim:tokens=2]]")])
@@ -56,12 +56,9 @@ class Load:
 
 
 @pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = start_redis()
-    try:
-        yield server
-    finally:
-        server.stop()
+def redis(redis_factory: Callable[[], RedisServer]) -> RedisServer:
+    """A Redis of this test's own, to stop and restart."""
+    return redis_factory()
 
 
 @pytest.mark.parametrize("callers", [10, 60])

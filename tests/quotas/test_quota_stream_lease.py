@@ -23,28 +23,24 @@ MARGIN_S = 0.2
 CALLERS = [Caller("alpha", hash_key(ALPHA_KEY), ("*",), CallerLimits(usd_per_day=Decimal("1.00")))]
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "memory":
-        return {"quota_lease_margin_s": MARGIN_S}
-    url: str = request.getfixturevalue("redis_url")
-    return {"redis_url": url, "quota_lease_margin_s": MARGIN_S}
-
-
 async def used_usd(stub: Any) -> float:
     usage = await stub.GetUsage(pb.GetUsageRequest(), metadata=auth())
     [usd] = usage.quotas
     return float(usd.used)
 
 
-async def test_a_long_stream_without_a_deadline_keeps_its_hold(store: dict[str, Any]) -> None:
+async def test_a_long_stream_without_a_deadline_keeps_its_hold(
+    gateway_store: dict[str, Any],
+) -> None:
     request = pb.StreamCompleteRequest(
         model=MODEL,
         messages=[user("Long [[sim:tokens=25]] [[sim:pace=100]]")],
         sampling=pb.SamplingParams(max_tokens=1000),
     )
     async with start_gateway(
-        callers=CALLERS, gateway=store, openrouter={"timeout_ms": TIMEOUT_MS}
+        callers=CALLERS,
+        gateway={**gateway_store, "quota_lease_margin_s": MARGIN_S},
+        openrouter={"timeout_ms": TIMEOUT_MS},
     ) as gw:
         call = gw.stub.StreamComplete(request, metadata=auth())  # no deadline
         started = time.monotonic()
