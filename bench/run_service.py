@@ -27,8 +27,8 @@ def _extend_server_options(extra: list[tuple[str, Any]]) -> None:
 
     original = server_module.server_options
 
-    def server_options(settings: GatewaySettings) -> list[tuple[str, Any]]:
-        return [*original(settings), *extra]
+    def server_options(settings: GatewaySettings, **kwargs: Any) -> list[tuple[str, Any]]:
+        return [*original(settings, **kwargs), *extra]
 
     server_module.server_options = server_options
 

@@ -5,6 +5,9 @@ built-in OpenRouter simulator started in-process and a demo caller (key ``demo-k
 that demo mode listens on 127.0.0.1 unless ``GATEWAY_LISTEN`` says otherwise. Without a key
 and without that setting the gateway refuses to start.
 
+``GATEWAY_WORKERS`` above 1 makes this process a supervisor of that many server processes
+on one port (``service.workers``).
+
 SIGHUP reloads the callers file, the schemas folder and the key file (``service.reload``).
 SIGTERM: health turns NOT_SERVING, calls are still served for ``GATEWAY_DRAIN_DELAY_S``, then
 refused while the calls in flight get ``GATEWAY_SHUTDOWN_GRACE_S``. SIGINT (Ctrl-C) skips the
@@ -23,7 +26,7 @@ from pathlib import Path
 from pydantic import AnyHttpUrl, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsError
 
-from service import gc_tuning
+from service import gc_tuning, workers
 from service.config import (
     DEMO_LISTEN,
     ConfigError,
@@ -34,7 +37,7 @@ from service.config import (
 )
 from service.domain.callers import Caller, hash_key
 from service.logs import configure_logging
-from service.server import GatewayServer, load_caller_list
+from service.server import GatewayServer, check_listen_address, load_caller_list
 from service.telemetry import Telemetry, build_telemetry
 
 DEMO_KEY = "demo-key"
@@ -78,12 +81,32 @@ def demo_settings(settings: GatewaySettings) -> GatewaySettings:
     return settings
 
 
+def _workers_banner(count: int, settings: GatewaySettings) -> Callable[[str], str]:
+    def banner(address: str) -> str:
+        host = address.rsplit(":", 1)[0]
+        if host in ("0.0.0.0", "[::]", ""):  # noqa: S104 - naming the wildcard, not binding it
+            host = "127.0.0.1"
+        lines = [f"LLM Gateway serving on {host}:{address.rsplit(':', 1)[1]} ({count} workers)"]
+        if settings.prometheus_port is not None:
+            first, last = settings.prometheus_port, settings.prometheus_port + count - 1
+            lines.append(f"  metrics: http://{host}:{first}-{last}/metrics (a port per worker)")
+        return "\n".join(lines)
+
+    return banner
+
+
 async def serve(
     settings: GatewaySettings,
     openrouter: OpenRouterSettings,
     telemetry_settings: TelemetrySettings | None = None,
+    role: workers.WorkerRole | None = None,
 ) -> int:
+    """Serve until stopped; ``role``: as one of the workers of a supervisor."""
     simulator = settings.simulator
+    if role is not None and settings.prometheus_port:
+        settings = settings.model_copy(
+            update={"prometheus_port": settings.prometheus_port + role.index}
+        )
     if not simulator and openrouter.api_key is None and openrouter.api_key_file is None:
         raise ConfigError(
             "OPENROUTER_API_KEY is not set (nor OPENROUTER_API_KEY_FILE); "
@@ -121,16 +144,27 @@ async def serve(
             )
         else:
             callers = load_caller_list(settings)
-        server = GatewayServer(settings, openrouter, callers, telemetry=telemetry)
+        server = GatewayServer(
+            settings,
+            openrouter,
+            callers,
+            telemetry=telemetry,
+            reuse_port=role is not None,
+            reconcile=role is None or role.index == 0,
+        )
         await server.start()
         gc_tuning.freeze_startup_objects()
-        print(_banner(server, simulator), file=sys.stderr, flush=True)
-        await _until_stopped(server)
+        if role is None:
+            print(_banner(server, simulator), file=sys.stderr, flush=True)
+        else:
+            workers.announce_ready(role)
+        await _until_stopped(server, role)
     return 0
 
 
-async def _until_stopped(server: GatewayServer) -> None:
-    """Serve until SIGTERM or SIGINT, then drain (see the module docstring)."""
+async def _until_stopped(server: GatewayServer, role: workers.WorkerRole | None = None) -> None:
+    """Serve until SIGTERM or SIGINT (for a worker, also until its supervisor is gone), then
+    drain (see the module docstring)."""
     stopping = asyncio.Event()
     skip_delay = False
     loop = asyncio.get_running_loop()
@@ -154,6 +188,9 @@ async def _until_stopped(server: GatewayServer) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    if role is not None:
+        # An orphaned worker drains as on SIGTERM rather than serving on unsupervised.
+        workers.on_supervisor_lost(role, lambda: on_signal(signal.SIGTERM))
     await stopping.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     delay = 0.0 if skip_delay else server.settings.drain_delay_s
@@ -196,10 +233,21 @@ def main() -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    gc_tuning.tune(settings.gc_threshold)
     try:
+        role = workers.worker_role()
+        count = 1 if role is not None else workers.resolve_workers(settings.workers)
+        if count > 1:
+            workers.check_settings(settings, count)
+            supervisor = workers.Supervisor(
+                settings,
+                count,
+                banner=_workers_banner(count, settings),
+                check_address=check_listen_address,
+            )
+            return asyncio.run(supervisor.run())
+        gc_tuning.tune(settings.gc_threshold)
         with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
-            return runner.run(serve(settings, openrouter, telemetry))
+            return runner.run(serve(settings, openrouter, telemetry, role))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -180,6 +180,9 @@ class GatewaySettings(BaseSettings):
     """How long past its call's longest possible end a reservation stays held unless settled
     (the lease; see ``service.domain.quotas``): covers the settle itself and clock skew
     between replicas."""
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
+    """Server processes sharing the port (``SO_REUSEPORT``); ``auto``: one per usable CPU.
+    Above 1 needs ``GATEWAY_REDIS_URL`` (see ``service.workers``)."""
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     """The event loop: uvloop (measured 17 % less CPU per call) when installed, unless asked."""
     gc_threshold: int = Field(default=50_000, ge=0)

@@ -63,7 +63,9 @@ class _SharedStoreCounts(Protocol):
     unchecked_admissions: int
 
 
-def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
+def server_options(settings: GatewaySettings, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """``reuse_port``: bind with ``SO_REUSEPORT``, beside the other workers (``service.workers``);
+    otherwise never, so a second gateway on a taken port fails instead of sharing it."""
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -74,7 +76,7 @@ def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
 
 
@@ -120,6 +122,10 @@ class GatewayServer:
     on_finish: FinishHook | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
     port: int = 0
+    reuse_port: bool = False
+    """Bind the port beside other workers (``service.workers``), who checked it is free."""
+    reconcile: bool = True
+    """Run the ledger's reconciler (of several workers, only one does)."""
     health: HealthServicer = field(default_factory=HealthServicer)
     _server: grpc.aio.Server | None = None
     _servicer: CompletionServicer | None = None
@@ -192,7 +198,8 @@ class GatewayServer:
         reconciler = Reconciler(
             ledger, client.get_generation, interval_s=self.settings.reconcile_interval_s
         )
-        reconciler.start()
+        if self.reconcile:
+            reconciler.start()
         self._stack.push_async_callback(reconciler.close)
         self.reconciler = reconciler
         quotas = open_quota_store(
@@ -223,9 +230,10 @@ class GatewayServer:
             self.telemetry.instruments.observe_ledger(ledger.counters)
             self._observe_quota_store(self.telemetry.instruments, quotas)
         credentials = _credentials(self.settings)
-        server = grpc.aio.server(options=server_options(self.settings))
+        server = grpc.aio.server(options=server_options(self.settings, reuse_port=self.reuse_port))
         # Bound before the servicer is made, so that its spans can name the port.
-        _check_listen_address(self.settings.listen)
+        if not self.reuse_port:
+            check_listen_address(self.settings.listen)
         try:
             if credentials is None:
                 self.port = server.add_insecure_port(self.settings.listen)
@@ -340,7 +348,7 @@ class GatewayServer:
         return f"{host}:{self.port}"
 
 
-def _check_listen_address(listen: str) -> None:
+def check_listen_address(listen: str) -> None:
     """Fail with one clear line when the address is taken, before grpc core logs its own."""
     host, _, port_text = listen.rpartition(":")
     if not port_text.isdigit() or int(port_text) == 0:
@@ -369,4 +377,10 @@ def load_caller_list(settings: GatewaySettings) -> list[Caller]:
     return load_callers(settings.callers_file)
 
 
-__all__ = ["SERVICE_NAME", "GatewayServer", "load_caller_list", "server_options"]
+__all__ = [
+    "SERVICE_NAME",
+    "GatewayServer",
+    "check_listen_address",
+    "load_caller_list",
+    "server_options",
+]
