@@ -150,6 +150,11 @@ def _parse(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the child processes' logs")
     parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="quotas in a Redis the run starts (what GATEWAY_WORKERS above 1 needs)",
+    )
+    parser.add_argument(
         "--check", action="store_true", help="exit 3 when a target is missed (default: report)"
     )
     args = parser.parse_args(argv)
@@ -181,6 +186,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
         "profile_target": args.profile_target,
         "profile_kind": args.profile_kind,
         "keep_logs": args.keep_logs or None,
+        "redis": args.redis or None,
     }
     options = dataclasses.replace(options, **{k: v for k, v in changes.items() if v is not None})
     return options, args.out, args.check

@@ -57,8 +57,9 @@ class Job:
     caller_key: str = ""
     upstream_key: str = ""
     grpc_options: Sequence[tuple[str, Any]] = ()
-    # hold: keep `concurrency` streams open, sample the RSS of `rss_pid` meanwhile.
-    rss_pid: int = 0
+    # hold: keep `concurrency` streams open, sample the RSS of `rss_pids` meanwhile (the
+    # largest process: a worker, when the server is a supervisor of several).
+    rss_pids: Sequence[int] = ()
     hold_sample_s: float = 1.0
     hold_timeout_s: float = 60.0
     # live (bench/live.py): answers of `live_tokens` tokens, one SSE event each, paced.
@@ -73,6 +74,7 @@ class Job:
         raw = dict(raw)
         raw["grpc_options"] = tuple(tuple(pair) for pair in raw.get("grpc_options", ()))
         raw["watch_pids"] = {name: tuple(pids) for name, pids in raw.get("watch_pids", {}).items()}
+        raw["rss_pids"] = tuple(raw.get("rss_pids", ()))
         return Job(**raw)
 
 
@@ -449,7 +451,7 @@ async def _hold(job: Job) -> dict[str, Any]:
         still_open = sum(1 for task in tasks if not task.done())
         sample_end = time.perf_counter() + job.hold_sample_s
         while time.perf_counter() < sample_end:
-            samples.append(read_rss_kb(job.rss_pid))
+            samples.append(max((read_rss_kb(pid) for pid in job.rss_pids), default=0))
             await asyncio.sleep(0.1)
         still_open = min(still_open, sum(1 for task in tasks if not task.done()))
     finally:

@@ -142,11 +142,8 @@ class Child:
         return self.popen.poll() is None
 
     def rss_mb(self) -> float:
-        return read_rss_kb(self.pid) / 1024
-
-    def tree_rss_mb(self) -> dict[int, float]:
-        """RSS of the child and of each descendant, by pid."""
-        return {pid: read_rss_kb(pid) / 1024 for pid in process_tree(self.pid)}
+        """RSS of the child, or of its largest descendant (a supervisor's worker)."""
+        return max(read_rss_kb(pid) for pid in process_tree(self.pid)) / 1024
 
     def cpu_s(self) -> float:
         """CPU seconds of the child and its descendants (a supervisor's workers)."""
@@ -174,6 +171,19 @@ class Child:
                 raise self.fail(f"exited with {self.popen.returncode} before printing {prefix!r}")
             time.sleep(0.01)
         raise self.fail(f"printed no {prefix!r} line within {timeout_s:.0f} s")
+
+    def wait_for_line_containing(self, text: str, timeout_s: float) -> str:
+        """The first line of the log holding ``text``; polls the file, bounded."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                for line in self.log_path.read_text(encoding="utf-8").splitlines():
+                    if text in line:
+                        return line
+            if not self.alive():
+                raise self.fail(f"exited with {self.popen.returncode} before printing {text!r}")
+            time.sleep(0.01)
+        raise self.fail(f"printed no {text!r} within {timeout_s:.0f} s")
 
     def terminate(self) -> None:
         """SIGTERM to the child's group (it drains and exits); see ``stop``."""

@@ -34,6 +34,7 @@ from bench.procs import (
     loaded_libraries,
     machine_busy_seconds,
     own_cpu_seconds,
+    process_tree,
     python,
     thread_cpu_seconds,
     wait_serving,
@@ -98,6 +99,8 @@ class Options:
     profile_target: str = "gateway"
     profile_kind: str = "unary"
     keep_logs: bool = False
+    redis: bool = False
+    """Run a Redis and give it to the gateways as their quota store (needed for workers)."""
 
     @staticmethod
     def quick() -> Options:
@@ -119,6 +122,8 @@ class Upstream:
     base_url: str
     otlp_endpoint: str
     metrics_port: int
+    redis_url: str = ""
+    """A Redis for the gateways' quotas (``--redis``); empty: the in-process store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +236,8 @@ def _spawners(
 ) -> dict[str, Callable[[str], Server]]:
     """How to start each gRPC target, by target name; called with a process name."""
     common = _server_options_env(options)
-    gateway_env = {**common, **dict(options.gateway_env)}
+    redis = {"GATEWAY_REDIS_URL": upstream.redis_url} if upstream.redis_url else {}
+    gateway_env = {**common, **redis, **dict(options.gateway_env)}
     spawners: dict[str, Callable[[str], Server]] = {
         "gateway": lambda name: _spawn_gateway(
             procs, workdir, upstream, name, options.gateway_loop, gateway_env
@@ -261,6 +267,19 @@ def _spawners(
     return spawners
 
 
+def _start_redis(procs: Processes) -> str:
+    """A redis-server (from PATH; ``scripts/ensure-redis.sh`` installs Debian's) for quotas
+    shared by several workers, without persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("--redis: redis-server is not on PATH (scripts/ensure-redis.sh)")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+    child = procs.spawn("redis", [*argv, "no", "--daemonize", "no"])
+    child.wait_for_line_containing("Ready to accept connections", _STARTUP_TIMEOUT_S)
+    return f"redis://127.0.0.1:{port}/0"
+
+
 def _start_measured(server: Server) -> dict[str, float]:
     startup_s = wait_serving(server.child, server.address, _STARTUP_TIMEOUT_S)
     time.sleep(_IDLE_SETTLE_S)
@@ -286,7 +305,8 @@ def running_stack(options: Options, log: Callable[[str], None]) -> Iterator[Stac
                 {"SIMULATOR_EXPECTED_API_KEY": UPSTREAM_KEY},
             )
             base_url = simulator.wait_for_line("http://", _STARTUP_TIMEOUT_S).strip()
-            upstream = Upstream(base_url, sink.endpoint, free_port())
+            redis_url = _start_redis(procs) if options.redis else ""
+            upstream = Upstream(base_url, sink.endpoint, free_port(), redis_url)
             log(f"simulator: {base_url} (pid {simulator.pid}); OTLP sink: {sink.endpoint}")
             spawners = _spawners(options, procs, workdir, upstream)
             wanted = [t for t in options.targets if t in spawners]
@@ -485,7 +505,7 @@ def run_hold(stack: Stack, options: Options, log: Callable[[str], None]) -> dict
         job.update(
             prompt=HOLD_PROMPT,
             callers_per_channel=100,
-            rss_pid=server.pid,
+            rss_pids=process_tree(server.pid),
             hold_sample_s=options.hold_sample_s,
         )
         before = server.rss_mb()
