@@ -8,11 +8,14 @@ import logging
 import os
 from pathlib import Path
 
+import grpc
 import pytest
+from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.config import ConfigError
 from service.domain.policy import OPEN_POLICY
 from service.domain.providers import DataCollection
+from tests.accounting.support import acct_gateway, sqlite_rows
 from tests.api.support import PYTHON, chat_requests, run_process, service_env
 from tests.harness import start_gateway
 from tests.policy.support import as_caller, ask, callers, callers_file, sent_provider
@@ -142,3 +145,22 @@ async def test_a_bad_policy_on_reload_keeps_the_running_policy(
     assert logged[-1].__dict__["policy_id"] == new_policy.policy.id
     assert logged[-1].__dict__["callers"] == ["svc"]
     assert logged[-1].__dict__["policy_rules"] == {"data_collection": "deny"}
+
+
+async def test_every_row_names_the_policy_that_applied_refused_calls_too(tmp_path: Path) -> None:
+    found = callers({"svc": "zdr = true", "open": ""})
+    path = tmp_path / "usage.sqlite3"
+    async with acct_gateway(path, callers=found) as gw:
+        await gw.stub.Complete(ask(), metadata=as_caller("svc"))
+        refused = ask(provider=pb.ProviderPreferences(zdr=False))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await gw.stub.Complete(refused, metadata=as_caller("svc"))
+        await gw.stub.Complete(ask(), metadata=as_caller("open"))
+        await gw.rows_written(3)
+    rows = sorted(sqlite_rows(path), key=lambda row: row["time"])
+    ids = {caller.id: caller.policy.id for caller in found}
+    assert [(r["caller_id"], r["status"], r["policy_id"]) for r in rows] == [
+        ("svc", "OK", ids["svc"]),
+        ("svc", "PERMISSION_DENIED", ids["svc"]),
+        ("open", "OK", OPEN_POLICY.id),
+    ]
