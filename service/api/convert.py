@@ -683,7 +683,7 @@ def pricing(value: ModelPricing) -> pb.ModelPricing:
     )
 
 
-def model(info: ModelInfo) -> pb.Model:
+def model(info: ModelInfo, *, price_capped: bool = False) -> pb.Model:
     return pb.Model(
         id=info.id,
         name=info.name,
@@ -696,6 +696,7 @@ def model(info: ModelInfo) -> pb.Model:
         supports_reasoning=info.supports_reasoning,
         input_modalities=_modalities_out(info.input_modalities),
         output_modalities=_modalities_out(info.output_modalities),
+        price_capped=price_capped,
     )
 
 

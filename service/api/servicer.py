@@ -222,7 +222,7 @@ class CompletionServicer:
     ) -> pb.ListModelsResponse:
         models = await self._gateway.models_for(call.caller)
         return pb.ListModelsResponse(
-            models=[convert.model(m) for m in models],
+            models=[convert.model(m.model, price_capped=m.price_capped) for m in models],
             default_model=self._gateway.default_model,
             default_embedding_model=self._gateway.default_embedding_model,
         )

@@ -46,7 +46,14 @@ from service.domain.embedding_rules import (
 from service.domain.embeddings import EmbeddingRequest, Embeddings
 from service.domain.limits import RequestLimits, identifier_violations, prepare
 from service.domain.models import ModelInfo, ModelPricing, dearest
-from service.domain.policy import AnswerCheck, answer_breach, apply_policy, breach_error
+from service.domain.policy import (
+    AnswerCheck,
+    ListedModel,
+    answer_breach,
+    apply_policy,
+    breach_error,
+    listed_model,
+)
 from service.domain.ports import CompletionBackend
 from service.domain.quotas import (
     LeasePolicy,
@@ -614,9 +621,17 @@ class Gateway:
             quotas = unknown_quota_status(caller, time.time())
         return since, until, totals, quotas
 
-    async def models_for(self, caller: Caller) -> list[ModelInfo]:
+    async def models_for(self, caller: Caller) -> list[ListedModel]:
+        """The models the caller may use, as its policy lets it see them, sorted by id."""
         models = await self.catalog.all()
-        return sorted((m for m in models if self.allowed_for(caller, m.id)), key=lambda m: m.id)
+        listed = []
+        for model in sorted(models, key=lambda m: m.id):
+            if not self.allowed_for(caller, model.id):
+                continue
+            shown = listed_model(caller.policy, model)
+            if shown is not None:
+                listed.append(shown)
+        return listed
 
 
 async def _checked_json(

@@ -466,6 +466,78 @@ OPEN_POLICY = _OPEN
 """The policy of a caller for whom the callers file sets no rule."""
 
 
+# --- what a caller sees in ListModels -----------------------------------------------------
+
+WEB_SEARCH_TOOL = "openrouter:web_search"
+_CHAT_OUTPUTS = frozenset({Modality.TEXT, Modality.IMAGE})
+_REASONING_PARAMETERS = frozenset({"reasoning", "include_reasoning", "reasoning_effort"})
+
+
+@dataclass(frozen=True, slots=True)
+class ListedModel:
+    """A catalog entry as one caller's policy lets it see the model."""
+
+    model: ModelInfo
+    price_capped: bool = False
+    """Some price is the policy's ceiling rather than the catalog's (which is higher), or the
+    price is variable and the policy caps it: at most the ceiling is paid per kind."""
+
+
+def web_search_allowed(policy: Policy) -> bool:
+    """Whether the caller may search the web at all: the ``web`` plugin (``:online``) or the
+    web-search server tool."""
+    plugins, tools = policy.allowed_plugins, policy.allowed_server_tools
+    plugin = plugins is None or WEB_PLUGIN in plugins
+    tool = tools is None or WEB_SEARCH_TOOL in tools
+    return plugin or tool
+
+
+def listed_model(policy: Policy, model: ModelInfo) -> ListedModel | None:
+    """``model`` as the caller may use it, or None when its policy leaves nothing usable.
+
+    Hidden: a model whose every chat output (text, images) the policy forbids, or that reads
+    none of the kinds of input the policy allows. Shown: the modalities the policy allows;
+    reasoning support only when the policy allows reasoning; a web-search price only when
+    the caller may search; the prices the caller would pay at most: the catalog's, lowered
+    to the policy's max price where that is lower (OpenRouter routes such calls only to
+    providers within the ceiling; if none is, the call fails with NOT_FOUND, and costs
+    nothing).
+    """
+    if policy is _OPEN:
+        return ListedModel(model)
+    inputs, outputs = model.input_modalities, model.output_modalities
+    allowed_out = policy.allowed_output_modalities
+    if outputs is not None and allowed_out is not None:
+        chat = outputs & _CHAT_OUTPUTS
+        if chat and not chat & allowed_out:
+            return None
+        outputs = frozenset(m for m in outputs if m not in _CHAT_OUTPUTS or m in allowed_out)
+    allowed_in = policy.allowed_input_modalities
+    if inputs is not None and allowed_in is not None:
+        if not inputs & allowed_in:
+            return None
+        inputs = inputs & allowed_in
+    parameters = model.supported_parameters
+    if policy.max_reasoning_effort is ReasoningEffort.NONE:
+        parameters = parameters - _REASONING_PARAMETERS
+    pricing = model.pricing
+    if pricing.variable:
+        capped = not policy.max_price.is_empty()
+    else:
+        pricing = pricing.capped(policy.max_price)
+        capped = pricing != model.pricing
+    if pricing.web_search is not None and not web_search_allowed(policy):
+        pricing = dataclasses.replace(pricing, web_search=None)
+    shown = dataclasses.replace(
+        model,
+        input_modalities=inputs,
+        output_modalities=outputs,
+        supported_parameters=parameters,
+        pricing=pricing,
+    )
+    return ListedModel(shown, capped)
+
+
 # --- checking the answer -----------------------------------------------------------------
 
 

@@ -2806,6 +2806,7 @@ class Model(_message.Message):
     SUPPORTS_REASONING_FIELD_NUMBER: _builtins.int
     INPUT_MODALITIES_FIELD_NUMBER: _builtins.int
     OUTPUT_MODALITIES_FIELD_NUMBER: _builtins.int
+    PRICE_CAPPED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The OpenRouter model id, e.g. `openai/gpt-4o-mini`."""
     name: _builtins.str
@@ -2824,6 +2825,14 @@ class Model(_message.Message):
     """Output only. The model can call tools."""
     supports_reasoning: _builtins.bool
     """Output only. The model reasons on request (`reasoning` of the chat requests)."""
+    price_capped: _builtins.bool
+    """Output only. True when the caller's policy caps a price below the catalog's: that price
+    shows the ceiling, the most a call pays (OpenRouter routes it only to providers within
+    the ceiling, and fails it with NOT_FOUND when none is). For a variable price: the
+    policy's ceilings bound it. The rest of the entry is as the policy lets the caller see
+    the model, too: the modalities it allows, reasoning only where it allows reasoning, a
+    web-search price only where it allows web search.
+    """
     @_builtins.property
     def pricing(self) -> Global___ModelPricing:
         """Output only. Prices."""
@@ -2854,10 +2863,11 @@ class Model(_message.Message):
         supports_reasoning: _builtins.bool = ...,
         input_modalities: _abc.Iterable[Global___Modality.ValueType] | None = ...,
         output_modalities: _abc.Iterable[Global___Modality.ValueType] | None = ...,
+        price_capped: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pricing", b"pricing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "id", b"id", "input_modalities", b"input_modalities", "max_completion_tokens", b"max_completion_tokens", "name", b"name", "output_modalities", b"output_modalities", "pricing", b"pricing", "supports_reasoning", b"supports_reasoning", "supports_response_format", b"supports_response_format", "supports_structured_outputs", b"supports_structured_outputs", "supports_tools", b"supports_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "id", b"id", "input_modalities", b"input_modalities", "max_completion_tokens", b"max_completion_tokens", "name", b"name", "output_modalities", b"output_modalities", "price_capped", b"price_capped", "pricing", b"pricing", "supports_reasoning", b"supports_reasoning", "supports_response_format", b"supports_response_format", "supports_structured_outputs", b"supports_structured_outputs", "supports_tools", b"supports_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -147,7 +147,8 @@ class CompletionServiceServicer:
 
     def ListModels(self, request, context):
         """ListModels lists the models this caller may use, with context length, prices and
-        capabilities.
+        capabilities, as the caller's policy lets it use them (see
+        [Model.price_capped][llmgateway.v1.Model.price_capped]).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

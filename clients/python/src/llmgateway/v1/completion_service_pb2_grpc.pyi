@@ -72,7 +72,8 @@ class CompletionServiceStub:
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_completion_service_pb2.ListModelsRequest, _completion_service_pb2.ListModelsResponse]
     """ListModels lists the models this caller may use, with context length, prices and
-    capabilities.
+    capabilities, as the caller's policy lets it use them (see
+    [Model.price_capped][llmgateway.v1.Model.price_capped]).
     """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_completion_service_pb2.GetUsageRequest, _completion_service_pb2.GetUsageResponse]
     """GetUsage returns the calling caller's own usage totals for a period and its remaining
@@ -131,7 +132,8 @@ class CompletionServiceAsyncStub(CompletionServiceStub):
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_completion_service_pb2.ListModelsRequest, _completion_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels lists the models this caller may use, with context length, prices and
-    capabilities.
+    capabilities, as the caller's policy lets it use them (see
+    [Model.price_capped][llmgateway.v1.Model.price_capped]).
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_completion_service_pb2.GetUsageRequest, _completion_service_pb2.GetUsageResponse]  # type: ignore[assignment]
     """GetUsage returns the calling caller's own usage totals for a period and its remaining
@@ -217,7 +219,8 @@ class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_completion_service_pb2.ListModelsResponse, _abc.Awaitable[_completion_service_pb2.ListModelsResponse]]:
         """ListModels lists the models this caller may use, with context length, prices and
-        capabilities.
+        capabilities, as the caller's policy lets it use them (see
+        [Model.price_capped][llmgateway.v1.Model.price_capped]).
         """
 
     @_abc_1.abstractmethod
