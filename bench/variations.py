@@ -75,6 +75,10 @@ VARIATIONS: dict[str, tuple[list[str], str]] = {
         ["--variant-of", "gateway", "--variant-env", "OTEL_SDK_DISABLED=true"],
         "gateway",
     ),
+    "gateway: ledger durability sync (GATEWAY_LEDGER_DURABILITY=sync)": (
+        ["--variant-of", "gateway", "--variant-env", "GATEWAY_LEDGER_DURABILITY=sync"],
+        "gateway",
+    ),
     "gateway: ledger record() a no-op (ablation)": (
         ["--variant-of", "gateway", "--variant-env", "BENCH_ABLATE=ledger"],
         "gateway",

@@ -170,6 +170,10 @@ class GatewaySettings(BaseSettings):
     """SQLite file of the usage ledger (the default store)."""
     ledger_dsn: SecretStr | None = None
     """PostgreSQL DSN (``postgresql://…``); when set, the ledger lives there instead."""
+    ledger_durability: Literal["batched", "sync"] = "batched"
+    """``batched``: a call's status leaves at once, its row is committed with the next batch;
+    ``sync``: the status waits for the row's commit (group commit), so a crash loses no row
+    of an answered call. See the README for what kill -9 can lose in each."""
     reconcile_interval_s: float = Field(default=60.0, gt=0, le=_MAX_SECONDS)
     """How often cancelled streams' costs are fetched from OpenRouter's ``/generation``."""
     redis_url: SecretStr | None = None

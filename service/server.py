@@ -26,7 +26,7 @@ from service.api.reflection import enable_reflection
 from service.api.servicer import SERVICE_NAME, CompletionServicer, FinishHook, register
 from service.callers_file import load_callers, log_policies
 from service.config import ConfigError, GatewaySettings, OpenRouterSettings
-from service.domain.accounting import Accountant
+from service.domain.accounting import Accountant, Durability
 from service.domain.callers import Caller, CallerRegistry
 from service.domain.gateway import Gateway, GatewayPolicy
 from service.domain.limits import RequestLimits
@@ -187,7 +187,8 @@ class GatewayServer:
             if self.settings.ledger_dsn
             else self.settings.ledger_path
         )
-        ledger = open_ledger(ledger_target)
+        durability = Durability(self.settings.ledger_durability)
+        ledger = open_ledger(ledger_target, fsync_commits=durability is Durability.SYNC)
         try:
             await ledger.start()
         except Exception as exc:
@@ -250,7 +251,7 @@ class GatewayServer:
                 registry,
                 trust_client_certificates=self.settings.tls_client_ca_file is not None,
             ),
-            accountant=Accountant(ledger),
+            accountant=Accountant(ledger, durability),
             on_finish=self.on_finish,
             telemetry=self.telemetry,
             address=(_listen_host(self.settings.listen), self.port),

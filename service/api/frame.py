@@ -228,7 +228,7 @@ class CallFrame:
                 late = loop.time() >= deadline
                 code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
                 record.interrupted = True
-                self._account(record, observed, code, loop.time())
+                self._account(record, observed, code, loop.time(), wait=False)
                 raise
             task.uncancel()
             record.interrupted = True
@@ -334,10 +334,23 @@ class CallFrame:
     ) -> None:
         committed = self._account(record, observed, code, asyncio.get_running_loop().time())
         if committed is not None:
-            await committed
+            try:
+                await committed
+            except Exception:
+                # The ledger closed before the row was written (past its close timeout):
+                # the store has logged and counted the loss; the caller still gets its status.
+                log.exception(
+                    "a call's row was not committed", extra={"request_id": record.request_id}
+                )
 
     def _account(
-        self, record: CallRecord, observed: RpcCall, code: grpc.StatusCode, ended_at: float
+        self,
+        record: CallRecord,
+        observed: RpcCall,
+        code: grpc.StatusCode,
+        ended_at: float,
+        *,
+        wait: bool = True,
     ) -> Awaitable[None] | None:
         """The ledger row, the span's end, the metrics and the log line of a finished RPC, and
         it leaves the calls in flight. Returns what to await for the row to be committed
@@ -346,7 +359,7 @@ class CallFrame:
             return None
         record.finished = True
         try:
-            committed = self._accountant.finish(record, code.name, ended_at)
+            committed = self._accountant.finish(record, code.name, ended_at, wait=wait)
             observed.end(record, code, ended_at)
             if self._on_finish is not None:
                 self._on_finish(record, code)

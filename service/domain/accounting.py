@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from service.domain.completion import (
@@ -379,6 +380,17 @@ def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecor
     )
 
 
+class Durability(StrEnum):
+    """When a call's status may leave the gateway, relative to its ledger row's commit."""
+
+    BATCHED = "batched"
+    """At once: the row is queued and committed with its batch a moment later (a crash of the
+    process loses the rows of calls answered since the last commit)."""
+    SYNC = "sync"
+    """Once the row is committed (group commit: calls ending together share a transaction):
+    a crash loses no row of a call whose status its caller received."""
+
+
 class Accountant:
     """Turns each finished RPC into its ledger row (written in batches off the call path).
 
@@ -386,21 +398,26 @@ class Accountant:
     minute, peer, RPC and reason: one row each would let a flood of strangers grow the ledger
     without bound, and would bill nobody."""
 
-    def __init__(self, ledger: LedgerStore) -> None:
+    def __init__(self, ledger: LedgerStore, durability: Durability = Durability.BATCHED) -> None:
         self._ledger = ledger
+        self.durable = durability is Durability.SYNC
+        """Whether a call's status waits for its row's commit (``finish`` returns what to
+        await)."""
 
-    @property
-    def durable(self) -> bool:
-        """Whether an answer must wait for its row's commit (``finish`` returns what to await)."""
-        return False
-
-    def finish(self, record: CallRecord, status: str, ended_at: float) -> Awaitable[None] | None:
+    def finish(
+        self, record: CallRecord, status: str, ended_at: float, *, wait: bool = True
+    ) -> Awaitable[None] | None:
         """The RPC is over: one ledger row, whatever its outcome; a call refused before its
-        caller was known is counted in the aggregated rejected-call rows instead."""
+        caller was known is counted in the aggregated rejected-call rows instead. With a
+        durable accountant (and ``wait``), returns what is done once the row is committed;
+        ``wait=False`` for a call nobody is waiting on (cancelled)."""
         if not record.caller_id:
             self._ledger.count_rejected(
                 record.started_wall, record.peer, record.rpc, record.reason or status
             )
             return None
-        self._ledger.record(usage_record(record, status, ended_at))
+        row = usage_record(record, status, ended_at)
+        if self.durable and wait:
+            return self._ledger.commit(row)
+        self._ledger.record(row)
         return None

@@ -9,6 +9,7 @@ the reconciler later asks OpenRouter (``GET /generation``) for the real figures.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -238,6 +239,12 @@ class LedgerStore(Protocol):
 
     async def record_async(self, record: UsageRecord) -> None:
         """Enqueue a record, waiting for room when the queue is full."""
+        ...
+
+    def commit(self, record: UsageRecord) -> Awaitable[None]:
+        """Enqueue a record at once, like ``record``; what it returns is done once the record
+        is committed (or refused or dropped, each logged). Records committed together share
+        one transaction (group commit): the writer does not linger while anyone waits."""
         ...
 
     async def flush(self) -> None:

@@ -28,16 +28,19 @@ def __getattr__(name: str) -> object:
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def open_ledger(target: str | Path, **policy: Unpack[QueuePolicy]) -> LedgerStore:
+def open_ledger(
+    target: str | Path, *, fsync_commits: bool = False, **policy: Unpack[QueuePolicy]
+) -> LedgerStore:
     """A ledger store, not yet started (``await store.start()``).
 
     ``target`` is a PostgreSQL DSN (``postgresql://…`` or ``postgres://…``) or else the path
     of a SQLite file, created with its directory if missing. ``policy`` sets the write path's
     knobs (``BatchingLedger``), e.g. ``linger_s``: how long the writer waits for a batch to
-    fill before writing what it has (``flush`` never waits).
+    fill before writing what it has (``flush`` never waits). ``fsync_commits``: a SQLite
+    commit returns once it is on the disk (PostgreSQL's commits are, by its own default).
     """
     if isinstance(target, str) and target.startswith(_POSTGRES_SCHEMES):
         with needs_extra("postgres", "the PostgreSQL ledger (GATEWAY_LEDGER_DSN)"):
             from service.ledger.postgres import PostgresLedger
         return PostgresLedger(target, **policy)
-    return SqliteLedger(target, **policy)
+    return SqliteLedger(target, fsync_commits=fsync_commits, **policy)

@@ -223,13 +223,21 @@ class BatchingLedger(abc.ABC):
     async def flush(self) -> None:
         if self._writer is None:
             raise RuntimeError("ledger not started")
-        target = self._enqueued
-        if self._processed >= target:
-            return
+        await self._written_up_to(self._enqueued)
+
+    def commit(self, record: UsageRecord) -> asyncio.Future[None]:
+        self.record(record)
+        return self._written_up_to(self._enqueued)
+
+    def _written_up_to(self, target: int) -> asyncio.Future[None]:
+        """Done once the writer has processed the first ``target`` enqueued entries."""
         waiter = asyncio.get_running_loop().create_future()
-        self._flushers.append((target, waiter))
-        self._wakeup.set()  # a lingering writer writes at once while anyone flushes
-        await waiter
+        if self._processed >= target:
+            waiter.set_result(None)
+        else:
+            self._flushers.append((target, waiter))
+            self._wakeup.set()  # a lingering writer writes at once while anyone waits
+        return waiter
 
     def counters(self) -> LedgerCounters:
         return LedgerCounters(

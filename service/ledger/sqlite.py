@@ -3,8 +3,10 @@
 One dedicated thread owns the connection and runs every statement, so SQLite's threading rules
 hold by construction and a cancelled ``await`` can never interleave two transactions. WAL with
 ``synchronous=NORMAL`` keeps every committed batch across a crash of the process (a power cut
-may lose the last few). Times are stored as integer microseconds since the epoch (UTC), costs
-as exact decimal text, summed with a decimal aggregate rather than SQLite's float ``sum``.
+may lose the last few); ``fsync_commits`` (``GATEWAY_LEDGER_DURABILITY=sync``) makes it
+``FULL``: each commit is on the disk before it returns, across a power cut too. Times are
+stored as integer microseconds since the epoch (UTC), costs as exact decimal text, summed
+with a decimal aggregate rather than SQLite's float ``sum``.
 """
 
 from __future__ import annotations
@@ -268,11 +270,13 @@ class SqliteLedger(BatchingLedger):
         path: str | Path,
         *,
         busy_timeout_s: float = 5.0,
+        fsync_commits: bool = False,
         **policy: Unpack[QueuePolicy],
     ) -> None:
         super().__init__(**policy)
         self._path = Path(path)
         self._busy_timeout_s = busy_timeout_s
+        self._synchronous = "FULL" if fsync_commits else "NORMAL"
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
 
@@ -365,7 +369,8 @@ class SqliteLedger(BatchingLedger):
         conn = sqlite3.connect(self._path, timeout=self._busy_timeout_s, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            # The value is one of our two constants; PRAGMA takes no parameters.
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             # typeshed wants int-valued aggregates; SQLite itself takes any value type.
             conn.create_aggregate("decimal_sum", 1, cast("Callable[[], Any]", _DecimalSum))
             _migrate(conn)

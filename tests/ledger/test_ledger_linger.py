@@ -90,3 +90,24 @@ async def test_a_full_batch_does_not_wait_for_the_linger(
 async def test_linger_must_not_be_negative(open_store: Callable[..., LedgerStore]) -> None:
     with pytest.raises(ValueError, match="linger_s"):
         open_store(linger_s=-1)
+
+
+async def test_commit_returns_once_its_row_is_written_and_concurrent_commits_share_a_batch(
+    open_store: Callable[..., LedgerStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GATEWAY_LEDGER_DURABILITY=sync: a call's status waits for commit(); the linger must not
+    # delay it, and calls ending together must not cost a transaction each.
+    store = open_store(linger_s=LONG, fsync_commits=True)
+    await store.start()
+    batches = Batches(store, monkeypatch)
+    async with asyncio.timeout(5):
+        await store.commit(make_record(0))
+    assert batches.sizes == [1]
+    assert await count_rows(open_store) == 1  # visible to another connection: committed
+
+    async with asyncio.timeout(5):
+        await asyncio.gather(*(store.commit(make_record(n)) for n in range(1, 51)))
+    assert sum(batches.sizes) == 51
+    assert len(batches.sizes) <= 3  # the first waiter's batch, then the rest together
+    assert await count_rows(open_store) == 51
+    await store.close()
