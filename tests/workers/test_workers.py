@@ -180,7 +180,13 @@ async def serving(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if pump is not None:
-            pump.cancel()
+            # Read what the processes wrote to the end (EOF once every writer has exited):
+            # cancelled at once, the last lines (the survivor's "draining…") could be lost.
+            try:
+                async with asyncio.timeout(5):
+                    await pump
+            except TimeoutError:
+                pump.cancel()
 
 
 @pytest.fixture
