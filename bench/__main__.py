@@ -143,7 +143,9 @@ def _parse(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
     )
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native")
     parser.add_argument(
-        "--profile-target", choices=("gateway", "floor"), help="whom to profile (gateway)"
+        "--profile-target",
+        choices=("gateway", "shipped", "floor", "variant"),
+        help="whom to profile (gateway)",
     )
     parser.add_argument(
         "--profile-kind", choices=("unary", "stream"), help="unary c=64 (default) or stream c=16"

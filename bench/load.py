@@ -88,7 +88,7 @@ class Tally:
     ttft_us: list[float] = field(default_factory=list)
     completed: int = 0  # requests or streams that ended in the window
     completed_total: int = 0  # including the warm-up
-    chunks: int = 0  # content chunks received in the window
+    chunks: int = 0  # tokens received in the window (a delta may carry several)
     errors: Counter[str] = field(default_factory=Counter)
 
     def record(self, started: float, ended: float, ttft: float | None = None) -> None:
@@ -100,6 +100,28 @@ class Tally:
             self.latencies_us.append(round((ended - started) * 1e6, 1))
             if ttft is not None:
                 self.ttft_us.append(round((ttft - started) * 1e6, 1))
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def delta_tokens(message: bytes, first: bool) -> int:
+    """Tokens in a serialised ``StreamCompleteResponse`` delta from the fast simulator, whose
+    tokens are words, each after the first with a leading space: the spaces in the delta's
+    ``content`` (field 1 of the delta, field 2 of the response), plus the first word."""
+    _, at = _varint(message, 1)  # the delta's length
+    if at >= len(message) or message[at] != 0x0A:
+        return 0  # no content (a reasoning or tool-call delta)
+    length, at = _varint(message, at + 1)
+    return message.count(b" ", at, at + length) + (1 if first else 0)
 
 
 def _request_bytes(job: Job, stream: bool) -> bytes:
@@ -215,10 +237,10 @@ async def _grpc_stream(job: Job, tally: Tally) -> None:
                     tag = message[0]
                     if tag == _DELTA_TAG:
                         now = clock()
+                        if measure_from <= now <= end:
+                            tally.chunks += delta_tokens(message, first is None)
                         if first is None:
                             first = now
-                        if measure_from <= now <= end:
-                            tally.chunks += 1
                     elif tag == _END_TAG:
                         complete = True
             except grpc.aio.AioRpcError as exc:
@@ -366,10 +388,10 @@ def _grpc_stream_sync(job: Job, tally: Tally) -> None:
                     tag = message[0]
                     if tag == _DELTA_TAG:
                         now = clock()
+                        if measure_from <= now <= end:
+                            chunks += delta_tokens(message, first is None)
                         if first is None:
                             first = now
-                        if measure_from <= now <= end:
-                            chunks += 1
                     elif tag == _END_TAG:
                         complete = True
             except grpc.RpcError as exc:

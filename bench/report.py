@@ -190,7 +190,7 @@ def build_rows(results: Mapping[str, Any]) -> list[Row]:
         rows.append(_row(name, "TTFT p99 (ms)", _figures(by_target, "ttft_ms", "p99")))
         rows.append(_row(name, "stream p50 (ms)", _figures(by_target, "latency_ms", "p50")))
         rows.append(
-            _row(name, "chunks/s relayed", _figures(by_target, "chunks_per_s"), compare="ratio")
+            _row(name, "tokens/s relayed", _figures(by_target, "chunks_per_s"), compare="ratio")
         )
     hold = results.get("hold", {})
     if hold:
@@ -434,7 +434,7 @@ def variant_figures(results: Mapping[str, Any], base: str) -> list[tuple[str, fl
         add(f"unary c={concurrency} server CPU/req (µs)", group, "server_cpu_us_per_request")
     for concurrency, group in results.get("stream", {}).items():
         add(f"stream c={concurrency} TTFT p50 (ms)", group, "ttft_ms", "p50")
-        add(f"stream c={concurrency} chunks/s", group, "chunks_per_s")
+        add(f"stream c={concurrency} tokens/s", group, "chunks_per_s")
         add(f"stream c={concurrency} server CPU/stream (µs)", group, "server_cpu_us_per_request")
     if "hold" in results:
         add("1000 open streams RSS (MB)", results["hold"], "rss_mb")

@@ -490,7 +490,7 @@ def run_stream(stack: Stack, options: Options, log: Callable[[str], None]) -> di
             f"stream c={concurrency}: "
             + ", ".join(
                 f"{t} ttft p50 {found[t]['ttft_ms']['p50']:.2f} ms "
-                f"{found[t]['chunks_per_s']:.0f} chunks/s"
+                f"{found[t]['chunks_per_s']:.0f} tokens/s"
                 for t in stack.targets
             )
         )

@@ -8,7 +8,8 @@ OpenTelemetry SDK's span encoder instead of ours, ``span_recorder``: the SDK's
 event its own message, as before deltas were merged); ``BENCH_GC_STATS=1``
 prints the time spent in each garbage-collector generation every two seconds,
 ``BENCH_SWITCH_INTERVAL_S`` sets ``sys.setswitchinterval`` (how long another thread may hold
-the GIL while the event loop waits; CPython's default is 5 ms). Used only for
+the GIL while the event loop waits; CPython's default is 5 ms), ``BENCH_SERVICE_PATH`` puts a
+folder first on ``sys.path`` (e.g. one holding a mypyc-compiled copy of ``service``). Used only for
 experiments: the default benchmark runs ``python -m service`` itself.
 """
 
@@ -110,6 +111,11 @@ def _report_gc() -> None:
 
 
 def main() -> None:
+    path = os.environ.get("BENCH_SERVICE_PATH")
+    if path:
+        import sys
+
+        sys.path.insert(0, path)
     extra = os.environ.get("BENCH_GRPC_SERVER_OPTIONS")
     if extra:
         _extend_server_options([(str(name), value) for name, value in orjson.loads(extra)])
