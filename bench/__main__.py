@@ -148,7 +148,9 @@ def _parse(argv: Sequence[str] | None) -> tuple[Options, Path, bool]:
         help="whom to profile (gateway)",
     )
     parser.add_argument(
-        "--profile-kind", choices=("unary", "stream"), help="unary c=64 (default) or stream c=16"
+        "--profile-kind",
+        choices=("unary", "stream", "live"),
+        help="unary c=64 (default), stream c=16 or 300 live streams",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the child processes' logs")
     parser.add_argument(

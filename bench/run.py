@@ -287,7 +287,10 @@ def _start_measured(server: Server) -> dict[str, float]:
 
 
 def _uses_uvloop(child: Child) -> bool:
-    return "uvloop" in loaded_libraries(child.pid)
+    """Whether the server (or, under a supervisor, each worker) runs on uvloop."""
+    tree = process_tree(child.pid)
+    servers = tree[1:] or tree  # a supervisor's own loop serves no call
+    return all("uvloop" in loaded_libraries(pid) for pid in servers)
 
 
 @contextmanager
@@ -572,6 +575,11 @@ def _thread_split(
     return split
 
 
+# What load a profile runs under: unary at c=64, 100-token streams at c=16, or 300 live
+# streams at 40 tokens a second.
+_PROFILE_LOADS = {"unary": ("unary", 64), "stream": ("stream", 16), "live": ("live", 300)}
+
+
 def run_profile(
     stack: Stack, options: Options, out_dir: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -606,13 +614,16 @@ def run_profile(
         # Native stacks need the process paused while sampled; Python-only sampling does not.
         argv.append("--native" if options.profile_native else "--nonblocking")
         spy = stack.procs.spawn(f"py-spy-{fmt}", argv)
-        kind, concurrency = ("stream", 16) if options.profile_kind == "stream" else ("unary", 64)
+        kind, concurrency = _PROFILE_LOADS[options.profile_kind]
         job = _job(stack, options, options.profile_target, kind, concurrency)
         job.update(warmup_s=0.0, duration_s=duration + 1.5)
+        if kind == "live":
+            job.update(ramp_s=capacity.ramp_seconds(concurrency), callers_per_channel=50)
         before = thread_cpu_seconds(server.pid)
         result = stack.load.run(job, timeout_s=duration + 90)
         threads = _thread_split(server.pid, before, thread_cpu_seconds(server.pid))
-        requests = result["completed_total"]
+        # Per call (unary), per stream (stream), per 1,000 tokens relayed (live).
+        requests = result["tokens"] // 1000 if kind == "live" else result["completed_total"]
         try:
             spy.popen.wait(timeout=30)
         finally:
