@@ -6,7 +6,6 @@ Every violation names the field as the contract spells it (``messages[2].content
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from service.domain.completion import (
     annotation_bytes,
     part_bytes,
 )
+from service.domain.evolve import evolve
 from service.domain.providers import preference_violations
 from service.errors import FieldViolation, InvalidRequestError
 
@@ -443,8 +443,8 @@ def prepare(
     sampling = request.sampling
     if sampling.max_tokens is None:
         # Always sent: without it OpenRouter's 402 pre-flight assumes the model's maximum.
-        sampling = dataclasses.replace(sampling, max_tokens=limits.default_max_tokens)
-    return dataclasses.replace(
+        sampling = evolve(sampling, max_tokens=limits.default_max_tokens)
+    return evolve(
         request,
         messages=trim_history(request.messages, limits.max_history_turns),
         sampling=sampling,
