@@ -18,10 +18,10 @@ from typing import Protocol, runtime_checkable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 
 from service.api.auth import Authenticator
 from service.api.decoding import register_decoding
+from service.api.health import GatewayHealth
 from service.api.reflection import enable_reflection
 from service.api.servicer import SERVICE_NAME, CompletionServicer, FinishHook, register
 from service.callers_file import load_callers, log_policies
@@ -126,7 +126,7 @@ class GatewayServer:
     """Bind the port beside other workers (``service.workers``), who checked it is free."""
     reconcile: bool = True
     """Run the ledger's reconciler (of several workers, only one does)."""
-    health: HealthServicer = field(default_factory=HealthServicer)
+    health: GatewayHealth = field(default_factory=GatewayHealth)
     _server: grpc.aio.Server | None = None
     _servicer: CompletionServicer | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
