@@ -423,8 +423,8 @@ def _decimal(text: str, field: str, violations: list[FieldViolation]) -> Decimal
     return value
 
 
-def _provider(
-    message: AnyCompletionRequest, violations: list[FieldViolation]
+def provider_preferences(
+    message: AnyCompletionRequest | pb.EmbedRequest, violations: list[FieldViolation]
 ) -> ProviderPreferences | None:
     if not message.HasField("provider"):
         return None
@@ -516,7 +516,7 @@ def completion_request(message: AnyCompletionRequest) -> CompletionRequest:
             for i, t in enumerate(message.tools)
         )
         tool_choice = _tool_choice(message, violations)
-    provider = _provider(message, violations)
+    provider = provider_preferences(message, violations)
     return CompletionRequest(
         model=message.model,
         messages=tuple(messages),

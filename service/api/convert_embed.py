@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmgateway.v1 import completion_service_pb2 as pb
 
-from service.api.convert import parts, usage
+from service.api.convert import parts, provider_preferences, usage
 from service.domain.embeddings import (
     EmbeddingEncoding,
     EmbeddingInput,
@@ -37,6 +37,7 @@ def embedding_request(message: pb.EmbedRequest) -> EmbeddingRequest:
         dimensions=message.dimensions if message.HasField("dimensions") else None,
         encoding=encoding,
         input_type=message.input_type,
+        provider=provider_preferences(message, violations),
         decode_violations=tuple(violations),
     )
 

@@ -17,6 +17,7 @@ from service.domain.completion import PART_MODALITY, Modality, TextPart
 from service.domain.embeddings import EmbeddingInput, EmbeddingRequest
 from service.domain.limits import MAX_END_USER_ID_CHARS, RequestLimits, check_media_part
 from service.domain.models import ModelInfo
+from service.domain.providers import NO_MAX_PRICE, preference_violations
 from service.errors import FieldViolation, InvalidRequestError, UnsupportedFeatureError
 
 MAX_DIMENSIONS = 16_384
@@ -54,6 +55,8 @@ def prepare_embedding(
         violations.append(
             FieldViolation("end_user_id", f"at most {MAX_END_USER_ID_CHARS} characters")
         )
+    if request.provider is not None:
+        violations.extend(preference_violations(request.provider))
     if violations:
         first = violations[0]
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
@@ -127,6 +130,8 @@ def embedding_worst_case(request: EmbeddingRequest, model: ModelInfo) -> CostEst
     tokens += media.tokens
     if media.unbounded:
         tokens = max(tokens, model.context_length * len(request.inputs))
-    pricing = model.ceiling
+    # Only providers within the (policy-merged) max price serve: the ceiling bounds the cost.
+    ceiling = request.provider.max_price if request.provider is not None else NO_MAX_PRICE
+    pricing = model.ceiling.capped(ceiling)
     usd = pricing.prompt * tokens + pricing.image * media.images + pricing.request
     return CostEstimate(tokens=tokens, usd=max(usd, Decimal(0)))

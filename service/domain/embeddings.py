@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from service.domain.completion import Part, TextPart, Usage
+from service.domain.providers import ProviderPreferences
 from service.errors import FieldViolation
 
 
@@ -52,6 +53,8 @@ class EmbeddingRequest:
     input_type: str = ""
     """A retrieval hint some models take (``search_query``, ``search_document`` …)."""
     user: str | None = None
+    provider: ProviderPreferences | None = None
+    """As ``CompletionRequest.provider``: the caller's, then the policy-merged ones."""
     trace_headers: Mapping[str, str] = field(default_factory=dict)
     decode_violations: tuple[FieldViolation, ...] = ()
 

@@ -50,6 +50,7 @@ from service.domain.policy import (
     AnswerCheck,
     ListedModel,
     answer_breach,
+    apply_embedding_policy,
     apply_policy,
     breach_error,
     listed_model,
@@ -273,7 +274,9 @@ class Gateway:
 
     # --- proof upstream ---------------------------------------------------------------------
 
-    def _check_provider(self, call: PreparedCall, provider: str, record: CallRecord) -> None:
+    def _check_provider(
+        self, call: PreparedCall | PreparedEmbedding, provider: str, record: CallRecord
+    ) -> None:
         """Flag (or, as the policy says, refuse) an answer served by a provider the caller's
         policy forbids: OpenRouter should not route there, but the gateway does not assume."""
         policy = call.caller.policy
@@ -323,6 +326,7 @@ class Gateway:
         """Validate and authorise an Embed request, as ``prepare`` does a chat request."""
         model = request.model or self._policy.default_embedding_model
         record.caller_id = caller.id
+        record.policy_id = caller.policy.id
         if not identifier_violations(request.model, (), end_user_id):
             record.end_user_id = end_user_id
             record.requested_model = model
@@ -343,6 +347,7 @@ class Gateway:
         if info is None:
             raise InvalidRequestError.for_field("model", f"unknown model '{quoted(model)}'")
         check_embedding_model(prepared, info)
+        prepared = apply_embedding_policy(prepared, caller.policy)
         return PreparedEmbedding(caller, prepared, info)
 
     # --- quotas ---------------------------------------------------------------------------
@@ -468,6 +473,7 @@ class Gateway:
             await asyncio.shield(self._settle(reservation, call, record))
             raise
         await self._settle(reservation, call, record)
+        self._check_provider(call, embeddings.provider, record)
         return embeddings
 
     def stream(

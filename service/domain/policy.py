@@ -33,6 +33,7 @@ from service.domain.completion import (
     ReasoningConfig,
     ReasoningEffort,
 )
+from service.domain.embeddings import EmbeddingRequest
 from service.domain.models import ModelInfo
 from service.domain.providers import (
     MAX_PRICE_KINDS,
@@ -464,6 +465,33 @@ _NO_PREFERENCES = ProviderPreferences()
 _OPEN = Policy()
 OPEN_POLICY = _OPEN
 """The policy of a caller for whom the callers file sets no rule."""
+
+
+def apply_embedding_policy(request: EmbeddingRequest, policy: Policy) -> EmbeddingRequest:
+    """An Embed request narrowed to ``policy``: the rules about where data goes and what it
+    costs (providers, data collection, retention, quantizations, max price) and the input
+    modalities apply as to chat; the rest (fallbacks, plugins, reasoning, outputs) have
+    nothing to act on."""
+    allowed_in = policy.allowed_input_modalities
+    if allowed_in is not None:
+        for i, item in enumerate(request.inputs):
+            for j, part in enumerate(item.parts):
+                modality = PART_MODALITY[type(part)]
+                if modality not in allowed_in:
+                    raise violation(
+                        policy,
+                        Rule.ALLOWED_INPUT_MODALITIES,
+                        f"inputs[{i}].parts[{j}]",
+                        f"{modality.value} input is not allowed",
+                    )
+    if request.provider is None:
+        provider = policy.silent
+    else:
+        merged = merge_preferences(request.provider, policy)
+        provider = None if merged.is_empty() else merged
+    if provider is request.provider:
+        return request
+    return dataclasses.replace(request, provider=provider)
 
 
 # --- what a caller sees in ListModels -----------------------------------------------------

@@ -30,6 +30,7 @@ from .errors import bad_request, invalid_model, no_endpoints_for_modality, scena
 from .generate import estimate_tokens, random_id
 from .intake import admit, check_auth, error_response
 from .media import MediaError, read_parts
+from .providers import RoutingError, route
 from .scenarios import DirectiveError, parse_directives, strip_directives
 from .state import GenerationRecord
 
@@ -141,6 +142,11 @@ async def _serve(
         raise _reject("encoding_format must be 'float' or 'base64'")
     size = _dimensions(body, model)
     scenario = parse_directives(text for item in inputs for text in _texts(item))
+    try:
+        # As for chat: the model as the provider its preferences choose serves it.
+        model = route(model, model_id, body, scenario.serve_provider, set)
+    except RoutingError as exc:
+        raise _RejectedError(error_response(exc.reply)) from None
     if scenario.delay_ms:
         await asyncio.sleep(scenario.delay_ms / 1000)
     prompt = 0

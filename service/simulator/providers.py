@@ -145,6 +145,10 @@ ENDPOINTS: Mapping[str, tuple[Endpoint, ...]] = {
             latency_ms=300,
         ),
     ),
+    "openai/text-embedding-3-small": (
+        _e("openai", "OpenAI", throughput=2000, latency_ms=150),
+        _e("azure", "Azure", zdr=True, throughput=1500, latency_ms=200),
+    ),
     "google/gemini-2.0-flash-001": (
         _e("google-ai-studio", "Google AI Studio", throughput=180, latency_ms=450),
         _e("google-vertex", "Google", zdr=True, throughput=160, latency_ms=500),

@@ -27,7 +27,7 @@ from service.domain.embeddings import (
 )
 from service.upstream.errors import protocol_error
 from service.upstream.readers import as_int, as_str
-from service.upstream.wire import content_part, parse_usage
+from service.upstream.wire import content_part, parse_usage, provider_json
 
 
 def build_body(request: EmbeddingRequest) -> dict[str, Any]:
@@ -40,6 +40,9 @@ def build_body(request: EmbeddingRequest) -> dict[str, Any]:
         body["input_type"] = request.input_type
     if request.user:
         body["user"] = request.user
+    provider = provider_json(request.provider)
+    if provider:
+        body["provider"] = provider
     return body
 
 

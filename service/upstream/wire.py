@@ -37,7 +37,7 @@ from service.domain.completion import (
 )
 from service.domain.models import ModelInfo
 from service.domain.ports import GenerationStats
-from service.domain.providers import MAX_PRICE_KINDS
+from service.domain.providers import MAX_PRICE_KINDS, ProviderPreferences
 from service.errors import UpstreamError
 from service.upstream.errors import error_from_payload, protocol_error
 from service.upstream.outputs import Extras, annotation_json, detail_json, read_extras, url_of
@@ -132,7 +132,13 @@ def build_body(request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
 def provider_object(request: CompletionRequest) -> dict[str, Any]:
     """OpenRouter's ``provider`` object: the merged preferences, with ``require_parameters``
     also set when the gateway itself needs it (a native JSON Schema)."""
-    prefs = request.provider
+    return provider_json(request.provider, require_parameters=request.require_parameters)
+
+
+def provider_json(
+    prefs: ProviderPreferences | None, *, require_parameters: bool = False
+) -> dict[str, Any]:
+    """``prefs`` as OpenRouter's ``provider`` object (empty: send none)."""
     out: dict[str, Any] = {}
     if prefs is not None:
         if prefs.order:
@@ -160,7 +166,7 @@ def provider_object(request: CompletionRequest) -> dict[str, Any]:
             out["data_collection"] = prefs.data_collection.value
         if prefs.zdr is not None:
             out["zdr"] = prefs.zdr
-    if request.require_parameters:
+    if require_parameters:
         out["require_parameters"] = True
     return out
 

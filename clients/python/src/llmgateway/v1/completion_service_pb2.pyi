@@ -3196,6 +3196,7 @@ class EmbedRequest(_message.Message):
     ENCODING_FIELD_NUMBER: _builtins.int
     INPUT_TYPE_FIELD_NUMBER: _builtins.int
     END_USER_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. An embedding model's OpenRouter id, e.g. `openai/text-embedding-3-small`.
     Empty: the gateway's default embedding model (`default_embedding_model` of ListModels).
@@ -3219,6 +3220,12 @@ class EmbedRequest(_message.Message):
         `GATEWAY_MAX_TOTAL_CHARS` characters in all (default 1,000,000).
         """
 
+    @_builtins.property
+    def provider(self) -> Global___ProviderPreferences:
+        """Optional. Which providers may serve, within the caller's policy (as for the chat RPCs:
+        data collection, retention, providers and the prompt price apply to embeddings too).
+        """
+
     def __init__(
         self,
         *,
@@ -3228,10 +3235,11 @@ class EmbedRequest(_message.Message):
         encoding: Global___EmbeddingEncoding.ValueType = ...,
         input_type: _builtins.str = ...,
         end_user_id: _builtins.str = ...,
+        provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions", "provider", b"provider"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions", "encoding", b"encoding", "end_user_id", b"end_user_id", "input_type", b"input_type", "inputs", b"inputs", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions", "encoding", b"encoding", "end_user_id", b"end_user_id", "input_type", b"input_type", "inputs", b"inputs", "model", b"model", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
