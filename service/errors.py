@@ -12,6 +12,7 @@ aiohttp; the README's "Errors" table is checked against both.
     ├── UnauthenticatedError         no or unknown caller key
     ├── PermissionDeniedError        model not allowed, or the caller's policy forbids it
     ├── QuotaExceededError           the caller's own RPM / TPM / budget
+    ├── ResponseTooLargeError        the answer exceeds the gRPC message limit
     ├── UnsupportedFeatureError      the model cannot do what was asked
     ├── SchemaValidationError        structured output still invalid after repair
     ├── DeadlineExceededError        the caller's deadline (or our timeout) ran out
@@ -53,6 +54,7 @@ class Reason(StrEnum):
     POLICY_VIOLATION = "POLICY_VIOLATION"
     UPSTREAM_POLICY_BREACH = "UPSTREAM_POLICY_BREACH"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
     UNSUPPORTED_FEATURE = "UNSUPPORTED_FEATURE"
     SCHEMA_VALIDATION_FAILED = "SCHEMA_VALIDATION_FAILED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
@@ -195,6 +197,25 @@ class QuotaExceededError(GatewayError):
     ) -> None:
         super().__init__(message, metadata=metadata, retry_after_s=retry_after_s)
         self.violations: tuple[QuotaViolation, ...] = tuple(violations)
+
+
+class ResponseTooLargeError(GatewayError):
+    """An answer (or one stream message) is larger than the gateway may send
+    (``GATEWAY_MAX_MESSAGE_BYTES``). Checked before sending: gRPC itself would fail the call
+    with a bare RESOURCE_EXHAUSTED after the ledger had booked it OK. Sending the same request
+    again gives the same answer, so it is not retryable; asking for less (``max_tokens``,
+    fewer images or inputs) is."""
+
+    reason = Reason.RESPONSE_TOO_LARGE
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the answer is {size} bytes, more than the {limit} bytes the gateway may send; "
+            "ask for less (max_tokens, fewer images or inputs)",
+            metadata={"size_bytes": str(size), "limit_bytes": str(limit)},
+        )
+        self.size = size
+        self.limit = limit
 
 
 class UnsupportedFeatureError(GatewayError):

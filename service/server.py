@@ -255,6 +255,8 @@ class GatewayServer:
             on_finish=self.on_finish,
             telemetry=self.telemetry,
             address=(_listen_host(self.settings.listen), self.port),
+            # The same limit as grpc.max_send_message_length in server_options.
+            max_send_bytes=self.settings.max_message_bytes,
         )
         register(servicer, server)
         register_decoding(health_pb2_grpc.add_HealthServicer_to_server, self.health, server)

@@ -14,7 +14,11 @@ gigabytes. Only a cancellation propagates, because gRPC expects it to.
 
 Requests arrive as bytes (the methods are registered without a request deserializer) and are
 parsed here, after authentication: undecodable bytes become INVALID_ARGUMENT with ErrorInfo
-like any other bad input, and a stranger's request is never parsed at all.
+like any other bad input, and a stranger's request is never parsed at all. Answers leave as
+bytes too (no response serializer): each is serialized here (``Call.encode``) and checked
+against the gRPC send limit first, so an answer too large to send ends RESOURCE_EXHAUSTED /
+``RESPONSE_TOO_LARGE`` with ErrorInfo and a row saying so, where gRPC would fail the call
+with a bare status after the ledger had booked it OK.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from service.api.auth import Authenticator
 from service.api.status import internal_status, status_code_for, to_rpc_status
@@ -36,6 +41,7 @@ from service.domain.callers import Caller
 from service.errors import (
     GatewayError,
     InvalidRequestError,
+    ResponseTooLargeError,
     ServiceUnavailableError,
     UpstreamAuthError,
 )
@@ -46,7 +52,6 @@ log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-Result = TypeVar("Result")
 Context = grpc.aio.ServicerContext[bytes, Response]
 FinishHook = Callable[[CallRecord, grpc.StatusCode], None]
 
@@ -119,6 +124,19 @@ class Call:
     deadline: float
     """When the gateway gives up, on the loop clock: the caller's deadline less a margin, or
     infinity when it set none (the upstream client then applies OPENROUTER_TIMEOUT_MS)."""
+    max_send_bytes: int | None = None
+    """gRPC's send limit (``grpc.max_send_message_length``); None: no limit."""
+
+    def encode(self, message: Message) -> bytes:
+        """``message`` serialized, once it is known to fit the send limit: an answer or a
+        stream message over it raises ``ResponseTooLargeError`` (the call's row then says
+        RESOURCE_EXHAUSTED, with the tokens and cost already billed upstream)."""
+        payload = message.SerializeToString()
+        if self.max_send_bytes is not None and len(payload) > self.max_send_bytes:
+            # A stream cut here may not have its usage yet: its row asks for reconciliation.
+            self.record.interrupted = True
+            raise ResponseTooLargeError(len(payload), self.max_send_bytes)
+        return payload
 
 
 @dataclass(slots=True)
@@ -138,8 +156,10 @@ class CallFrame:
         telemetry: RpcTelemetry,
         *,
         on_finish: FinishHook | None = None,
+        max_send_bytes: int | None = None,
     ) -> None:
         self._auth = authenticator
+        self._max_send_bytes = max_send_bytes
         self._accountant = accountant
         self._telemetry = telemetry
         self._on_finish = on_finish
@@ -187,9 +207,10 @@ class CallFrame:
         raw: bytes,
         context: Context[Response],
         parse: Callable[[bytes], Request],
-        handler: Callable[[Call, Request, Context[Response]], Awaitable[Result]],
-    ) -> Result | None:
-        """Run one RPC; the handler's result (None when the call failed, its status set)."""
+        handler: Callable[[Call, Request, Context[Response]], Awaitable[Message | None]],
+    ) -> bytes | None:
+        """Run one RPC; the handler's answer, serialized (None for a stream, whose handler
+        writes its messages, or when the call failed, its status set)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         incoming = scan_metadata(context.invocation_metadata())
@@ -216,7 +237,9 @@ class CallFrame:
             caller = self._authenticate(context, record, incoming)
             self._check_open()
             request = _parse(parse, raw)
-            result = await handler(Call(caller, record, observed, deadline), request, context)
+            call = Call(caller, record, observed, deadline, self._max_send_bytes)
+            answer = await handler(call, request, context)
+            payload = None if answer is None else call.encode(answer)
         except GatewayError as error:
             del self._running[task]
             await self._fail(context, record, observed, error)
@@ -249,7 +272,7 @@ class CallFrame:
             return None
         del self._running[task]
         await self._succeed(record, observed)
-        return result
+        return payload
 
     def _authenticate(
         self, context: Context[Response], record: CallRecord, incoming: Incoming

@@ -2,8 +2,9 @@
 
 Every RPC runs in the one frame of ``service.api.frame`` (identity, parsing, status, accounting,
 shutdown); the methods here only convert and call the domain. They are registered by
-``register`` with no request deserializer: the frame parses the bytes itself, after
-authentication, so undecodable input gets a status of its own.
+``register`` with no request deserializer and no response serializer: the frame parses the
+bytes itself, after authentication, so undecodable input gets a status of its own, and
+serializes each answer, so one too large to send gets a status (and row) of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Literal, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.api import convert, convert_embed
@@ -32,7 +34,6 @@ from service.telemetry.rpc import RpcTelemetry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompletionService"].full_name
 E = TypeVar("E")
-M = TypeVar("M")
 
 __all__ = ["SERVICE_NAME", "CompletionServicer", "FinishHook", "register"]
 
@@ -50,8 +51,10 @@ class CompletionServicer:
         on_finish: FinishHook | None = None,
         telemetry: Telemetry | None = None,
         address: tuple[str | None, int | None] = (None, None),
+        max_send_bytes: int | None = None,
     ) -> None:
-        """``address`` (host, port) is where this servicer is served, for span attributes."""
+        """``address`` (host, port) is where this servicer is served, for span attributes;
+        ``max_send_bytes`` the server's ``grpc.max_send_message_length``."""
         self._gateway = gateway
         host, port = address
         self.frame = CallFrame(
@@ -64,6 +67,7 @@ class CompletionServicer:
                 port=port,
             ),
             on_finish=on_finish,
+            max_send_bytes=max_send_bytes,
         )
 
     async def drain(self, grace_s: float) -> bool:
@@ -76,21 +80,17 @@ class CompletionServicer:
 
     # --- RPCs ------------------------------------------------------------------------
 
-    async def Complete(
-        self, raw: bytes, context: Context[pb.CompleteResponse]
-    ) -> pb.CompleteResponse | None:
+    async def Complete(self, raw: bytes, context: Context[bytes]) -> bytes | None:
         return await self.frame.run(
             "Complete", raw, context, pb.CompleteRequest.FromString, self._complete
         )
 
-    async def StreamComplete(self, raw: bytes, context: Context[pb.StreamCompleteResponse]) -> None:
+    async def StreamComplete(self, raw: bytes, context: Context[bytes]) -> None:
         await self.frame.run(
             "StreamComplete", raw, context, pb.StreamCompleteRequest.FromString, self._stream
         )
 
-    async def StreamCompleteStructured(
-        self, raw: bytes, context: Context[pb.StreamCompleteStructuredResponse]
-    ) -> None:
+    async def StreamCompleteStructured(self, raw: bytes, context: Context[bytes]) -> None:
         await self.frame.run(
             "StreamCompleteStructured",
             raw,
@@ -99,9 +99,7 @@ class CompletionServicer:
             self._stream_structured,
         )
 
-    async def CompleteStructured(
-        self, raw: bytes, context: Context[pb.CompleteStructuredResponse]
-    ) -> pb.CompleteStructuredResponse | None:
+    async def CompleteStructured(self, raw: bytes, context: Context[bytes]) -> bytes | None:
         return await self.frame.run(
             "CompleteStructured",
             raw,
@@ -110,29 +108,23 @@ class CompletionServicer:
             self._structured,
         )
 
-    async def ListModels(
-        self, raw: bytes, context: Context[pb.ListModelsResponse]
-    ) -> pb.ListModelsResponse | None:
+    async def ListModels(self, raw: bytes, context: Context[bytes]) -> bytes | None:
         return await self.frame.run(
             "ListModels", raw, context, pb.ListModelsRequest.FromString, self._list_models
         )
 
-    async def GetUsage(
-        self, raw: bytes, context: Context[pb.GetUsageResponse]
-    ) -> pb.GetUsageResponse | None:
+    async def GetUsage(self, raw: bytes, context: Context[bytes]) -> bytes | None:
         return await self.frame.run(
             "GetUsage", raw, context, pb.GetUsageRequest.FromString, self._usage
         )
 
-    async def Embed(
-        self, raw: bytes, context: Context[pb.EmbedResponse]
-    ) -> pb.EmbedResponse | None:
+    async def Embed(self, raw: bytes, context: Context[bytes]) -> bytes | None:
         return await self.frame.run("Embed", raw, context, pb.EmbedRequest.FromString, self._embed)
 
     # --- what each RPC does ----------------------------------------------------------
 
     async def _complete(
-        self, call: Call, request: pb.CompleteRequest, context: Context[pb.CompleteResponse]
+        self, call: Call, request: pb.CompleteRequest, context: Context[bytes]
     ) -> pb.CompleteResponse:
         prepared = await self._gateway.prepare(
             call.caller,
@@ -152,7 +144,7 @@ class CompletionServicer:
         self,
         call: Call,
         request: pb.StreamCompleteRequest,
-        context: Context[pb.StreamCompleteResponse],
+        context: Context[bytes],
     ) -> None:
         record = call.record
         prepared = await self._gateway.prepare(
@@ -170,7 +162,7 @@ class CompletionServicer:
         self,
         call: Call,
         request: pb.StreamCompleteStructuredRequest,
-        context: Context[pb.StreamCompleteStructuredResponse],
+        context: Context[bytes],
     ) -> None:
         schema = self._schema_of(request)
         prepared = await self._gateway.prepare(
@@ -199,7 +191,7 @@ class CompletionServicer:
         self,
         call: Call,
         request: pb.CompleteStructuredRequest,
-        context: Context[pb.CompleteStructuredResponse],
+        context: Context[bytes],
     ) -> pb.CompleteStructuredResponse:
         base = convert.completion_request(request)
         schema = self._schema_of(request)
@@ -218,7 +210,7 @@ class CompletionServicer:
         return convert.structured_response(result)
 
     async def _list_models(
-        self, call: Call, request: pb.ListModelsRequest, context: Context[pb.ListModelsResponse]
+        self, call: Call, request: pb.ListModelsRequest, context: Context[bytes]
     ) -> pb.ListModelsResponse:
         models = await self._gateway.models_for(call.caller)
         return pb.ListModelsResponse(
@@ -228,7 +220,7 @@ class CompletionServicer:
         )
 
     async def _usage(
-        self, call: Call, request: pb.GetUsageRequest, context: Context[pb.GetUsageResponse]
+        self, call: Call, request: pb.GetUsageRequest, context: Context[bytes]
     ) -> pb.GetUsageResponse:
         since = _time(request, "start_time")
         until = _time(request, "end_time")
@@ -239,7 +231,7 @@ class CompletionServicer:
         return convert.usage_response(call.caller.id, period_start, period_end, totals, quotas)
 
     async def _embed(
-        self, call: Call, request: pb.EmbedRequest, context: Context[pb.EmbedResponse]
+        self, call: Call, request: pb.EmbedRequest, context: Context[bytes]
     ) -> pb.EmbedResponse:
         prepared = await self._gateway.prepare_embedding(
             call.caller,
@@ -255,9 +247,9 @@ class CompletionServicer:
 
 async def _relay(
     call: Call,
-    context: Context[M],
+    context: Context[bytes],
     events: AsyncGenerator[E, None],
-    to_message: Callable[[E], M],
+    to_message: Callable[[E], Message],
     finish_of: Callable[[E], str | None],
 ) -> None:
     """Write a stream's events as they come. ``finish_of`` is the finish reason of a stream's
@@ -273,8 +265,9 @@ async def _relay(
                 await context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
                 headers_sent = True
             # Each message is awaited onto the wire before the next upstream read: a slow
-            # reader holds back the upstream read instead of growing a buffer.
-            await context.write(to_message(event))
+            # reader holds back the upstream read instead of growing a buffer. One too large
+            # to send ends the stream (the upstream request closed as this generator is).
+            await context.write(call.encode(to_message(event)))
             reason = finish_of(event)
             finished = reason is not None
             if reason is not None:
@@ -308,32 +301,18 @@ def _time(request: pb.GetUsageRequest, field: Literal["start_time", "end_time"])
 
 
 def register(servicer: CompletionServicer, server: grpc.aio.Server) -> None:
-    """Serve ``servicer``'s methods on ``server``, taking requests as bytes (see the module)."""
+    """Serve ``servicer``'s methods on ``server``, taking requests and giving answers as bytes
+    (the frame parses and serializes them: see the module)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-        "Complete": grpc.unary_unary_rpc_method_handler(
-            servicer.Complete, response_serializer=pb.CompleteResponse.SerializeToString
-        ),
-        "StreamComplete": grpc.unary_stream_rpc_method_handler(
-            servicer.StreamComplete,
-            response_serializer=pb.StreamCompleteResponse.SerializeToString,
-        ),
+        "Complete": grpc.unary_unary_rpc_method_handler(servicer.Complete),
+        "StreamComplete": grpc.unary_stream_rpc_method_handler(servicer.StreamComplete),
         "StreamCompleteStructured": grpc.unary_stream_rpc_method_handler(
-            servicer.StreamCompleteStructured,
-            response_serializer=pb.StreamCompleteStructuredResponse.SerializeToString,
+            servicer.StreamCompleteStructured
         ),
-        "CompleteStructured": grpc.unary_unary_rpc_method_handler(
-            servicer.CompleteStructured,
-            response_serializer=pb.CompleteStructuredResponse.SerializeToString,
-        ),
-        "ListModels": grpc.unary_unary_rpc_method_handler(
-            servicer.ListModels, response_serializer=pb.ListModelsResponse.SerializeToString
-        ),
-        "GetUsage": grpc.unary_unary_rpc_method_handler(
-            servicer.GetUsage, response_serializer=pb.GetUsageResponse.SerializeToString
-        ),
-        "Embed": grpc.unary_unary_rpc_method_handler(
-            servicer.Embed, response_serializer=pb.EmbedResponse.SerializeToString
-        ),
+        "CompleteStructured": grpc.unary_unary_rpc_method_handler(servicer.CompleteStructured),
+        "ListModels": grpc.unary_unary_rpc_method_handler(servicer.ListModels),
+        "GetUsage": grpc.unary_unary_rpc_method_handler(servicer.GetUsage),
+        "Embed": grpc.unary_unary_rpc_method_handler(servicer.Embed),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     # Registered methods are matched by gRPC core, without a Python lookup per call.

@@ -20,6 +20,8 @@ STATUS_BY_ERROR: dict[type[errors.GatewayError], grpc.StatusCode] = {
     errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     errors.QuotaExceededError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    # What gRPC itself answers for a message over the limit, but with ErrorInfo.
+    errors.ResponseTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.UnsupportedFeatureError: grpc.StatusCode.FAILED_PRECONDITION,
     # The model could not produce valid JSON even after a repair: the caller can act (a simpler
     # schema, a stronger model); it is not a gateway fault that should page anyone (INTERNAL).
