@@ -10,6 +10,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 
+from service.api import convert_tools
 from service.domain.completion import (
     Annotation,
     AudioPart,
@@ -197,18 +198,23 @@ def _source(
 
 def _part(part: pb.Part, field: str, violations: list[FieldViolation]) -> Part:
     which = part.WhichOneof("data")
+    cache = None
+    if part.HasField("cache_control"):
+        cache = convert_tools.cache_control(
+            part.cache_control, f"{field}.cache_control", violations
+        )
     if which == "text":
-        return TextPart(part.text)
+        return TextPart(part.text, cache)
     if which == "image":
         detail = _IMAGE_DETAILS.get(part.image.detail)
-        return ImagePart(_source(part.image, f"{field}.image", violations), detail)
+        return ImagePart(_source(part.image, f"{field}.image", violations), detail, cache)
     if which == "file":
         source = _source(part.file, f"{field}.file", violations)
-        return FilePart(source, part.file.filename)
+        return FilePart(source, part.file.filename, cache)
     if which == "audio":
-        return AudioPart(part.audio.data, part.audio.format)
+        return AudioPart(part.audio.data, part.audio.format, cache)
     if which == "video":
-        return VideoPart(_source(part.video, f"{field}.video", violations))
+        return VideoPart(_source(part.video, f"{field}.video", violations), cache)
     violations.append(FieldViolation(field, "set text, image, file, audio or video"))
     # Kept in place (never sent: the request is refused) so later indices stay true; not
     # empty, so the domain does not report the same part a second time.
@@ -498,7 +504,10 @@ def completion_request(message: AnyCompletionRequest) -> CompletionRequest:
     logprobs = False
     top_logprobs: int | None = None
     response_format = None
+    parallel = None
     if isinstance(message, pb.CompleteRequest | pb.StreamCompleteRequest):
+        if message.HasField("parallel_tool_calls"):
+            parallel = message.parallel_tool_calls
         outputs = tuple(
             _output_modality(value, f"output_modalities[{i}]", violations)
             for i, value in enumerate(message.output_modalities)
@@ -531,6 +540,17 @@ def completion_request(message: AnyCompletionRequest) -> CompletionRequest:
         logprobs=logprobs,
         top_logprobs=top_logprobs,
         provider=provider,
+        web_search=(
+            convert_tools.web_search(message.web_search, violations)
+            if message.HasField("web_search")
+            else None
+        ),
+        parallel_tool_calls=parallel,
+        cache_control=(
+            convert_tools.cache_control(message.cache_control, "cache_control", violations)
+            if message.HasField("cache_control")
+            else None
+        ),
         decode_violations=tuple(violations),
     )
 
@@ -560,6 +580,13 @@ def usage(value: Usage | None) -> pb.Usage:
         prompt_video_tokens=value.prompt_video_tokens,
         completion_image_tokens=value.completion_image_tokens,
         completion_audio_tokens=value.completion_audio_tokens,
+        cache_write_tokens=value.cache_write_tokens,
+        web_search_requests=value.web_search_requests,
+        server_tool_calls=value.server_tool_calls,
+        upstream_inference_cost_usd=value.upstream_cost_usd,
+        upstream_inference_prompt_cost_usd=value.upstream_prompt_cost_usd,
+        upstream_inference_completion_cost_usd=value.upstream_completion_cost_usd,
+        byok=value.byok,
     )
 
 
@@ -767,6 +794,11 @@ def usage_response(
         completion_tokens=totals.completion_tokens,
         cost_usd=float(totals.cost_usd),
         **_media_totals(totals.media),
+        cache_read_tokens=totals.tools.cache_read_tokens,
+        cache_write_tokens=totals.tools.cache_write_tokens,
+        web_search_requests=totals.tools.web_search_requests,
+        server_tool_calls=totals.tools.server_tool_calls,
+        tool_cost_usd=float(totals.tools.tool_cost_usd),
         quotas=[
             *_quota(pb.QUOTA_KIND_REQUESTS_PER_MINUTE, quotas.requests_per_minute, known=known),
             *_quota(pb.QUOTA_KIND_TOKENS_PER_MINUTE, quotas.tokens_per_minute, known=known),

@@ -21,6 +21,7 @@ from typing import Any
 from service.domain.completion import (
     PART_MODALITY,
     AudioPart,
+    CacheTtl,
     CallStats,
     CompletionRequest,
     FilePart,
@@ -30,11 +31,14 @@ from service.domain.completion import (
     TextPart,
     Usage,
     VideoPart,
+    cache_marks,
     part_bytes,
 )
 from service.domain.models import ModelInfo, ModelPricing
 from service.domain.providers import NO_MAX_PRICE
+from service.domain.server_tools import WebSearch
 from service.domain.usage import LedgerStore, UsageRecord
+from service.domain.variants import UnknownVariantError, parse_model_id
 
 # The prompt estimate is an upper bound, not a guess: a reservation that under-counts lets
 # concurrent calls overshoot a budget. Without running the provider's tokenizer, the bound
@@ -268,9 +272,19 @@ def _model_worst_case(
     pricing = pricing.capped(ceiling)
     prompt = _prompt_bound(text, media, model)
     completion = request.sampling.max_tokens or 0
-    usd = _worst_price(pricing, prompt, completion)
-    usd += pricing.image * media.images
+    usd = pricing.image * media.images
     usd += max(pricing.audio - pricing.prompt, Decimal(0)) * min(media.audio_tokens, prompt)
+    search = request.web_search or _online(request)
+    if search is not None:
+        # Every search's results join the prompt (within the context), and a server tool's
+        # every round of inference reads the whole prompt again and may write max_tokens.
+        prompt += search.result_tokens()
+        if model.context_length:
+            prompt = min(prompt, model.context_length)
+        prompt *= search.rounds
+        completion *= search.rounds
+        usd += search.uses * search.search_price(pricing.web_search)
+    usd += _worst_price(pricing, prompt, completion, one_hour=_one_hour_cache(request))
     tokens = prompt + completion
     if Modality.IMAGE in request.output_modalities:
         per_image = pricing.image_output + IMAGE_OUTPUT_TOKENS * max(
@@ -304,10 +318,30 @@ def worst_case(
     )
 
 
-def _worst_price(pricing: ModelPricing, prompt: int, completion: int) -> Decimal:
+def _online(request: CompletionRequest) -> WebSearch | None:
+    """A ``:online`` model (or fallback) is the web plugin at OpenRouter's defaults."""
+    for name in (request.model, *request.fallback_models):
+        try:
+            if parse_model_id(name).web_search:
+                return WebSearch()
+        except UnknownVariantError:
+            continue
+    return None
+
+
+def _one_hour_cache(request: CompletionRequest) -> bool:
+    marks = cache_marks(request.messages)
+    if request.cache_control is not None:
+        marks.append(request.cache_control)
+    return any(mark.ttl is CacheTtl.ONE_HOUR for mark in marks)
+
+
+def _worst_price(pricing: ModelPricing, prompt: int, completion: int, *, one_hour: bool) -> Decimal:
     """Every prompt token may be written to the prompt cache (automatic caching writes
-    without any mark, at up to 1.25x), and every generated token may be a reasoning token."""
-    prompt_rate = max(pricing.prompt, pricing.cache_write or 0, pricing.cache_write_1h or 0)
+    without any mark, at up to 1.25x; a 1-hour mark at the 1-hour price), and every
+    generated token may be a reasoning token."""
+    write = pricing.cache_write_1h if one_hour else None
+    prompt_rate = max(pricing.prompt, pricing.cache_write or 0, write or 0)
     completion_rate = max(pricing.completion, pricing.internal_reasoning or 0)
     return prompt_rate * prompt + completion_rate * completion + pricing.request
 
@@ -336,6 +370,7 @@ def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecor
     ttft_ms = None
     if stats.first_token_at is not None:
         ttft_ms = max(0, round((stats.first_token_at - record.started_at) * 1000))
+    upstream = _amount(usage.upstream_cost_usd) if usage else None
     return UsageRecord(
         call_id=record.call_id,
         request_id=record.request_id,
@@ -377,7 +412,31 @@ def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecor
         images_out=record.images_out,
         unsupported_outputs=sum(record.unsupported.values()),
         unsupported_kinds=";".join(f"{k}={n}" for k, n in sorted(record.unsupported.items())),
+        cache_write_tokens=usage.cache_write_tokens if usage else 0,
+        web_search_requests=usage.web_search_requests if usage else 0,
+        server_tool_calls=usage.server_tool_calls if usage else 0,
+        upstream_cost_usd=upstream,
+        tool_cost_usd=_tool_cost(cost, upstream, usage),
+        byok=usage.byok if usage else False,
     )
+
+
+def _amount(value: float | None) -> Decimal | None:
+    """An amount OpenRouter reported, exact (see ``usage_cost``); None when unusable."""
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return Decimal(repr(value))
+
+
+def _tool_cost(
+    cost: Decimal | None, upstream: Decimal | None, usage: Usage | None
+) -> Decimal | None:
+    """OpenRouter's tool fees (web search): what it billed beyond the provider's inference.
+    Known only when both amounts are reported and the key is OpenRouter's (with BYOK, the
+    cost is OpenRouter's fee alone)."""
+    if cost is None or upstream is None or usage is None or usage.byok or upstream > cost:
+        return None
+    return cost - upstream
 
 
 class Durability(StrEnum):

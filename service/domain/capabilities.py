@@ -19,6 +19,7 @@ from service.domain.completion import (
     ResponseFormatKind,
 )
 from service.domain.models import ModelInfo
+from service.domain.server_tools import WebSearchEngine, WebSearchMode
 from service.errors import UnsupportedFeatureError
 
 
@@ -59,6 +60,13 @@ def check_capabilities(request: CompletionRequest, candidates: Sequence[ModelInf
         for model in candidates if asked else ():
             if parameter not in model.supported_parameters:
                 raise _refuse(parameter, model, f"does not support {parameter}")
+    search = request.web_search
+    if search is not None:
+        for model in candidates:
+            if search.mode is WebSearchMode.TOOL and not model.supports_tools:
+                raise _refuse("web_search.mode", model, "cannot call tools (server-tool search)")
+            if search.engine is WebSearchEngine.NATIVE and model.ceiling.web_search is None:
+                raise _refuse("web_search.engine", model, "has no native web search")
     if json_mode(request):
         for model in candidates:
             if not model.supports_response_format:

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from service.domain.providers import ProviderPreferences
+from service.domain.server_tools import WebSearch
 from service.errors import FieldViolation
 
 
@@ -94,15 +95,31 @@ class ImageDetail(StrEnum):
     ORIGINAL = "original"
 
 
+class CacheTtl(StrEnum):
+    FIVE_MINUTES = "5m"
+    ONE_HOUR = "1h"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControl:
+    """A prompt-cache breakpoint (OpenRouter's ``cache_control: {"type": "ephemeral"}``): the
+    prompt up to and including the marked part may be cached. ``ttl`` None is the provider's
+    default (5 minutes); ``1h`` costs more to write (``pricing.cache_write_1h``)."""
+
+    ttl: CacheTtl | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class TextPart:
     text: str = field(repr=False)
+    cache: CacheControl | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ImagePart:
     source: MediaSource
     detail: ImageDetail | None = None
+    cache: CacheControl | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +128,7 @@ class FilePart:
 
     source: MediaSource
     filename: str = field(default="", repr=False)
+    cache: CacheControl | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +138,22 @@ class AudioPart:
     data: bytes = field(repr=False)
     format: str = ""
     """``wav``, ``mp3``, ``aiff``, ``aac``, ``ogg``, ``flac``, ``m4a``, ``pcm16``, ``pcm24``."""
+    cache: CacheControl | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class VideoPart:
     source: MediaSource
+    cache: CacheControl | None = None
 
 
 Part = TextPart | ImagePart | FilePart | AudioPart | VideoPart
+
+
+def cache_marks(messages: Sequence[Message]) -> list[CacheControl]:
+    """Every prompt-cache mark of the messages' parts, in order."""
+    return [p.cache for m in messages for p in m.parts if p.cache is not None]
+
 
 PART_MODALITY: Mapping[type[Any], Modality] = {
     TextPart: Modality.TEXT,
@@ -402,6 +428,11 @@ class CompletionRequest:
     provider: ProviderPreferences | None = None
     """OpenRouter's provider preferences: the caller's as sent, then (after the policy) the
     merged ones, which go upstream as the ``provider`` object."""
+    web_search: WebSearch | None = None
+    parallel_tool_calls: bool | None = None
+    """None: not sent (the provider's default, true)."""
+    cache_control: CacheControl | None = None
+    """Automatic prompt caching for the whole request (OpenRouter's top-level mark)."""
     trace_headers: Mapping[str, str] = field(default_factory=dict)
     decode_violations: tuple[FieldViolation, ...] = ()
     """Problems found while decoding the caller's message (an unset enum, say), reported
@@ -427,21 +458,43 @@ class Usage:
     prompt_video_tokens: int = 0
     completion_image_tokens: int = 0
     completion_audio_tokens: int = 0
+    cache_write_tokens: int = 0
+    """Of ``prompt_tokens``, those written to the prompt cache (``cache_write_tokens``)."""
+    web_search_requests: int = 0
+    """Searches OpenRouter ran (``server_tool_use_details.web_search_requests``)."""
+    server_tool_calls: int = 0
+    """Server-tool calls OpenRouter ran (``tool_calls_executed``; a search may count in both)."""
+    upstream_cost_usd: float | None = None
+    """What the provider billed for inference (``cost_details.upstream_inference_cost``),
+    tool fees excluded; None when not reported."""
+    upstream_prompt_cost_usd: float | None = None
+    upstream_completion_cost_usd: float | None = None
+    byok: bool = False
+    """The call ran on the organisation's own provider key (``is_byok``)."""
 
     def __add__(self, other: Usage) -> Usage:
-        cost: float | None
-        if self.cost_usd is None and other.cost_usd is None:
-            cost = None
-        else:
-            # Summed as decimals: OpenRouter's costs are short decimals, and float addition would
-            # turn 0.0000642 + 0.0000642 into 0.00012839999999999998 in the ledger.
-            total = Decimal(repr(self.cost_usd or 0.0)) + Decimal(repr(other.cost_usd or 0.0))
-            cost = float(total)
-        counts = {name: getattr(self, name) + getattr(other, name) for name in _USAGE_COUNTS}
-        return Usage(cost_usd=cost, **counts)
+        values: dict[str, Any] = {
+            name: _add_amounts(getattr(self, name), getattr(other, name)) for name in _AMOUNTS
+        }
+        values.update({name: getattr(self, name) + getattr(other, name) for name in _USAGE_COUNTS})
+        return Usage(**values, byok=self.byok or other.byok)
 
 
-_USAGE_COUNTS = tuple(f.name for f in fields(Usage) if f.name != "cost_usd")
+def _add_amounts(first: float | None, second: float | None) -> float | None:
+    if first is None and second is None:
+        return None
+    # Summed as decimals: OpenRouter's costs are short decimals, and float addition would
+    # turn 0.0000642 + 0.0000642 into 0.00012839999999999998 in the ledger.
+    return float(Decimal(repr(first or 0.0)) + Decimal(repr(second or 0.0)))
+
+
+_AMOUNTS = (
+    "cost_usd",
+    "upstream_cost_usd",
+    "upstream_prompt_cost_usd",
+    "upstream_completion_cost_usd",
+)
+_USAGE_COUNTS = tuple(f.name for f in fields(Usage) if f.name not in (*_AMOUNTS, "byok"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,13 +28,17 @@ from service.domain.completion import (
     TextPart,
     VideoPart,
     annotation_bytes,
+    cache_marks,
     part_bytes,
 )
 from service.domain.evolve import evolve
 from service.domain.providers import preference_violations
+from service.domain.server_tools import WebSearchMode, check_web_search
 from service.errors import FieldViolation, InvalidRequestError
 
 MAX_FALLBACK_MODELS = 3
+MAX_CACHE_MARKS = 4
+"""Anthropic's limit on cache breakpoints; a request with more fails upstream."""
 MAX_TOOLS = 64
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
@@ -366,6 +370,22 @@ def _check_tools(request: CompletionRequest, violations: list[FieldViolation]) -
             violations.append(FieldViolation("tool_choice.function_name", "names no tool of tools"))
 
 
+def _check_server_tools(request: CompletionRequest, violations: list[FieldViolation]) -> None:
+    search = request.web_search
+    if search is not None:
+        check_web_search(search, violations)
+    tool_search = search is not None and search.mode is WebSearchMode.TOOL
+    if request.parallel_tool_calls is not None and not (request.tools or tool_search):
+        violations.append(
+            FieldViolation("parallel_tool_calls", "requires tools or a server-tool web search")
+        )
+    marks = len(cache_marks(request.messages)) + (request.cache_control is not None)
+    if marks > MAX_CACHE_MARKS:
+        violations.append(
+            FieldViolation("messages", f"at most {MAX_CACHE_MARKS} prompt-cache marks in all")
+        )
+
+
 def trim_history(messages: Sequence[Message], max_turns: int) -> tuple[Message, ...]:
     """Keep every system/developer message and the last ``max_turns`` others, in order.
 
@@ -432,6 +452,7 @@ def prepare(
     _check_reasoning(request, limits, violations)
     _check_outputs(request, violations)
     _check_tools(request, violations)
+    _check_server_tools(request, violations)
     violations += identifier_violations(request.model, request.fallback_models, end_user_id)
     if request.provider is not None:
         violations.extend(preference_violations(request.provider))

@@ -45,6 +45,7 @@ from service.domain.providers import (
     covered,
     provider_slug,
 )
+from service.domain.server_tools import WEB_SEARCH_TOOL, WebSearchMode
 from service.domain.variants import WEB_PLUGIN, ModelId, UnknownVariantError, parse_model_id
 from service.errors import InvalidRequestError, PermissionDeniedError, Reason, quoted
 
@@ -240,12 +241,31 @@ def apply_policy(
     return dataclasses.replace(request, provider=provider, reasoning=reasoning)
 
 
+def _check_web_search(request: CompletionRequest, policy: Policy) -> None:
+    """Web search costs money: as the ``web`` plugin it needs ``allowed_plugins``, as the
+    ``openrouter:web_search`` server tool ``allowed_server_tools``."""
+    search = request.web_search
+    if search is None:
+        return
+    if search.mode is WebSearchMode.PLUGIN:
+        rule, allowed, name = Rule.ALLOWED_PLUGINS, policy.allowed_plugins, WEB_PLUGIN
+    else:
+        rule, allowed, name = (
+            Rule.ALLOWED_SERVER_TOOLS,
+            policy.allowed_server_tools,
+            WEB_SEARCH_TOOL,
+        )
+    if allowed is not None and name not in allowed:
+        raise violation(policy, rule, "web_search.mode", f"web search ('{name}') is not allowed")
+
+
 def _check_plugins(
     request: CompletionRequest,
     policy: Policy,
     ids: Sequence[tuple[str, ModelId]],
     candidates: Sequence[ModelInfo],
 ) -> None:
+    _check_web_search(request, policy)
     allowed = policy.allowed_plugins
     if allowed is None:
         return
@@ -496,7 +516,6 @@ def apply_embedding_policy(request: EmbeddingRequest, policy: Policy) -> Embeddi
 
 # --- what a caller sees in ListModels -----------------------------------------------------
 
-WEB_SEARCH_TOOL = "openrouter:web_search"
 _CHAT_OUTPUTS = frozenset({Modality.TEXT, Modality.IMAGE})
 _REASONING_PARAMETERS = frozenset({"reasoning", "include_reasoning", "reasoning_effort"})
 

@@ -82,6 +82,16 @@ class UsageRecord:
     images_out: int = 0
     unsupported_outputs: int = 0
     unsupported_kinds: str = ""
+    # Prompt caching and the tools OpenRouter runs: tokens written to the cache, searches and
+    # server-tool calls; what the provider billed for inference (tool fees excluded), and the
+    # tool fees themselves (cost - upstream cost, known only when OpenRouter reports both and
+    # the key is OpenRouter's own); whether the call ran on the organisation's own key.
+    cache_write_tokens: int = 0
+    web_search_requests: int = 0
+    server_tool_calls: int = 0
+    upstream_cost_usd: Decimal | None = None
+    tool_cost_usd: Decimal | None = None
+    byok: bool = False
 
     def __post_init__(self) -> None:
         if self.time.tzinfo is None or self.time.utcoffset() is None:
@@ -96,14 +106,17 @@ class UsageRecord:
             "latency_ms": self.latency_ms,
             "retries": self.retries,
             **{name: getattr(self, name) for name in MEDIA_COUNT_FIELDS},
+            **{name: getattr(self, name) for name in TOOL_COUNT_FIELDS},
         }
         negative = [name for name, value in counts.items() if value < 0]
         if self.ttft_ms is not None and self.ttft_ms < 0:
             negative.append("ttft_ms")
         if negative:
             raise ValueError(f"UsageRecord fields must not be negative: {', '.join(negative)}")
-        if self.cost_usd is not None and (not self.cost_usd.is_finite() or self.cost_usd < 0):
-            raise ValueError("UsageRecord.cost_usd must be a finite, non-negative amount")
+        for name in ("cost_usd", "upstream_cost_usd", "tool_cost_usd"):
+            amount = getattr(self, name)
+            if amount is not None and (not amount.is_finite() or amount < 0):
+                raise ValueError(f"UsageRecord.{name} must be a finite, non-negative amount")
 
     @property
     def needs_reconciliation(self) -> bool:
@@ -117,6 +130,22 @@ class UsageRecord:
             and bool(self.generation_id)
             and (self.cancelled or self.cost_usd is None)
         )
+
+
+TOOL_COUNT_FIELDS = ("cache_write_tokens", "web_search_requests", "server_tool_calls")
+"""The record's caching and server-tool counters, summed by ``totals`` into ``ToolTotals``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolTotals:
+    """Sums of prompt caching and server-tool use over a caller's records."""
+
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    web_search_requests: int = 0
+    server_tool_calls: int = 0
+    tool_cost_usd: Decimal = Decimal(0)
+    """Sum of the known tool fees (web search), part of ``UsageTotals.cost_usd``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +196,7 @@ class UsageTotals:
     unknown_cost_requests: int = 0
     """Records whose cost is unknown, so ``cost_usd`` understates by their share."""
     media: MediaTotals = MediaTotals()
+    tools: ToolTotals = ToolTotals()
     by_provider: tuple[ProviderTotals, ...] = ()
     """The same sums per serving provider, sorted by provider."""
 

@@ -40,13 +40,17 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TypedDict
+from decimal import Decimal
+from typing import Any, TypedDict
 
 from service.domain.ports import GenerationStats
 from service.domain.usage import (
     MEDIA_COUNT_FIELDS,
+    TOOL_COUNT_FIELDS,
     LedgerCounters,
+    MediaTotals,
     RejectedCalls,
+    ToolTotals,
     UsageRecord,
     UsageTotals,
 )
@@ -84,10 +88,27 @@ RECORD_COLUMNS = (
     "unsupported_kinds",
     "policy_id",
     "policy_breach",
+    *TOOL_COUNT_FIELDS,
+    "upstream_cost_usd",
+    "tool_cost_usd",
+    "byok",
 )
 """A usage record's columns in both SQL stores, in the order of their row tuples."""
 MEDIA_SUMS = ", ".join(f"coalesce(sum({name}), 0)" for name in MEDIA_COUNT_FIELDS)
 """The media counters' sums, in ``MediaTotals`` order, for the stores' totals queries."""
+TOOL_SUMS = ", ".join(f"coalesce(sum({name}), 0)" for name in ("cached_tokens", *TOOL_COUNT_FIELDS))
+"""The cache and tool counters' sums, in ``ToolTotals`` order (the fees come after them)."""
+
+
+def split_sums(values: Sequence[Any]) -> tuple[MediaTotals, ToolTotals]:
+    """A totals row's tail: the media sums, then the cache and tool sums and the tool fees."""
+    media = len(MEDIA_COUNT_FIELDS)
+    tools = media + 1 + len(TOOL_COUNT_FIELDS)
+    reads, writes, searches, calls = (int(v) for v in values[media:tools])
+    return (
+        MediaTotals(*(int(v) for v in values[:media])),
+        ToolTotals(reads, writes, searches, calls, Decimal(values[tools])),
+    )
 
 
 class QueuePolicy(TypedDict, total=False):

@@ -20,14 +20,21 @@ from asyncpg.pool import PoolConnectionProxy
 from service.domain.ports import GenerationStats
 from service.domain.usage import (
     MEDIA_COUNT_FIELDS,
-    MediaTotals,
+    TOOL_COUNT_FIELDS,
     ProviderTotals,
     RejectedCalls,
     UsageRecord,
     UsageTotals,
     cost_from_stats,
 )
-from service.ledger.batching import MEDIA_SUMS, RECORD_COLUMNS, BatchingLedger, QueuePolicy
+from service.ledger.batching import (
+    MEDIA_SUMS,
+    RECORD_COLUMNS,
+    TOOL_SUMS,
+    BatchingLedger,
+    QueuePolicy,
+    split_sums,
+)
 
 _MIGRATION_LOCK = 0x4C4C4D47_4C454447  # "LLMGLEDG": any constant unique to this schema
 """Advisory lock key that serialises schema migrations between replicas."""
@@ -107,6 +114,17 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE usage_records ADD COLUMN policy_id text NOT NULL DEFAULT ''",
         "ALTER TABLE usage_records ADD COLUMN policy_breach text NOT NULL DEFAULT ''",
     ),
+    # 5: prompt caching and server tools per row (see sqlite.py's migration 5).
+    (
+        *(
+            f"ALTER TABLE usage_records ADD COLUMN {name} bigint NOT NULL DEFAULT 0 "
+            f"CHECK ({name} >= 0)"
+            for name in TOOL_COUNT_FIELDS
+        ),
+        "ALTER TABLE usage_records ADD COLUMN upstream_cost_usd numeric",
+        "ALTER TABLE usage_records ADD COLUMN tool_cost_usd numeric",
+        "ALTER TABLE usage_records ADD COLUMN byok boolean NOT NULL DEFAULT false",
+    ),
 )
 
 _COLUMNS = ", ".join(RECORD_COLUMNS)
@@ -118,7 +136,8 @@ _INSERT = (
 )
 _TOTALS = f"""
     SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-           coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), {MEDIA_SUMS}
+           coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), {MEDIA_SUMS},
+           {TOOL_SUMS}, coalesce(sum(tool_cost_usd), 0)
     FROM usage_records WHERE caller_id = $1 AND time >= $2 AND time < $3
 """  # noqa: S608
 _BY_PROVIDER = """
@@ -213,14 +232,16 @@ class PostgresLedger(BatchingLedger):
             row = await conn.fetchrow(_TOTALS, caller_id, since, until)
             providers = await conn.fetch(_BY_PROVIDER, caller_id, since, until)
         assert row is not None  # an aggregate without GROUP BY always returns one row
-        requests, prompt, completion, cost, unknown, *media = row
+        requests, prompt, completion, cost, unknown, *rest = row
+        media, tools = split_sums(rest)
         return UsageTotals(
             requests,
             int(prompt),
             int(completion),
             Decimal(cost),
             unknown,
-            MediaTotals(*(int(value) for value in media)),
+            media,
+            tools=tools,
             by_provider=tuple(
                 ProviderTotals(name, n, int(p), int(c), Decimal(usd))
                 for name, n, p, c, usd in providers

@@ -24,14 +24,21 @@ from typing import Any, TypeVar, Unpack, cast
 from service.domain.ports import GenerationStats
 from service.domain.usage import (
     MEDIA_COUNT_FIELDS,
-    MediaTotals,
+    TOOL_COUNT_FIELDS,
     ProviderTotals,
     RejectedCalls,
     UsageRecord,
     UsageTotals,
     cost_from_stats,
 )
-from service.ledger.batching import MEDIA_SUMS, RECORD_COLUMNS, BatchingLedger, QueuePolicy
+from service.ledger.batching import (
+    MEDIA_SUMS,
+    RECORD_COLUMNS,
+    TOOL_SUMS,
+    BatchingLedger,
+    QueuePolicy,
+    split_sums,
+)
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -159,6 +166,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE usage_records ADD COLUMN policy_id TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE usage_records ADD COLUMN policy_breach TEXT NOT NULL DEFAULT ''",
     ),
+    # 5: prompt caching and server tools per row (cache-write tokens, searches, tool calls),
+    # the provider's own cost, the tool fees (exact decimals) and BYOK; rows before: zeros.
+    (
+        *(
+            f"ALTER TABLE usage_records ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0 "
+            f"CHECK ({name} >= 0)"
+            for name in TOOL_COUNT_FIELDS
+        ),
+        "ALTER TABLE usage_records ADD COLUMN upstream_cost_usd TEXT",
+        "ALTER TABLE usage_records ADD COLUMN tool_cost_usd TEXT",
+        "ALTER TABLE usage_records ADD COLUMN byok INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 _COLUMNS = ", ".join(RECORD_COLUMNS)
@@ -170,7 +189,8 @@ _INSERT = (
 )
 _TOTALS = f"""
     SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-           coalesce(decimal_sum(cost_usd), '0'), count(*) - count(cost_usd), {MEDIA_SUMS}
+           coalesce(decimal_sum(cost_usd), '0'), count(*) - count(cost_usd), {MEDIA_SUMS},
+           {TOOL_SUMS}, coalesce(decimal_sum(tool_cost_usd), '0')
     FROM usage_records WHERE caller_id = ? AND time >= ? AND time < ?
 """  # noqa: S608
 _BY_PROVIDER = """
@@ -249,15 +269,24 @@ def _to_row(record: UsageRecord) -> tuple[object, ...]:
         record.unsupported_kinds,
         record.policy_id,
         record.policy_breach,
+        *(getattr(record, name) for name in TOOL_COUNT_FIELDS),
+        _decimal_text(record.upstream_cost_usd),
+        _decimal_text(record.tool_cost_usd),
+        int(record.byok),
     )
+
+
+def _decimal_text(amount: Decimal | None) -> str | None:
+    return None if amount is None else str(amount)
 
 
 def _from_row(row: Sequence[Any]) -> UsageRecord:
     fields = dict(zip(RECORD_COLUMNS, row, strict=True))
     fields["time"] = _EPOCH + fields["time"] * _MICROSECOND
-    cost = fields["cost_usd"]
-    fields["cost_usd"] = None if cost is None else Decimal(cost)
-    for flag in ("fallback_used", "repair_used", "cancelled", "reconciled"):
+    for name in ("cost_usd", "upstream_cost_usd", "tool_cost_usd"):
+        amount = fields[name]
+        fields[name] = None if amount is None else Decimal(amount)
+    for flag in ("fallback_used", "repair_used", "cancelled", "reconciled", "byok"):
         fields[flag] = bool(fields[flag])
     return UsageRecord(**fields)
 
@@ -298,14 +327,16 @@ class SqliteLedger(BatchingLedger):
                 db.execute("COMMIT")
 
         row, providers = await self._run(read)
-        requests, prompt, completion, cost, unknown, *media = row
+        requests, prompt, completion, cost, unknown, *rest = row
+        media, tools = split_sums(rest)
         return UsageTotals(
             requests,
             prompt,
             completion,
             Decimal(cost),
             unknown,
-            MediaTotals(*media),
+            media,
+            tools=tools,
             by_provider=tuple(
                 ProviderTotals(name, n, p, c, Decimal(usd)) for name, n, p, c, usd in providers
             ),

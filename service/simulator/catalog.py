@@ -117,6 +117,16 @@ class ModelInfo:
     """Conditional prices (``min_prompt_tokens``…), listed as ``pricing.overrides``."""
     routes_to: str = ""
     """A router (``openrouter/auto``): listed at ``"-1"``, served and billed as this model."""
+    caching: str = ""
+    """``explicit`` (cache_control marks, write prices), ``automatic`` (prefixes cached
+    without marks, reads only) or empty: no prompt cache."""
+    cache_min_tokens: int = 1024
+    """Prefixes shorter than this are not cached (Anthropic's and OpenAI's minimum)."""
+
+    def price(self, key: str) -> Decimal | None:
+        """A further ``pricing`` key's price, None when the model lists none."""
+        value = self.extra_prices.get(key)
+        return None if value is None else Decimal(value)
 
     def supports(self, parameter: str) -> bool:
         return parameter in self.supported_parameters
@@ -132,7 +142,7 @@ class ModelInfo:
             return None
         return self.native_finish_reasons.get(finish_reason, finish_reason)
 
-    def _prompt_cost(self, prompt_tokens: int, media: PromptMedia | None) -> Decimal:
+    def prompt_cost(self, prompt_tokens: int, media: PromptMedia | None) -> Decimal:
         if media is None:
             return self.prompt_price * prompt_tokens
         audio_rate = self.audio_price or self.prompt_price
@@ -143,7 +153,7 @@ class ModelInfo:
             + self.image_price * media.images
         )
 
-    def _completion_cost(self, completion_tokens: int, images: int) -> Decimal:
+    def completion_cost(self, completion_tokens: int, images: int) -> Decimal:
         if not self.image_output_price:
             return self.completion_price * completion_tokens
         # Priced per image, its tokens are not billed again as completion tokens.
@@ -159,8 +169,8 @@ class ModelInfo:
     ) -> tuple[float, float]:
         """Prompt and completion cost in USD, as the floats the wire carries."""
         return (
-            float(self._prompt_cost(prompt_tokens, media)),
-            float(self._completion_cost(completion_tokens, images)),
+            float(self.prompt_cost(prompt_tokens, media)),
+            float(self.completion_cost(completion_tokens, images)),
         )
 
     def total_cost(
@@ -173,8 +183,7 @@ class ModelInfo:
         """The whole cost, summed exactly before becoming a float, as OpenRouter's short
         decimals (0.0000594, never 5.9399999999999994e-05) are."""
         return float(
-            self._prompt_cost(prompt_tokens, media)
-            + self._completion_cost(completion_tokens, images)
+            self.prompt_cost(prompt_tokens, media) + self.completion_cost(completion_tokens, images)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -303,6 +312,7 @@ DEFAULT_CATALOG = Catalog(
             },
             input_modalities=("text", "image", "file"),
             image_price=Decimal("0.000217"),
+            caching="automatic",
             extra_prices={"input_cache_read": "0.000000075"},
         ),
         ModelInfo(
@@ -436,6 +446,7 @@ DEFAULT_CATALOG = Catalog(
             input_modalities=("text", "image", "file"),
             image_price=Decimal("0.0048"),
             reasoning_style=ReasoningStyle.ANTHROPIC,
+            caching="explicit",
             extra_prices={
                 "web_search": "0.01",
                 "input_cache_read": "0.0000003",
@@ -469,6 +480,7 @@ DEFAULT_CATALOG = Catalog(
             native_finish_reasons=_SIM_NATIVE,
             input_modalities=("text", "image", "file"),
             reasoning_style=ReasoningStyle.OPENAI,
+            caching="automatic",
             extra_prices={"web_search": "0.01", "input_cache_read": "0.000000025"},
         ),
         ModelInfo(
@@ -492,6 +504,7 @@ DEFAULT_CATALOG = Catalog(
             image_price=Decimal("0.0000005"),
             audio_price=Decimal("0.000001"),
             reasoning_style=ReasoningStyle.GOOGLE,
+            caching="explicit",
             extra_prices={
                 "web_search": "0.014",
                 "internal_reasoning": "0.000003",

@@ -35,6 +35,8 @@ from .errors import (
     no_endpoints_for_modality,
     scenario_error,
 )
+from .extras import Extras
+from .extras_plan import ExtrasError, cache_use, plan_web_search
 from .generate import Reply, prompt_tokens, random_id, seed_for, usage_json
 from .intake import Admitted, admit, check_auth, error_response
 from .media import MediaError, ParsedFile, PromptMedia, pdf_engine, read_parts
@@ -118,6 +120,7 @@ class _Call:
     prompt_tokens: int
     external_user: str | None
     media: PromptMedia
+    extras: Extras
 
 
 @dataclass(slots=True)
@@ -189,6 +192,12 @@ def _prepare(ctx: SimulatorContext, admitted: Admitted, generation_id: str, crea
     missing = _missing_modality(media, model, body)
     if missing is not None:
         raise _RejectedError(no_endpoints_for_modality(missing))
+    try:
+        web = plan_web_search(body, model, model_id, scenario.searches)
+        cache = cache_use(ctx.state, model, messages, body)
+    except ExtrasError as exc:
+        raise _RejectedError(bad_request(str(exc))) from None
+    extras = Extras(web, cache)
     problem = history_problem(messages)
     if problem is not None:
         raise _RejectedError(bad_request(problem))
@@ -205,9 +214,14 @@ def _prepare(ctx: SimulatorContext, admitted: Admitted, generation_id: str, crea
         scenario=scenario,
         stream=body.get("stream") is True,
         token_limit=_token_limit(body),
-        prompt_tokens=prompt_tokens(messages, extra or None) + media.tokens,
+        prompt_tokens=(
+            prompt_tokens(messages, extra or None)
+            + media.tokens
+            + (web.result_tokens if web is not None else 0)
+        ),
         external_user=user if isinstance(user, str) else None,
         media=media,
+        extras=extras,
     )
 
 
@@ -407,6 +421,7 @@ def _unary(
             media=call.media,
             images=reply.images,
             charged=charged,
+            extras=call.extras,
         ),
     }
     progress.images_sent = reply.images
@@ -511,6 +526,7 @@ async def _stream(
         progress.reasoning_sent,
         media=call.media,
         images=progress.images_sent,
+        extras=call.extras,
     )
     if mid_error is not None and mid_error is not MidStreamError.MINIMAX:
         await writer.data(_error_chunk(encoder, mid_error, call.model.provider_name))
@@ -538,6 +554,10 @@ async def _stream(
                 + orjson.dumps(usage)
             )
         )
+    elif call.extras.web is not None and call.extras.web.tool and not scenario.no_finish:
+        # As recorded with the server tool: a second finish chunk, carrying the usage.
+        native = call.model.native_finish_reason(finish_reason)
+        await writer.data(encoder.choices(finish_choices(finish_reason, native), usage=usage))
     else:
         usage_chunk = _usage_chunk(encoder, scenario.usage_shape, usage)
         if usage_chunk is not None:
@@ -640,8 +660,10 @@ def _parsed_files(call: _Call) -> list[ParsedFile]:
 
 
 def _annotations(call: _Call, reply: Reply) -> list[dict[str, Any]]:
+    web = call.extras.web
+    found = web.results * web.searches if web is not None else 0
     return [
-        *citations(reply.text, call.scenario.citations),
+        *citations(reply.text, call.scenario.citations or found),
         *file_annotations(_parsed_files(call)),
         *unknown_annotations(call.scenario.unknown_outputs),
     ]
@@ -736,9 +758,15 @@ def _record_generation(
             tokens_completion=completion,
             tokens_reasoning=progress.reasoning_sent,
             total_cost=(
-                call.model.total_cost(
-                    call.prompt_tokens, completion, call.media, progress.images_sent
-                )
+                usage_json(
+                    call.model,
+                    call.prompt_tokens,
+                    completion,
+                    progress.reasoning_sent,
+                    media=call.media,
+                    images=progress.images_sent,
+                    extras=call.extras,
+                )["cost"]
                 if charged
                 else 0.0
             ),

@@ -11,12 +11,14 @@ import string
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from .catalog import IMAGE_TOKENS, ModelInfo
+from .extras import Extras
 from .media import PromptMedia
 
 # A prime number of words, so the stride below visits them all before repeating.
@@ -186,19 +188,27 @@ def usage_json(
     media: PromptMedia | None = None,
     images: int = 0,
     charged: bool = True,
+    extras: Extras | None = None,
 ) -> dict[str, Any]:
     """The `usage` object; `charged=False` applies zero-completion insurance (cost 0)."""
-    prompt_cost, completion_cost = (
-        model.cost(prompt, completion, media, images) if charged else (0.0, 0.0)
-    )
-    total = model.total_cost(prompt, completion, media, images) if charged else 0.0
-    prompt_details: dict[str, int] = {"cached_tokens": 0, "cache_write_tokens": 0}
+    extras = extras or Extras()
+    prompt_cost = completion_cost = fee = Decimal(0)
+    if charged:
+        prompt_cost = model.prompt_cost(prompt, media) + extras.prompt_cost_change(model)
+        completion_cost = model.completion_cost(completion, images)
+        fee = extras.web.fee if extras.web is not None else Decimal(0)
+    inference = prompt_cost + completion_cost
+    total = float(inference + fee)
+    prompt_details: dict[str, int] = {
+        "cached_tokens": extras.cache.read,
+        "cache_write_tokens": extras.cache.written,
+    }
     if media is not None and media.tokens:
         prompt_details["audio_tokens"] = media.audio_tokens
         prompt_details["video_tokens"] = media.video_tokens
         # Not in chat captures (only in embeddings'), but the gateway reads it where sent.
         prompt_details["image_tokens"] = media.image_tokens
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
@@ -206,12 +216,16 @@ def usage_json(
         "is_byok": False,
         "prompt_tokens_details": prompt_details,
         "cost_details": {
-            "upstream_inference_cost": total,
-            "upstream_inference_prompt_cost": prompt_cost,
-            "upstream_inference_completions_cost": completion_cost,
+            # The provider's part: OpenRouter's search fees are in cost, not here.
+            "upstream_inference_cost": float(inference),
+            "upstream_inference_prompt_cost": float(prompt_cost),
+            "upstream_inference_completions_cost": float(completion_cost),
         },
         "completion_tokens_details": {
             "reasoning_tokens": reasoning,
             "image_tokens": images * IMAGE_TOKENS,
         },
     }
+    if extras.web is not None:
+        usage["server_tool_use_details"] = extras.web.usage_details()
+    return usage

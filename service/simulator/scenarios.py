@@ -57,6 +57,8 @@ Directive                       Effect
 ``images=N``                    N generated images (default 1 when ``modalities`` asks for
                                 images of an image model; this directive needs that too).
 ``citations=N``                 N ``url_citation`` annotations on the answer.
+``searches=N``                  With the web-search server tool: the model searches N times
+                                (at most the tool's ``max_uses``).
 ``refusal``                     The model refuses: ``refusal`` text, empty content.
 ``unknown-output=KINDS``        Output the contract does not carry, comma-separated:
                                 ``audio`` (``message.audio`` / ``delta.audio``),
@@ -143,6 +145,7 @@ class Scenario:
     keepalive: int | None = None
     images: int | None = None
     citations: int = 0
+    searches: int | None = None
     refusal: bool = False
     unknown_outputs: frozenset[str] = frozenset()
     serve_provider: str | None = None
@@ -236,6 +239,8 @@ def _apply(name: str, value: str | None) -> dict[str, Any]:
             return {"images": _integer(name, value, minimum=1)}
         case "citations":
             return {"citations": _integer(name, value, minimum=1)}
+        case "searches":
+            return {"searches": _integer(name, value, minimum=1)}
         case "unknown-output":
             kinds = frozenset(k.strip().lower() for k in _required(name, value).split(","))
             unknown = kinds - UNKNOWN_KINDS

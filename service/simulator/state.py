@@ -133,6 +133,8 @@ class SimulatorState:
         self._ids = itertools.count(1)
         self._attempts: dict[str, int] = {}
         self._json_first_attempts: dict[str, int] = {}
+        self._prompt_cache: dict[str, float] = {}
+        """Prompt-prefix digests -> when they expire (``time.monotonic()``)."""
         # Replaced on every change: waiters hold the old one, which is set exactly once.
         self._changed = asyncio.Event()
 
@@ -177,6 +179,16 @@ class SimulatorState:
         first = self._json_first_attempts.setdefault(key, message_count)
         return message_count <= first
 
+    def prompt_cache_hit(self, digest: str, now: float) -> bool:
+        expires = self._prompt_cache.get(digest)
+        return expires is not None and expires > now
+
+    def prompt_cache_store(self, digest: str, expires: float) -> None:
+        """Store (or, on a hit, refresh) a cached prefix."""
+        if len(self._prompt_cache) >= _MAX_GENERATIONS:
+            self._prompt_cache.clear()
+        self._prompt_cache[digest] = max(expires, self._prompt_cache.get(digest, 0.0))
+
     def reset(self) -> None:
         """Forget all records and counters (request ids keep increasing)."""
         self.requests.clear()
@@ -185,6 +197,7 @@ class SimulatorState:
         self.request_count = 0
         self._attempts.clear()
         self._json_first_attempts.clear()
+        self._prompt_cache.clear()
         self._notify()
 
     # `timeout=` (rather than the caller's asyncio.timeout, ASYNC109) keeps test code to one

@@ -39,6 +39,7 @@ from service.domain.models import ModelInfo
 from service.domain.ports import GenerationStats
 from service.domain.providers import MAX_PRICE_KINDS, ProviderPreferences
 from service.errors import UpstreamError
+from service.upstream import server_tools
 from service.upstream.errors import error_from_payload, protocol_error
 from service.upstream.outputs import Extras, annotation_json, detail_json, read_extras, url_of
 from service.upstream.pricing import parse_pricing
@@ -126,6 +127,12 @@ def build_body(request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
         plugins.append({"id": "file-parser", "pdf": {"engine": parser.pdf_engine.value}})
     if plugins:
         body["plugins"] = plugins
+    if request.web_search is not None:
+        server_tools.add_web_search(body, request.web_search)
+    if request.parallel_tool_calls is not None:
+        body["parallel_tool_calls"] = request.parallel_tool_calls
+    if request.cache_control is not None:
+        body["cache_control"] = server_tools.cache_control(request.cache_control)
     return body
 
 
@@ -229,7 +236,15 @@ def content_part(part: Part) -> dict[str, Any]:
 
 
 def _part(part: Part) -> dict[str, Any]:
-    """One content part as OpenRouter's ``messages[].content[]`` takes it."""
+    """One content part as OpenRouter's ``messages[].content[]`` takes it, with its
+    prompt-cache mark."""
+    out = _part_body(part)
+    if part.cache is not None:
+        out["cache_control"] = server_tools.cache_control(part.cache)
+    return out
+
+
+def _part_body(part: Part) -> dict[str, Any]:
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
     if isinstance(part, ImagePart):
@@ -290,6 +305,10 @@ def parse_usage(value: object) -> Usage | None:
     total = value.get("total_tokens")
     prompt_details = _dict(value.get("prompt_tokens_details"))
     completion_details = _dict(value.get("completion_tokens_details"))
+    cost_details = _dict(value.get("cost_details"))
+    # The recordings and the OAS say server_tool_use_details; OpenRouter's guides say
+    # server_tool_use (the Responses naming): either is read.
+    tool_use = _dict(value.get("server_tool_use_details") or value.get("server_tool_use"))
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
@@ -302,6 +321,15 @@ def parse_usage(value: object) -> Usage | None:
         prompt_video_tokens=_int(prompt_details.get("video_tokens")),
         completion_image_tokens=_int(completion_details.get("image_tokens")),
         completion_audio_tokens=_int(completion_details.get("audio_tokens")),
+        cache_write_tokens=_int(prompt_details.get("cache_write_tokens")),
+        web_search_requests=_int(tool_use.get("web_search_requests")),
+        server_tool_calls=_int(tool_use.get("tool_calls_executed")),
+        upstream_cost_usd=_float_or_none(cost_details.get("upstream_inference_cost")),
+        upstream_prompt_cost_usd=_float_or_none(cost_details.get("upstream_inference_prompt_cost")),
+        upstream_completion_cost_usd=_float_or_none(
+            cost_details.get("upstream_inference_completions_cost")
+        ),
+        byok=value.get("is_byok") is True,
     )
 
 

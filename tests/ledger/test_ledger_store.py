@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from service.domain.ports import GenerationStats
-from service.domain.usage import LedgerStore, ProviderTotals, UsageTotals
+from service.domain.usage import LedgerStore, ProviderTotals, ToolTotals, UsageTotals
 from tests.ledger.records import HOUR, T0, count_rows, make_record
 
 
@@ -31,10 +31,40 @@ async def test_record_flush_totals(ledger: LedgerStore) -> None:
         completion_tokens=5 + 7 + 5,
         cost_usd=Decimal("0.001502"),  # exact: no float rounding on the way
         unknown_cost_requests=1,
+        tools=ToolTotals(cache_read_tokens=2 * 3),
         by_provider=(ProviderTotals("OpenAI", 3, 120, 17, Decimal("0.001502")),),
     )
     assert await ledger.totals("nobody", T0, T0 + HOUR) == UsageTotals()
     assert ledger.counters().written == 5
+
+
+async def test_cache_and_tool_use_round_trip_and_sum_exactly(ledger: LedgerStore) -> None:
+    searched = make_record(
+        1,
+        cost_usd=Decimal("0.007637029"),
+        cache_write_tokens=1200,
+        web_search_requests=1,
+        server_tool_calls=1,
+        upstream_cost_usd=Decimal("0.000637029"),
+        tool_cost_usd=Decimal("0.007"),
+    )
+    byok = make_record(2, cost_usd=Decimal("0.0001"), byok=True, upstream_cost_usd=Decimal("0.002"))
+    ledger.record(searched)
+    ledger.record(byok)
+    unknown = make_record(3, cost_usd=None, web_search_requests=2, byok=True)
+    ledger.record(unknown)
+    await ledger.flush()
+    totals = await ledger.totals("billing", T0, T0 + HOUR)
+    assert totals.tools == ToolTotals(
+        cache_read_tokens=6,
+        cache_write_tokens=1200,
+        web_search_requests=3,
+        server_tool_calls=1,
+        tool_cost_usd=Decimal("0.007"),
+    )
+    assert totals.cost_usd == Decimal("0.007637029") + Decimal("0.0001")
+    # Read back as written (the record without a cost awaits reconciliation).
+    assert await ledger.unreconciled(10) == [unknown]
 
 
 async def test_totals_are_split_by_provider(ledger: LedgerStore) -> None:

@@ -3,6 +3,7 @@ reservation prices what the catalog says (routers, conditional prices, reasoning
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -12,7 +13,15 @@ from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.domain.accounting import worst_case
 from service.domain.callers import Caller, CallerLimits, hash_key
-from service.domain.completion import CompletionRequest, Message, Role, SamplingParams
+from service.domain.completion import (
+    CacheControl,
+    CacheTtl,
+    CompletionRequest,
+    Message,
+    Role,
+    SamplingParams,
+    TextPart,
+)
 from service.domain.models import ModelInfo, dearest
 from service.simulator import SimulatorConfig
 from service.upstream import wire
@@ -152,6 +161,16 @@ def test_the_worst_case_takes_the_dearest_of_each_kind() -> None:
         internal_reasoning="0.000003",
     )
     assert worst_case(request(), [dear]).usd == (
+        Decimal("0.00000125") * prompt_tokens + Decimal("0.000003") * 100
+    )
+    # A 1-hour cache mark: writes at the 1-hour price.
+    marked = dataclasses.replace(
+        request(),
+        messages=(
+            Message(Role.USER, "", parts=(TextPart("x" * 100, CacheControl(CacheTtl.ONE_HOUR)),)),
+        ),
+    )
+    assert worst_case(marked, [dear]).usd == (
         Decimal("0.000002") * prompt_tokens + Decimal("0.000003") * 100
     )
     # Conditional prices: the highest tier counts.

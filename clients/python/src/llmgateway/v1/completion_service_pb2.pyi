@@ -163,6 +163,140 @@ REASONING_SUMMARY_VERBOSITY_DETAILED: ReasoningSummaryVerbosity.ValueType  # 3
 """Long."""
 Global___ReasoningSummaryVerbosity: _TypeAlias = ReasoningSummaryVerbosity  # noqa: Y015
 
+class _CacheTtl:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheTtlEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheTtl.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_TTL_UNSPECIFIED: _CacheTtl.ValueType  # 0
+    """Not set: the provider's default, 5 minutes."""
+    CACHE_TTL_5M: _CacheTtl.ValueType  # 1
+    """5 minutes (`ttl: "5m"`)."""
+    CACHE_TTL_1H: _CacheTtl.ValueType  # 2
+    """1 hour (`ttl: "1h"`), on providers that offer it (Anthropic); writes cost more
+    (`ModelPricing.cache_write_1h_usd_per_token`).
+    """
+
+class CacheTtl(_CacheTtl, metaclass=_CacheTtlEnumTypeWrapper):
+    """CacheTtl is how long a prompt-cache entry lives."""
+
+CACHE_TTL_UNSPECIFIED: CacheTtl.ValueType  # 0
+"""Not set: the provider's default, 5 minutes."""
+CACHE_TTL_5M: CacheTtl.ValueType  # 1
+"""5 minutes (`ttl: "5m"`)."""
+CACHE_TTL_1H: CacheTtl.ValueType  # 2
+"""1 hour (`ttl: "1h"`), on providers that offer it (Anthropic); writes cost more
+(`ModelPricing.cache_write_1h_usd_per_token`).
+"""
+Global___CacheTtl: _TypeAlias = CacheTtl  # noqa: Y015
+
+class _WebSearchMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebSearchModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebSearchMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEB_SEARCH_MODE_UNSPECIFIED: _WebSearchMode.ValueType  # 0
+    """Not set: `WEB_SEARCH_MODE_PLUGIN`."""
+    WEB_SEARCH_MODE_PLUGIN: _WebSearchMode.ValueType  # 1
+    """OpenRouter's `web` plugin (what the `:online` model suffix asks for): one search, run
+    before the model answers, its results added to the prompt. Works with every model.
+    """
+    WEB_SEARCH_MODE_TOOL: _WebSearchMode.ValueType  # 2
+    """OpenRouter's `openrouter:web_search` server tool: the model searches when it decides to,
+    up to `max_uses` times, each search followed by another round of inference over the
+    conversation and the results. Needs a model that calls tools.
+    """
+
+class WebSearchMode(_WebSearchMode, metaclass=_WebSearchModeEnumTypeWrapper):
+    """WebSearchMode is how web search runs."""
+
+WEB_SEARCH_MODE_UNSPECIFIED: WebSearchMode.ValueType  # 0
+"""Not set: `WEB_SEARCH_MODE_PLUGIN`."""
+WEB_SEARCH_MODE_PLUGIN: WebSearchMode.ValueType  # 1
+"""OpenRouter's `web` plugin (what the `:online` model suffix asks for): one search, run
+before the model answers, its results added to the prompt. Works with every model.
+"""
+WEB_SEARCH_MODE_TOOL: WebSearchMode.ValueType  # 2
+"""OpenRouter's `openrouter:web_search` server tool: the model searches when it decides to,
+up to `max_uses` times, each search followed by another round of inference over the
+conversation and the results. Needs a model that calls tools.
+"""
+Global___WebSearchMode: _TypeAlias = WebSearchMode  # noqa: Y015
+
+class _WebSearchEngine:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebSearchEngineEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebSearchEngine.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEB_SEARCH_ENGINE_UNSPECIFIED: _WebSearchEngine.ValueType  # 0
+    """Not set: OpenRouter chooses: the model's own search where it has one (its
+    `ModelPricing.web_search_usd`), else Exa.
+    """
+    WEB_SEARCH_ENGINE_NATIVE: _WebSearchEngine.ValueType  # 1
+    """The provider's own search, billed at `ModelPricing.web_search_usd` per search; needs a
+    model that has one, else FAILED_PRECONDITION / UNSUPPORTED_FEATURE.
+    """
+    WEB_SEARCH_ENGINE_EXA: _WebSearchEngine.ValueType  # 2
+    """Exa, billed by OpenRouter per search."""
+    WEB_SEARCH_ENGINE_FIRECRAWL: _WebSearchEngine.ValueType  # 3
+    """Firecrawl, on the organisation's own Firecrawl credits (BYOK)."""
+    WEB_SEARCH_ENGINE_PARALLEL: _WebSearchEngine.ValueType  # 4
+    """Parallel, billed by OpenRouter per search."""
+    WEB_SEARCH_ENGINE_PERPLEXITY: _WebSearchEngine.ValueType  # 5
+    """Perplexity, billed by OpenRouter per search."""
+
+class WebSearchEngine(_WebSearchEngine, metaclass=_WebSearchEngineEnumTypeWrapper):
+    """WebSearchEngine is who runs a web search."""
+
+WEB_SEARCH_ENGINE_UNSPECIFIED: WebSearchEngine.ValueType  # 0
+"""Not set: OpenRouter chooses: the model's own search where it has one (its
+`ModelPricing.web_search_usd`), else Exa.
+"""
+WEB_SEARCH_ENGINE_NATIVE: WebSearchEngine.ValueType  # 1
+"""The provider's own search, billed at `ModelPricing.web_search_usd` per search; needs a
+model that has one, else FAILED_PRECONDITION / UNSUPPORTED_FEATURE.
+"""
+WEB_SEARCH_ENGINE_EXA: WebSearchEngine.ValueType  # 2
+"""Exa, billed by OpenRouter per search."""
+WEB_SEARCH_ENGINE_FIRECRAWL: WebSearchEngine.ValueType  # 3
+"""Firecrawl, on the organisation's own Firecrawl credits (BYOK)."""
+WEB_SEARCH_ENGINE_PARALLEL: WebSearchEngine.ValueType  # 4
+"""Parallel, billed by OpenRouter per search."""
+WEB_SEARCH_ENGINE_PERPLEXITY: WebSearchEngine.ValueType  # 5
+"""Perplexity, billed by OpenRouter per search."""
+Global___WebSearchEngine: _TypeAlias = WebSearchEngine  # noqa: Y015
+
+class _SearchContextSize:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SearchContextSizeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SearchContextSize.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEARCH_CONTEXT_SIZE_UNSPECIFIED: _SearchContextSize.ValueType  # 0
+    """Not set: the engine's default (medium)."""
+    SEARCH_CONTEXT_SIZE_LOW: _SearchContextSize.ValueType  # 1
+    """Little text per result: cheaper."""
+    SEARCH_CONTEXT_SIZE_MEDIUM: _SearchContextSize.ValueType  # 2
+    """The default."""
+    SEARCH_CONTEXT_SIZE_HIGH: _SearchContextSize.ValueType  # 3
+    """The most text per result."""
+
+class SearchContextSize(_SearchContextSize, metaclass=_SearchContextSizeEnumTypeWrapper):
+    """SearchContextSize is how much of each result the model reads."""
+
+SEARCH_CONTEXT_SIZE_UNSPECIFIED: SearchContextSize.ValueType  # 0
+"""Not set: the engine's default (medium)."""
+SEARCH_CONTEXT_SIZE_LOW: SearchContextSize.ValueType  # 1
+"""Little text per result: cheaper."""
+SEARCH_CONTEXT_SIZE_MEDIUM: SearchContextSize.ValueType  # 2
+"""The default."""
+SEARCH_CONTEXT_SIZE_HIGH: SearchContextSize.ValueType  # 3
+"""The most text per result."""
+Global___SearchContextSize: _TypeAlias = SearchContextSize  # noqa: Y015
+
 class _ImageDetail:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -823,6 +957,7 @@ class Part(_message.Message):
     FILE_FIELD_NUMBER: _builtins.int
     AUDIO_FIELD_NUMBER: _builtins.int
     VIDEO_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Text; must not be empty."""
     @_builtins.property
@@ -841,6 +976,18 @@ class Part(_message.Message):
     def video(self) -> Global___VideoPart:
         """A video."""
 
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """Settings that apply to a part of any kind are fields outside the oneof, numbered from 16.
+        Optional. A prompt-cache breakpoint: the conversation up to and including this part may
+        be cached by the provider, so the next call that starts with the same prefix reads it
+        from the cache (`Usage.cached_tokens`, at the cache-read price) instead of paying full
+        price for it. Writing the cache costs more than plain prompt tokens on providers that bill
+        writes (`Usage.cache_write_tokens`, at the cache-write price). At most 4 marks a request
+        (Anthropic's limit; Gemini uses only the last). A text-only message carries a mark as a
+        text part.
+        """
+
     def __init__(
         self,
         *,
@@ -849,16 +996,109 @@ class Part(_message.Message):
         file: Global___FilePart | None = ...,
         audio: Global___AudioPart | None = ...,
         video: Global___VideoPart | None = ...,
+        cache_control: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "data", b"data", "file", b"file", "image", b"image", "text", b"text", "video", b"video"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "cache_control", b"cache_control", "data", b"data", "file", b"file", "image", b"image", "text", b"text", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "data", b"data", "file", b"file", "image", b"image", "text", b"text", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "cache_control", b"cache_control", "data", b"data", "file", b"file", "image", b"image", "text", b"text", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["text", "image", "file", "audio", "video"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
 
 Global___Part: _TypeAlias = Part  # noqa: Y015
+
+@_typing.final
+class CacheControl(_message.Message):
+    """CacheControl is a prompt-cache mark (OpenRouter's `cache_control: {"type": "ephemeral"}`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    ttl: Global___CacheTtl.ValueType
+    """Optional. How long the entry lives. Default: the provider's (5 minutes)."""
+    def __init__(
+        self,
+        *,
+        ttl: Global___CacheTtl.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheControl: _TypeAlias = CacheControl  # noqa: Y015
+
+@_typing.final
+class WebSearchOptions(_message.Message):
+    """WebSearchOptions ask OpenRouter to search the web for the model. Each search is billed on
+    top of tokens and included in `Usage.cost_usd`; `Usage.web_search_requests` counts them.
+    The sources come back as URL citations in the answer's `annotations`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    MAX_RESULTS_FIELD_NUMBER: _builtins.int
+    MAX_USES_FIELD_NUMBER: _builtins.int
+    SEARCH_PROMPT_FIELD_NUMBER: _builtins.int
+    SEARCH_CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
+    ALLOWED_DOMAINS_FIELD_NUMBER: _builtins.int
+    EXCLUDED_DOMAINS_FIELD_NUMBER: _builtins.int
+    mode: Global___WebSearchMode.ValueType
+    """Optional. Plugin (one search before answering) or server tool (the model decides).
+    Default: plugin.
+    """
+    engine: Global___WebSearchEngine.ValueType
+    """Optional. Who searches. Default: OpenRouter's choice."""
+    max_results: _builtins.int
+    """Optional. Results per search, 1 to 25 (Perplexity: 20). Default: 5."""
+    max_uses: _builtins.int
+    """Optional. Searches at most, 1 to 10. Default: 1. Always sent, so the gateway's
+    reservation bounds what the searches cost.
+    """
+    search_prompt: _builtins.str
+    """Optional, plugin only. The instruction that introduces the results to the model, at most
+    4,000 characters. Default: OpenRouter's ("A web search was conducted on …").
+    """
+    search_context_size: Global___SearchContextSize.ValueType
+    """Optional. How much of each result the model reads. Default: the engine's."""
+    @_builtins.property
+    def allowed_domains(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. Only search these domains (`example.com`, `*.example.com`), at most 32."""
+
+    @_builtins.property
+    def excluded_domains(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. Never search these domains, at most 32."""
+
+    def __init__(
+        self,
+        *,
+        mode: Global___WebSearchMode.ValueType = ...,
+        engine: Global___WebSearchEngine.ValueType = ...,
+        max_results: _builtins.int | None = ...,
+        max_uses: _builtins.int | None = ...,
+        search_prompt: _builtins.str = ...,
+        search_context_size: Global___SearchContextSize.ValueType = ...,
+        allowed_domains: _abc.Iterable[_builtins.str] | None = ...,
+        excluded_domains: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_results", b"_max_results", "_max_uses", b"_max_uses", "max_results", b"max_results", "max_uses", b"max_uses"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_results", b"_max_results", "_max_uses", b"_max_uses", "allowed_domains", b"allowed_domains", "engine", b"engine", "excluded_domains", b"excluded_domains", "max_results", b"max_results", "max_uses", b"max_uses", "mode", b"mode", "search_context_size", b"search_context_size", "search_prompt", b"search_prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_results: _TypeAlias = _typing.Literal["max_results"]  # noqa: Y015
+    _WhichOneofArgType__max_results: _TypeAlias = _typing.Literal["_max_results", b"_max_results"]  # noqa: Y015
+    _WhichOneofReturnType__max_uses: _TypeAlias = _typing.Literal["max_uses"]  # noqa: Y015
+    _WhichOneofArgType__max_uses: _TypeAlias = _typing.Literal["_max_uses", b"_max_uses"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_results) -> _WhichOneofReturnType__max_results | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_uses) -> _WhichOneofReturnType__max_uses | None: ...
+
+Global___WebSearchOptions: _TypeAlias = WebSearchOptions  # noqa: Y015
 
 @_typing.final
 class Blob(_message.Message):
@@ -1532,6 +1772,13 @@ class Usage(_message.Message):
     PROMPT_VIDEO_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_IMAGE_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_AUDIO_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    WEB_SEARCH_REQUESTS_FIELD_NUMBER: _builtins.int
+    SERVER_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    UPSTREAM_INFERENCE_COST_USD_FIELD_NUMBER: _builtins.int
+    UPSTREAM_INFERENCE_PROMPT_COST_USD_FIELD_NUMBER: _builtins.int
+    UPSTREAM_INFERENCE_COMPLETION_COST_USD_FIELD_NUMBER: _builtins.int
+    BYOK_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Output only. Tokens of the prompt, in the serving model's tokenizer."""
     completion_tokens: _builtins.int
@@ -1555,8 +1802,32 @@ class Usage(_message.Message):
     completion_image_tokens: _builtins.int
     """Output only. Of `completion_tokens`, those of generated images."""
     completion_audio_tokens: _builtins.int
-    """Output only. Of `completion_tokens`, those of generated audio.
-    Further kinds (cache writes, server-tool use, upstream cost details) are fields from 12 on.
+    """Output only. Of `completion_tokens`, those of generated audio."""
+    cache_write_tokens: _builtins.int
+    """Output only. Of `prompt_tokens`, those written to the provider's prompt cache (models
+    with explicit caching and a cache-write price; billed at that price).
+    """
+    web_search_requests: _builtins.int
+    """Output only. Web searches OpenRouter ran for the call (plugin or server tool); each is
+    billed on top of tokens, and `cost_usd` includes it.
+    """
+    server_tool_calls: _builtins.int
+    """Output only. Server-tool calls OpenRouter ran for the call (a web search counts here and
+    in `web_search_requests`: do not add the two).
+    """
+    upstream_inference_cost_usd: _builtins.float
+    """Output only. What the provider billed for the inference itself, in US dollars
+    (OpenRouter's `cost_details.upstream_inference_cost`), when reported: OpenRouter's tool
+    fees, such as web search, are in `cost_usd` but not here. With the organisation's own
+    provider key (`byok`) this is the provider's bill, and `cost_usd` OpenRouter's fee.
+    """
+    upstream_inference_prompt_cost_usd: _builtins.float
+    """Output only. Of `upstream_inference_cost_usd`, the prompt's part."""
+    upstream_inference_completion_cost_usd: _builtins.float
+    """Output only. Of `upstream_inference_cost_usd`, the completion's part."""
+    byok: _builtins.bool
+    """Output only. The call ran on the organisation's own provider key (BYOK, OpenRouter's
+    `is_byok`), not on OpenRouter's.
     """
     def __init__(
         self,
@@ -1572,12 +1843,30 @@ class Usage(_message.Message):
         prompt_video_tokens: _builtins.int = ...,
         completion_image_tokens: _builtins.int = ...,
         completion_audio_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        web_search_requests: _builtins.int = ...,
+        server_tool_calls: _builtins.int = ...,
+        upstream_inference_cost_usd: _builtins.float | None = ...,
+        upstream_inference_prompt_cost_usd: _builtins.float | None = ...,
+        upstream_inference_completion_cost_usd: _builtins.float | None = ...,
+        byok: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_upstream_inference_completion_cost_usd", b"_upstream_inference_completion_cost_usd", "_upstream_inference_cost_usd", b"_upstream_inference_cost_usd", "_upstream_inference_prompt_cost_usd", b"_upstream_inference_prompt_cost_usd", "upstream_inference_completion_cost_usd", b"upstream_inference_completion_cost_usd", "upstream_inference_cost_usd", b"upstream_inference_cost_usd", "upstream_inference_prompt_cost_usd", b"upstream_inference_prompt_cost_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "completion_audio_tokens", b"completion_audio_tokens", "completion_image_tokens", b"completion_image_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "prompt_audio_tokens", b"prompt_audio_tokens", "prompt_image_tokens", b"prompt_image_tokens", "prompt_tokens", b"prompt_tokens", "prompt_video_tokens", b"prompt_video_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upstream_inference_completion_cost_usd", b"_upstream_inference_completion_cost_usd", "_upstream_inference_cost_usd", b"_upstream_inference_cost_usd", "_upstream_inference_prompt_cost_usd", b"_upstream_inference_prompt_cost_usd", "byok", b"byok", "cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_audio_tokens", b"completion_audio_tokens", "completion_image_tokens", b"completion_image_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "prompt_audio_tokens", b"prompt_audio_tokens", "prompt_image_tokens", b"prompt_image_tokens", "prompt_tokens", b"prompt_tokens", "prompt_video_tokens", b"prompt_video_tokens", "reasoning_tokens", b"reasoning_tokens", "server_tool_calls", b"server_tool_calls", "total_tokens", b"total_tokens", "upstream_inference_completion_cost_usd", b"upstream_inference_completion_cost_usd", "upstream_inference_cost_usd", b"upstream_inference_cost_usd", "upstream_inference_prompt_cost_usd", b"upstream_inference_prompt_cost_usd", "web_search_requests", b"web_search_requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__upstream_inference_completion_cost_usd: _TypeAlias = _typing.Literal["upstream_inference_completion_cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__upstream_inference_completion_cost_usd: _TypeAlias = _typing.Literal["_upstream_inference_completion_cost_usd", b"_upstream_inference_completion_cost_usd"]  # noqa: Y015
+    _WhichOneofReturnType__upstream_inference_cost_usd: _TypeAlias = _typing.Literal["upstream_inference_cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__upstream_inference_cost_usd: _TypeAlias = _typing.Literal["_upstream_inference_cost_usd", b"_upstream_inference_cost_usd"]  # noqa: Y015
+    _WhichOneofReturnType__upstream_inference_prompt_cost_usd: _TypeAlias = _typing.Literal["upstream_inference_prompt_cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__upstream_inference_prompt_cost_usd: _TypeAlias = _typing.Literal["_upstream_inference_prompt_cost_usd", b"_upstream_inference_prompt_cost_usd"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upstream_inference_completion_cost_usd) -> _WhichOneofReturnType__upstream_inference_completion_cost_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upstream_inference_cost_usd) -> _WhichOneofReturnType__upstream_inference_cost_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upstream_inference_prompt_cost_usd) -> _WhichOneofReturnType__upstream_inference_prompt_cost_usd | None: ...
 
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
@@ -1735,6 +2024,9 @@ class CompleteRequest(_message.Message):
     LOGPROBS_FIELD_NUMBER: _builtins.int
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
     RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    WEB_SEARCH_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. The OpenRouter model id, e.g. `openai/gpt-4o-mini`. Empty: the gateway's default
@@ -1759,6 +2051,10 @@ class CompleteRequest(_message.Message):
     """
     response_format: Global___ResponseFormat.ValueType
     """Optional. The answer's form: free text, or a JSON object (JSON mode). Default: text."""
+    parallel_tool_calls: _builtins.bool
+    """Optional. Whether the model may call several tools at once. Requires `tools` or a
+    server-tool web search. Default: the provider's (true).
+    """
     @_builtins.property
     def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional. Up to 3 further model ids tried in order if `model` fails upstream. Each must be
@@ -1802,6 +2098,17 @@ class CompleteRequest(_message.Message):
         """
 
     @_builtins.property
+    def web_search(self) -> Global___WebSearchOptions:
+        """Optional. Search the web for the model (see WebSearchOptions). Default: no search."""
+
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """Optional. Automatic prompt caching of the whole request (OpenRouter's top-level
+        `cache_control`: Anthropic, Bedrock, Vertex and Azure place the breakpoint themselves).
+        Marks on parts (`Part.cache_control`) place breakpoints explicitly.
+        """
+
+    @_builtins.property
     def provider(self) -> Global___ProviderPreferences:
         """Optional. Which providers may serve, within the caller's policy."""
 
@@ -1821,14 +2128,22 @@ class CompleteRequest(_message.Message):
         logprobs: _builtins.bool = ...,
         top_logprobs: _builtins.int | None = ...,
         response_format: Global___ResponseFormat.ValueType = ...,
+        web_search: Global___WebSearchOptions | None = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        cache_control: Global___CacheControl | None = ...,
         provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "file_parser", b"file_parser", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_top_logprobs", b"_top_logprobs", "cache_control", b"cache_control", "file_parser", b"file_parser", "parallel_tool_calls", b"parallel_tool_calls", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "web_search", b"web_search"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "provider", b"provider", "reasoning", b"reasoning", "response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_top_logprobs", b"_top_logprobs", "cache_control", b"cache_control", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "parallel_tool_calls", b"parallel_tool_calls", "provider", b"provider", "reasoning", b"reasoning", "response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "web_search", b"web_search"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
     _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_logprobs) -> _WhichOneofReturnType__top_logprobs | None: ...
 
 Global___CompleteRequest: _TypeAlias = CompleteRequest  # noqa: Y015
@@ -1981,6 +2296,8 @@ class CompleteStructuredRequest(_message.Message):
     INLINE_SCHEMA_FIELD_NUMBER: _builtins.int
     FILE_PARSER_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    WEB_SEARCH_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
@@ -2017,6 +2334,16 @@ class CompleteStructuredRequest(_message.Message):
         """Optional. Ask for reasoning. Default: the model's own behaviour."""
 
     @_builtins.property
+    def web_search(self) -> Global___WebSearchOptions:
+        """Optional. As in [CompleteRequest.web_search][llmgateway.v1.CompleteRequest.web_search]."""
+
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """Optional. As in
+        [CompleteRequest.cache_control][llmgateway.v1.CompleteRequest.cache_control].
+        """
+
+    @_builtins.property
     def provider(self) -> Global___ProviderPreferences:
         """Optional. Which providers may serve, within the caller's policy."""
 
@@ -2032,11 +2359,13 @@ class CompleteStructuredRequest(_message.Message):
         inline_schema: Global___InlineJsonSchema | None = ...,
         file_parser: Global___FileParserOptions | None = ...,
         reasoning: Global___ReasoningConfig | None = ...,
+        web_search: Global___WebSearchOptions | None = ...,
+        cache_control: Global___CacheControl | None = ...,
         provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["file_parser", b"file_parser", "inline_schema", b"inline_schema", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name", "web_search", b"web_search"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name", "web_search", b"web_search"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_schema: _TypeAlias = _typing.Literal["schema_name", "inline_schema"]  # noqa: Y015
     _WhichOneofArgType_schema: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
@@ -2141,6 +2470,9 @@ class StreamCompleteRequest(_message.Message):
     LOGPROBS_FIELD_NUMBER: _builtins.int
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
     RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    WEB_SEARCH_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
@@ -2157,6 +2489,10 @@ class StreamCompleteRequest(_message.Message):
     response_format: Global___ResponseFormat.ValueType
     """Optional. As in
     [CompleteRequest.response_format][llmgateway.v1.CompleteRequest.response_format].
+    """
+    parallel_tool_calls: _builtins.bool
+    """Optional. As in
+    [CompleteRequest.parallel_tool_calls][llmgateway.v1.CompleteRequest.parallel_tool_calls].
     """
     @_builtins.property
     def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -2197,6 +2533,16 @@ class StreamCompleteRequest(_message.Message):
         """
 
     @_builtins.property
+    def web_search(self) -> Global___WebSearchOptions:
+        """Optional. As in [CompleteRequest.web_search][llmgateway.v1.CompleteRequest.web_search]."""
+
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """Optional. As in
+        [CompleteRequest.cache_control][llmgateway.v1.CompleteRequest.cache_control].
+        """
+
+    @_builtins.property
     def provider(self) -> Global___ProviderPreferences:
         """Optional. Which providers may serve, within the caller's policy."""
 
@@ -2216,14 +2562,22 @@ class StreamCompleteRequest(_message.Message):
         logprobs: _builtins.bool = ...,
         top_logprobs: _builtins.int | None = ...,
         response_format: Global___ResponseFormat.ValueType = ...,
+        web_search: Global___WebSearchOptions | None = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        cache_control: Global___CacheControl | None = ...,
         provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "file_parser", b"file_parser", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_top_logprobs", b"_top_logprobs", "cache_control", b"cache_control", "file_parser", b"file_parser", "parallel_tool_calls", b"parallel_tool_calls", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "web_search", b"web_search"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "provider", b"provider", "reasoning", b"reasoning", "response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_top_logprobs", b"_top_logprobs", "cache_control", b"cache_control", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "parallel_tool_calls", b"parallel_tool_calls", "provider", b"provider", "reasoning", b"reasoning", "response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "web_search", b"web_search"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
     _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_logprobs) -> _WhichOneofReturnType__top_logprobs | None: ...
 
 Global___StreamCompleteRequest: _TypeAlias = StreamCompleteRequest  # noqa: Y015
@@ -2464,6 +2818,8 @@ class StreamCompleteStructuredRequest(_message.Message):
     INLINE_SCHEMA_FIELD_NUMBER: _builtins.int
     FILE_PARSER_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    WEB_SEARCH_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
@@ -2503,6 +2859,16 @@ class StreamCompleteStructuredRequest(_message.Message):
         """Optional. Ask for reasoning. Default: the model's own behaviour."""
 
     @_builtins.property
+    def web_search(self) -> Global___WebSearchOptions:
+        """Optional. As in [CompleteRequest.web_search][llmgateway.v1.CompleteRequest.web_search]."""
+
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """Optional. As in
+        [CompleteRequest.cache_control][llmgateway.v1.CompleteRequest.cache_control].
+        """
+
+    @_builtins.property
     def provider(self) -> Global___ProviderPreferences:
         """Optional. As in [CompleteRequest.provider][llmgateway.v1.CompleteRequest.provider]."""
 
@@ -2518,11 +2884,13 @@ class StreamCompleteStructuredRequest(_message.Message):
         inline_schema: Global___InlineJsonSchema | None = ...,
         file_parser: Global___FileParserOptions | None = ...,
         reasoning: Global___ReasoningConfig | None = ...,
+        web_search: Global___WebSearchOptions | None = ...,
+        cache_control: Global___CacheControl | None = ...,
         provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["file_parser", b"file_parser", "inline_schema", b"inline_schema", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name", "web_search", b"web_search"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name", "web_search", b"web_search"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_schema: _TypeAlias = _typing.Literal["schema_name", "inline_schema"]  # noqa: Y015
     _WhichOneofArgType_schema: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
@@ -3005,6 +3373,11 @@ class GetUsageResponse(_message.Message):
     MEDIA_INPUTS_FIELD_NUMBER: _builtins.int
     IMAGES_GENERATED_FIELD_NUMBER: _builtins.int
     UNSUPPORTED_OUTPUTS_FIELD_NUMBER: _builtins.int
+    CACHE_READ_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    WEB_SEARCH_REQUESTS_FIELD_NUMBER: _builtins.int
+    SERVER_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_COST_USD_FIELD_NUMBER: _builtins.int
     PROVIDERS_FIELD_NUMBER: _builtins.int
     caller_id: _builtins.str
     """Output only. The caller the usage belongs to."""
@@ -3030,6 +3403,18 @@ class GetUsageResponse(_message.Message):
     """Output only. Images the models made."""
     unsupported_outputs: _builtins.int
     """Output only. Outputs the contract could not carry (see UnsupportedOutput), all kinds."""
+    cache_read_tokens: _builtins.int
+    """Output only. Prompt tokens read from providers' prompt caches in the period."""
+    cache_write_tokens: _builtins.int
+    """Output only. Prompt tokens written to providers' prompt caches in the period."""
+    web_search_requests: _builtins.int
+    """Output only. Web searches OpenRouter ran in the period."""
+    server_tool_calls: _builtins.int
+    """Output only. Server-tool calls OpenRouter ran in the period (searches included)."""
+    tool_cost_usd: _builtins.float
+    """Output only. Of `cost_usd`, OpenRouter's tool fees (web search) where they are known: the
+    cost beyond the provider's own (`Usage.upstream_inference_cost_usd`), on OpenRouter's key.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. Start of the period reported."""
@@ -3071,11 +3456,16 @@ class GetUsageResponse(_message.Message):
         media_inputs: _abc.Iterable[Global___MediaInputTotal] | None = ...,
         images_generated: _builtins.int = ...,
         unsupported_outputs: _builtins.int = ...,
+        cache_read_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        web_search_requests: _builtins.int = ...,
+        server_tool_calls: _builtins.int = ...,
+        tool_cost_usd: _builtins.float = ...,
         providers: _abc.Iterable[Global___ProviderUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_id", b"caller_id", "completion_audio_tokens", b"completion_audio_tokens", "completion_image_tokens", b"completion_image_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "end_time", b"end_time", "images_generated", b"images_generated", "media_inputs", b"media_inputs", "prompt_audio_tokens", b"prompt_audio_tokens", "prompt_image_tokens", b"prompt_image_tokens", "prompt_tokens", b"prompt_tokens", "prompt_video_tokens", b"prompt_video_tokens", "providers", b"providers", "quotas", b"quotas", "request_count", b"request_count", "start_time", b"start_time", "unsupported_outputs", b"unsupported_outputs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "caller_id", b"caller_id", "completion_audio_tokens", b"completion_audio_tokens", "completion_image_tokens", b"completion_image_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "end_time", b"end_time", "images_generated", b"images_generated", "media_inputs", b"media_inputs", "prompt_audio_tokens", b"prompt_audio_tokens", "prompt_image_tokens", b"prompt_image_tokens", "prompt_tokens", b"prompt_tokens", "prompt_video_tokens", b"prompt_video_tokens", "providers", b"providers", "quotas", b"quotas", "request_count", b"request_count", "server_tool_calls", b"server_tool_calls", "start_time", b"start_time", "tool_cost_usd", b"tool_cost_usd", "unsupported_outputs", b"unsupported_outputs", "web_search_requests", b"web_search_requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
