@@ -28,7 +28,7 @@ from service.callers_file import load_callers, log_policies
 from service.config import ConfigError, GatewaySettings, OpenRouterSettings
 from service.domain.accounting import Accountant, Durability
 from service.domain.callers import Caller, CallerRegistry
-from service.domain.gateway import Gateway, GatewayPolicy
+from service.domain.gateway import Gateway, GatewayPolicy, ModelCatalog
 from service.domain.limits import RequestLimits
 from service.domain.models import ModelInfo
 from service.domain.quotas import FailurePolicy, LeasePolicy, QuotaStore
@@ -197,7 +197,10 @@ class GatewayServer:
         self._stack.push_async_callback(ledger.close)
         self.ledger = ledger
         reconciler = Reconciler(
-            ledger, client.get_generation, interval_s=self.settings.reconcile_interval_s
+            ledger,
+            client.get_generation,
+            models=ModelCatalog(client).get,
+            interval_s=self.settings.reconcile_interval_s,
         )
         if self.reconcile:
             reconciler.start()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -57,6 +57,7 @@ from service.domain.completion import (
     Usage,
     VideoPart,
 )
+from service.domain.cost_kinds import CostKind, CostSplit
 from service.domain.models import ModelInfo, ModelPricing
 from service.domain.providers import (
     MAX_PRICE_KINDS,
@@ -811,7 +812,25 @@ def usage_response(
                 prompt_tokens=p.prompt_tokens,
                 completion_tokens=p.completion_tokens,
                 cost_usd=float(p.cost_usd),
+                costs=_kind_costs(p.costs),
             )
             for p in totals.by_provider
         ],
+        costs=_kind_costs(totals.costs),
     )
+
+
+_COST_KINDS: Mapping[CostKind, pb.CostKind.ValueType] = {
+    kind: pb.CostKind.Value(f"COST_KIND_{kind.name}") for kind in CostKind
+}
+
+
+def _kind_costs(costs: CostSplit) -> list[pb.KindCost]:
+    # Normalised, the same amount reads the same from either ledger (PostgreSQL's sums keep
+    # trailing zeros): 0.0000642, never 0.000064200 or 6.42E-5.
+    return [
+        pb.KindCost(
+            kind=_COST_KINDS[kind], cost_usd=float(usd), cost_usd_decimal=_usd(usd.normalize())
+        )
+        for kind, usd in costs.parts
+    ]

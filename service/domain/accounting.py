@@ -34,6 +34,7 @@ from service.domain.completion import (
     cache_marks,
     part_bytes,
 )
+from service.domain.cost_kinds import CostUnits, split_cost
 from service.domain.models import ModelInfo, ModelPricing
 from service.domain.providers import NO_MAX_PRICE
 from service.domain.server_tools import WebSearch
@@ -129,6 +130,9 @@ class CallRecord:
     """The id of the caller's policy that applied (``Policy.id``)."""
     policy_breach: str = ""
     """The policy rule the answer's provider breaks, when OpenRouter served against it."""
+    served_pricing: ModelPricing | None = None
+    """The catalog prices of the model that served (set when the call is settled): what
+    its cost is split by kind with (``split_cost``)."""
     finished: bool = False
     """Set once the RPC's outcome is accounted, so it is accounted exactly once."""
     interrupted: bool = False
@@ -418,6 +422,12 @@ def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecor
         upstream_cost_usd=upstream,
         tool_cost_usd=_tool_cost(cost, upstream, usage),
         byok=usage.byok if usage else False,
+        costs=split_cost(
+            cost,
+            usage,
+            record.served_pricing,
+            CostUnits(media.images, record.images_out, embeddings=record.rpc == "Embed"),
+        ),
     )
 
 

@@ -416,10 +416,12 @@ class Gateway:
                     if (record.stats.served_model)
                     else call.model
                 )
+                priced = served or call.model
+                record.served_pricing = priced.pricing
                 await self._quotas.settle(
                     reservation,
                     tokens=usage.total_tokens,
-                    usd=usage_cost(usage, served or call.model),
+                    usd=usage_cost(usage, priced),
                 )
             elif record.stats.generation_id or record.stats.relayed:
                 # Something was generated but its usage never arrived (a cancelled stream):

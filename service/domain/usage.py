@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
 
+from service.domain.cost_kinds import CostKind, CostSplit
 from service.domain.ports import GenerationStats
 
 
@@ -92,6 +93,9 @@ class UsageRecord:
     upstream_cost_usd: Decimal | None = None
     tool_cost_usd: Decimal | None = None
     byok: bool = False
+    costs: CostSplit | None = None
+    """``cost_usd`` by kind (``split_cost``), summing to it exactly; None when the cost is
+    unknown. Left out for a known cost, it is all ``OTHER``."""
 
     def __post_init__(self) -> None:
         if self.time.tzinfo is None or self.time.utcoffset() is None:
@@ -117,6 +121,15 @@ class UsageRecord:
             amount = getattr(self, name)
             if amount is not None and (not amount.is_finite() or amount < 0):
                 raise ValueError(f"UsageRecord.{name} must be a finite, non-negative amount")
+        if self.costs is None and self.cost_usd is not None:
+            # A cost nobody split is kept whole, unattributed: every known cost has a split.
+            object.__setattr__(self, "costs", CostSplit.of({CostKind.OTHER: self.cost_usd}))
+        if self.costs is not None and (
+            self.cost_usd is None
+            or self.costs.total != self.cost_usd
+            or any(not amount.is_finite() or amount < 0 for _, amount in self.costs.parts)
+        ):
+            raise ValueError("UsageRecord.costs must split cost_usd into non-negative parts")
 
     @property
     def needs_reconciliation(self) -> bool:
@@ -182,6 +195,8 @@ class ProviderTotals:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
+    costs: CostSplit = field(default_factory=CostSplit)
+    """``cost_usd`` by kind."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +214,9 @@ class UsageTotals:
     tools: ToolTotals = ToolTotals()
     by_provider: tuple[ProviderTotals, ...] = ()
     """The same sums per serving provider, sorted by provider."""
+    costs: CostSplit = field(default_factory=CostSplit)
+    """``cost_usd`` by kind (each row's split summed; rows from before the split was kept
+    count as ``OTHER``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,9 +308,12 @@ class LedgerStore(Protocol):
         records looked up ``max_attempts`` times in vain are left out."""
         ...
 
-    async def reconcile(self, call_id: str, stats: GenerationStats) -> bool:
+    async def reconcile(
+        self, call_id: str, stats: GenerationStats, costs: CostSplit | None = None
+    ) -> bool:
         """Replace a record's tokens and cost by OpenRouter's figures and mark it reconciled;
-        False when no such record is written (yet)."""
+        False when no such record is written (yet). ``costs`` is the new cost by kind; without
+        one that sums to it, all of it is ``OTHER``."""
         ...
 
     async def note_reconcile_miss(self, call_id: str) -> None:

@@ -43,6 +43,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypedDict
 
+from service.domain.cost_kinds import COST_KINDS, CostKind, CostSplit
 from service.domain.ports import GenerationStats
 from service.domain.usage import (
     MEDIA_COUNT_FIELDS,
@@ -53,6 +54,7 @@ from service.domain.usage import (
     ToolTotals,
     UsageRecord,
     UsageTotals,
+    cost_from_stats,
 )
 
 _log = logging.getLogger(__name__)
@@ -93,11 +95,41 @@ RECORD_COLUMNS = (
     "tool_cost_usd",
     "byok",
 )
-"""A usage record's columns in both SQL stores, in the order of their row tuples."""
+"""A usage record's columns in both SQL stores, in the order of their row tuples (its cost
+split by kind follows them, in ``COST_COLUMNS``)."""
+COST_COLUMNS = tuple(f"cost_{kind}_usd" for kind in COST_KINDS)
+"""The row's cost by kind (``UsageRecord.costs``): exact decimals, NULL where the kind cost
+nothing or the cost is unknown."""
+STORED_COLUMNS = (*RECORD_COLUMNS, *COST_COLUMNS)
+"""Every column a row is written with and read back from."""
+COST_SUMS = ", ".join(f"{{sum}}({name})" for name in COST_COLUMNS)
+"""The cost kinds' sums, in ``COST_KINDS`` order; ``{sum}`` is the store's exact sum."""
 MEDIA_SUMS = ", ".join(f"coalesce(sum({name}), 0)" for name in MEDIA_COUNT_FIELDS)
 """The media counters' sums, in ``MediaTotals`` order, for the stores' totals queries."""
 TOOL_SUMS = ", ".join(f"coalesce(sum({name}), 0)" for name in ("cached_tokens", *TOOL_COUNT_FIELDS))
 """The cache and tool counters' sums, in ``ToolTotals`` order (the fees come after them)."""
+
+
+def cost_values(record: UsageRecord) -> tuple[Decimal | None, ...]:
+    """The record's cost by kind, in ``COST_COLUMNS`` order (None: nothing of that kind)."""
+    costs = dict(record.costs.parts) if record.costs is not None else {}
+    return tuple(costs.get(kind) for kind in COST_KINDS)
+
+
+def reconciled_costs(stats: GenerationStats, costs: CostSplit | None) -> tuple[Decimal | None, ...]:
+    """The cost columns of a row reconciled with ``stats``: ``costs`` (the reconciler's split
+    of OpenRouter's cost), or all of the cost ``OTHER`` when it has none that sums to it."""
+    cost = cost_from_stats(stats)
+    if costs is None or costs.total != cost:
+        costs = CostSplit.of({CostKind.OTHER: cost})
+    return tuple(costs.get(kind) or None for kind in COST_KINDS)
+
+
+def read_costs(values: Sequence[Any]) -> CostSplit:
+    """``COST_COLUMNS`` of a row, or ``COST_SUMS`` of rows, read back (NULL: none of a kind)."""
+    return CostSplit.of(
+        {kind: Decimal(value) for kind, value in zip(COST_KINDS, values, strict=True) if value}
+    )
 
 
 def split_sums(values: Sequence[Any]) -> tuple[MediaTotals, ToolTotals]:
@@ -275,7 +307,9 @@ class BatchingLedger(abc.ABC):
     async def unreconciled(self, limit: int, *, max_attempts: int = 10) -> list[UsageRecord]: ...
 
     @abc.abstractmethod
-    async def reconcile(self, call_id: str, stats: GenerationStats) -> bool: ...
+    async def reconcile(
+        self, call_id: str, stats: GenerationStats, costs: CostSplit | None = None
+    ) -> bool: ...
 
     @abc.abstractmethod
     async def note_reconcile_miss(self, call_id: str) -> None: ...

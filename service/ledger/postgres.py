@@ -17,6 +17,7 @@ from typing import Unpack
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from service.domain.cost_kinds import CostSplit
 from service.domain.ports import GenerationStats
 from service.domain.usage import (
     MEDIA_COUNT_FIELDS,
@@ -28,11 +29,17 @@ from service.domain.usage import (
     cost_from_stats,
 )
 from service.ledger.batching import (
+    COST_COLUMNS,
+    COST_SUMS,
     MEDIA_SUMS,
     RECORD_COLUMNS,
+    STORED_COLUMNS,
     TOOL_SUMS,
     BatchingLedger,
     QueuePolicy,
+    cost_values,
+    read_costs,
+    reconciled_costs,
     split_sums,
 )
 
@@ -125,27 +132,33 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE usage_records ADD COLUMN tool_cost_usd numeric",
         "ALTER TABLE usage_records ADD COLUMN byok boolean NOT NULL DEFAULT false",
     ),
+    # 6: the cost split by kind (see sqlite.py's migration 6).
+    (
+        *(f"ALTER TABLE usage_records ADD COLUMN {name} numeric" for name in COST_COLUMNS),
+        "UPDATE usage_records SET cost_other_usd = cost_usd WHERE cost_usd IS NOT NULL",
+    ),
 )
 
-_COLUMNS = ", ".join(RECORD_COLUMNS)
-_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, len(RECORD_COLUMNS) + 1))
+_COLUMNS = ", ".join(STORED_COLUMNS)
+_PLACEHOLDERS = ", ".join(f"${i}" for i in range(1, len(STORED_COLUMNS) + 1))
 # Queries are composed from the constants above only, never from input: hence the noqa.
 _INSERT = (
     f"INSERT INTO usage_records ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "  # noqa: S608
     "ON CONFLICT (call_id) DO NOTHING"
 )
+_COST_SUMS = COST_SUMS.format(sum="sum")
 _TOTALS = f"""
     SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
            coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL), {MEDIA_SUMS},
-           {TOOL_SUMS}, coalesce(sum(tool_cost_usd), 0)
+           {TOOL_SUMS}, coalesce(sum(tool_cost_usd), 0), {_COST_SUMS}
     FROM usage_records WHERE caller_id = $1 AND time >= $2 AND time < $3
 """  # noqa: S608
-_BY_PROVIDER = """
+_BY_PROVIDER = f"""
     SELECT provider, count(*), coalesce(sum(prompt_tokens), 0),
-           coalesce(sum(completion_tokens), 0), coalesce(sum(cost_usd), 0)
+           coalesce(sum(completion_tokens), 0), coalesce(sum(cost_usd), 0), {_COST_SUMS}
     FROM usage_records WHERE caller_id = $1 AND time >= $2 AND time < $3
     GROUP BY provider ORDER BY provider
-"""
+"""  # noqa: S608
 _COUNT_REJECTED = """
     INSERT INTO rejected_calls (minute, peer, rpc, reason, calls) VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (minute, peer, rpc, reason)
@@ -160,13 +173,14 @@ _UNRECONCILED = (
     "WHERE NOT reconciled AND generation_id <> '' AND (cancelled OR cost_usd IS NULL) "
     "AND reconcile_attempts < $1 ORDER BY reconcile_attempts, time LIMIT $2"
 )
-_RECONCILE = """
+_COST_SETS = ", ".join(f"{name} = ${i}" for i, name in enumerate(COST_COLUMNS, start=8))
+_RECONCILE = f"""
     UPDATE usage_records
     SET prompt_tokens = $1, completion_tokens = $2, reasoning_tokens = $3, cached_tokens = $4,
         cost_usd = $5, served_model = CASE WHEN served_model = '' THEN $6 ELSE served_model END,
-        reconciled = true
+        reconciled = true, {_COST_SETS}
     WHERE call_id = $7
-"""
+"""  # noqa: S608
 _MISS = "UPDATE usage_records SET reconcile_attempts = reconcile_attempts + 1 WHERE call_id = $1"
 
 
@@ -177,11 +191,14 @@ _FIELDS = attrgetter(*RECORD_COLUMNS)
 
 def _to_row(record: UsageRecord) -> tuple[object, ...]:
     row: tuple[object, ...] = _FIELDS(record)
-    return row
+    return (*row, *cost_values(record))
 
 
 def _from_row(row: asyncpg.Record) -> UsageRecord:
-    return UsageRecord(**{column: row[column] for column in RECORD_COLUMNS})
+    fields = {column: row[column] for column in RECORD_COLUMNS}
+    if fields["cost_usd"] is not None:
+        fields["costs"] = read_costs([row[column] for column in COST_COLUMNS])
+    return UsageRecord(**fields)
 
 
 async def migrate(
@@ -233,7 +250,8 @@ class PostgresLedger(BatchingLedger):
             providers = await conn.fetch(_BY_PROVIDER, caller_id, since, until)
         assert row is not None  # an aggregate without GROUP BY always returns one row
         requests, prompt, completion, cost, unknown, *rest = row
-        media, tools = split_sums(rest)
+        kinds = len(COST_COLUMNS)
+        media, tools = split_sums(rest[:-kinds])
         return UsageTotals(
             requests,
             int(prompt),
@@ -243,16 +261,19 @@ class PostgresLedger(BatchingLedger):
             media,
             tools=tools,
             by_provider=tuple(
-                ProviderTotals(name, n, int(p), int(c), Decimal(usd))
-                for name, n, p, c, usd in providers
+                ProviderTotals(name, n, int(p), int(c), Decimal(usd), read_costs(costs))
+                for name, n, p, c, usd, *costs in providers
             ),
+            costs=read_costs(rest[-kinds:]),
         )
 
     async def unreconciled(self, limit: int, *, max_attempts: int = 10) -> list[UsageRecord]:
         rows = await self._db().fetch(_UNRECONCILED, max_attempts, limit)
         return [_from_row(row) for row in rows]
 
-    async def reconcile(self, call_id: str, stats: GenerationStats) -> bool:
+    async def reconcile(
+        self, call_id: str, stats: GenerationStats, costs: CostSplit | None = None
+    ) -> bool:
         status = await self._db().execute(
             _RECONCILE,
             stats.prompt_tokens,
@@ -262,6 +283,7 @@ class PostgresLedger(BatchingLedger):
             cost_from_stats(stats),
             stats.model,
             call_id,
+            *reconciled_costs(stats, costs),
         )
         return status != "UPDATE 0"
 

@@ -14,8 +14,11 @@ import logging
 from collections.abc import Awaitable
 from typing import Protocol
 
+from service.domain.completion import Usage
+from service.domain.cost_kinds import CostSplit, CostUnits, split_cost
+from service.domain.models import ModelInfo
 from service.domain.ports import GenerationStats
-from service.domain.usage import LedgerStore
+from service.domain.usage import LedgerStore, UsageRecord, cost_from_stats
 from service.errors import GatewayError
 
 _log = logging.getLogger(__name__)
@@ -30,14 +33,25 @@ class GenerationLookup(Protocol):
     ) -> Awaitable[GenerationStats | None]: ...
 
 
+class ModelLookup(Protocol):
+    """``ModelCatalog.get``: a model's catalog entry, or None when the catalog lacks it."""
+
+    def __call__(self, model: str) -> Awaitable[ModelInfo | None]: ...
+
+
 class Reconciler:
-    """Periodically (``start``) or on demand (``run_once``) reconciles unreconciled records."""
+    """Periodically (``start``) or on demand (``run_once``) reconciles unreconciled records.
+
+    With ``models``, a reconciled row's cost is split by kind at its served model's catalog
+    prices (``split_cost``, from the counts OpenRouter's record gives); without, or for a
+    model the catalog lacks, all of it is ``OTHER``."""
 
     def __init__(
         self,
         ledger: LedgerStore,
         get_generation: GenerationLookup,
         *,
+        models: ModelLookup | None = None,
         interval_s: float = 60.0,
         batch_size: int = 100,
         lookup_timeout_s: float = 10.0,
@@ -45,6 +59,7 @@ class Reconciler:
     ) -> None:
         self._ledger = ledger
         self._get_generation = get_generation
+        self._models = models
         self._interval_s = interval_s
         self._batch_size = batch_size
         self._lookup_timeout_s = lookup_timeout_s
@@ -97,11 +112,26 @@ class Reconciler:
                     await self._ledger.note_reconcile_miss(record.call_id)
                     continue
                 try:
-                    updated += await self._ledger.reconcile(record.call_id, stats)
+                    costs = await self._costs(record, stats)
+                    updated += await self._ledger.reconcile(record.call_id, stats, costs)
                 except ValueError as exc:
                     _log.warning("generation %s: %s", record.generation_id, exc)
                     await self._ledger.note_reconcile_miss(record.call_id)
             return updated
+
+    async def _costs(self, record: UsageRecord, stats: GenerationStats) -> CostSplit | None:
+        if self._models is None:
+            return None
+        model = await self._models(record.served_model or stats.model)
+        usage = Usage(
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            reasoning_tokens=stats.reasoning_tokens,
+            cached_tokens=stats.cached_tokens,
+        )
+        units = CostUnits(record.image_inputs, record.images_out, record.rpc == "Embed")
+        pricing = model.pricing if model is not None else None
+        return split_cost(cost_from_stats(stats), usage, pricing, units)
 
     async def _run_periodically(self) -> None:
         while True:

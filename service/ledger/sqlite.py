@@ -21,6 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar, Unpack, cast
 
+from service.domain.cost_kinds import CostSplit
 from service.domain.ports import GenerationStats
 from service.domain.usage import (
     MEDIA_COUNT_FIELDS,
@@ -32,11 +33,17 @@ from service.domain.usage import (
     cost_from_stats,
 )
 from service.ledger.batching import (
+    COST_COLUMNS,
+    COST_SUMS,
     MEDIA_SUMS,
     RECORD_COLUMNS,
+    STORED_COLUMNS,
     TOOL_SUMS,
     BatchingLedger,
     QueuePolicy,
+    cost_values,
+    read_costs,
+    reconciled_costs,
     split_sums,
 )
 
@@ -178,27 +185,35 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE usage_records ADD COLUMN tool_cost_usd TEXT",
         "ALTER TABLE usage_records ADD COLUMN byok INTEGER NOT NULL DEFAULT 0",
     ),
+    # 6: the cost split by kind (exact decimals, NULL for none of a kind). A row from before
+    # keeps its cost, all of it unattributed (other): what it was spent on was not recorded.
+    (
+        *(f"ALTER TABLE usage_records ADD COLUMN {name} TEXT" for name in COST_COLUMNS),
+        "UPDATE usage_records SET cost_other_usd = cost_usd WHERE cost_usd IS NOT NULL",
+    ),
 )
 
-_COLUMNS = ", ".join(RECORD_COLUMNS)
-_PLACEHOLDERS = ", ".join("?" * len(RECORD_COLUMNS))
+_COLUMNS = ", ".join(STORED_COLUMNS)
+_PLACEHOLDERS = ", ".join("?" * len(STORED_COLUMNS))
 # Queries are composed from the constants above only, never from input: hence the noqa.
 _INSERT = (
     f"INSERT INTO usage_records ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) "  # noqa: S608
     "ON CONFLICT (call_id) DO NOTHING"
 )
+_COST_SUMS = COST_SUMS.format(sum="decimal_sum")
 _TOTALS = f"""
     SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
            coalesce(decimal_sum(cost_usd), '0'), count(*) - count(cost_usd), {MEDIA_SUMS},
-           {TOOL_SUMS}, coalesce(decimal_sum(tool_cost_usd), '0')
+           {TOOL_SUMS}, coalesce(decimal_sum(tool_cost_usd), '0'), {_COST_SUMS}
     FROM usage_records WHERE caller_id = ? AND time >= ? AND time < ?
 """  # noqa: S608
-_BY_PROVIDER = """
+_BY_PROVIDER = f"""
     SELECT provider, count(*), coalesce(sum(prompt_tokens), 0),
-           coalesce(sum(completion_tokens), 0), coalesce(decimal_sum(cost_usd), '0')
+           coalesce(sum(completion_tokens), 0), coalesce(decimal_sum(cost_usd), '0'),
+           {_COST_SUMS}
     FROM usage_records WHERE caller_id = ? AND time >= ? AND time < ?
     GROUP BY provider ORDER BY provider
-"""
+"""  # noqa: S608
 _COUNT_REJECTED = """
     INSERT INTO rejected_calls (minute, peer, rpc, reason, calls) VALUES (?, ?, ?, ?, ?)
     ON CONFLICT (minute, peer, rpc, reason) DO UPDATE SET calls = calls + excluded.calls
@@ -212,13 +227,14 @@ _UNRECONCILED = (
     "WHERE reconciled = 0 AND generation_id <> '' AND (cancelled = 1 OR cost_usd IS NULL) "
     "AND reconcile_attempts < ? ORDER BY reconcile_attempts, time LIMIT ?"
 )
-_RECONCILE = """
+_COST_SETS = ", ".join(f"{name} = ?" for name in COST_COLUMNS)
+_RECONCILE = f"""
     UPDATE usage_records
     SET prompt_tokens = ?, completion_tokens = ?, reasoning_tokens = ?, cached_tokens = ?,
         cost_usd = ?, served_model = CASE WHEN served_model = '' THEN ? ELSE served_model END,
-        reconciled = 1
+        reconciled = 1, {_COST_SETS}
     WHERE call_id = ?
-"""
+"""  # noqa: S608
 _MISS = "UPDATE usage_records SET reconcile_attempts = reconcile_attempts + 1 WHERE call_id = ?"
 
 
@@ -273,6 +289,7 @@ def _to_row(record: UsageRecord) -> tuple[object, ...]:
         _decimal_text(record.upstream_cost_usd),
         _decimal_text(record.tool_cost_usd),
         int(record.byok),
+        *(_decimal_text(amount) for amount in cost_values(record)),
     )
 
 
@@ -281,13 +298,15 @@ def _decimal_text(amount: Decimal | None) -> str | None:
 
 
 def _from_row(row: Sequence[Any]) -> UsageRecord:
-    fields = dict(zip(RECORD_COLUMNS, row, strict=True))
+    fields = dict(zip(RECORD_COLUMNS, row[: len(RECORD_COLUMNS)], strict=True))
     fields["time"] = _EPOCH + fields["time"] * _MICROSECOND
     for name in ("cost_usd", "upstream_cost_usd", "tool_cost_usd"):
         amount = fields[name]
         fields[name] = None if amount is None else Decimal(amount)
     for flag in ("fallback_used", "repair_used", "cancelled", "reconciled", "byok"):
         fields[flag] = bool(fields[flag])
+    if fields["cost_usd"] is not None:
+        fields["costs"] = read_costs(row[len(RECORD_COLUMNS) :])
     return UsageRecord(**fields)
 
 
@@ -328,7 +347,8 @@ class SqliteLedger(BatchingLedger):
 
         row, providers = await self._run(read)
         requests, prompt, completion, cost, unknown, *rest = row
-        media, tools = split_sums(rest)
+        kinds = len(COST_COLUMNS)
+        media, tools = split_sums(rest[:-kinds])
         return UsageTotals(
             requests,
             prompt,
@@ -338,8 +358,10 @@ class SqliteLedger(BatchingLedger):
             media,
             tools=tools,
             by_provider=tuple(
-                ProviderTotals(name, n, p, c, Decimal(usd)) for name, n, p, c, usd in providers
+                ProviderTotals(name, n, p, c, Decimal(usd), read_costs(costs))
+                for name, n, p, c, usd, *costs in providers
             ),
+            costs=read_costs(rest[-kinds:]),
         )
 
     async def unreconciled(self, limit: int, *, max_attempts: int = 10) -> list[UsageRecord]:
@@ -348,7 +370,9 @@ class SqliteLedger(BatchingLedger):
         )
         return [_from_row(row) for row in rows]
 
-    async def reconcile(self, call_id: str, stats: GenerationStats) -> bool:
+    async def reconcile(
+        self, call_id: str, stats: GenerationStats, costs: CostSplit | None = None
+    ) -> bool:
         params = (
             stats.prompt_tokens,
             stats.completion_tokens,
@@ -356,6 +380,7 @@ class SqliteLedger(BatchingLedger):
             stats.cached_tokens,
             str(cost_from_stats(stats)),
             stats.model,
+            *(_decimal_text(amount) for amount in reconciled_costs(stats, costs)),
             call_id,
         )
         updated = await self._run(lambda: self._db().execute(_RECONCILE, params).rowcount)

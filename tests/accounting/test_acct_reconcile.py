@@ -70,6 +70,18 @@ async def test_reconciler_replaces_a_cancelled_streams_unknown_cost_by_the_gener
     assert after["prompt_tokens"] == generation.tokens_prompt > 0
     assert after["completion_tokens"] == generation.tokens_completion
     assert after["served_model"] == "anthropic/claude-3.5-haiku"
+    # Split by kind at the served model's catalog prices (Anthropic bills haiku as listed).
+    assert before["cost_prompt_usd"] is None
+    prompt_usd = generation.tokens_prompt * Decimal("0.0000008")
+    completion_usd = generation.tokens_completion * Decimal("0.000004")
+    assert prompt_usd + completion_usd == expected_cost
+    assert Decimal(after["cost_prompt_usd"]) == prompt_usd
+    assert Decimal(after["cost_completion_usd"]) == completion_usd
+    assert after["cost_other_usd"] is None
+    assert [(c.kind, Decimal(c.cost_usd_decimal)) for c in usage_after.costs] == [
+        (pb.COST_KIND_PROMPT, prompt_usd),
+        (pb.COST_KIND_COMPLETION, completion_usd),
+    ]
 
     # GetUsage sums known costs only: the cancelled stream counts from reconciliation on.
     assert usage_before.cost_usd == 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from service.domain.cost_kinds import CostKind, CostSplit
 from service.ledger import PostgresLedger, SqliteLedger, postgres, sqlite
 from service.ledger.batching import RECORD_COLUMNS
 from tests.ledger.records import HOUR, T0, make_record
@@ -25,6 +26,14 @@ V1_COLUMNS = tuple(
     c for c in RECORD_COLUMNS[: RECORD_COLUMNS.index("reconciled") + 1] if c != "call_id"
 )
 OLD_ROWS = 3
+NEW_SPLIT = CostSplit.of(
+    {
+        CostKind.PROMPT: Decimal("0.0000010"),
+        CostKind.COMPLETION: Decimal("0.0000003"),
+        CostKind.OTHER: Decimal("0.0000002"),
+    }
+)
+"""The split of make_record's default cost (0.0000015) on the row written after migrating."""
 """Rows the version-1 gateway wrote: req-000000 … req-000002, 10 prompt tokens each."""
 
 
@@ -64,15 +73,19 @@ async def test_a_version_1_sqlite_ledger_keeps_its_rows_and_takes_new_ones(
         totals = await store.totals("billing", T0 - HOUR, T0 + HOUR)
         assert (totals.requests, totals.prompt_tokens) == (OLD_ROWS, 10 * OLD_ROWS)
         assert (totals.cost_usd, totals.unknown_cost_requests) == (Decimal("1.0"), 1)
+        # Version 6's cost split: what old rows were spent on was not recorded.
+        assert totals.costs == CostSplit.of({CostKind.OTHER: Decimal("1.0")})
         # The old cancelled row is still waiting for reconciliation, found by its new key.
         [pending] = await store.unreconciled(10)
         assert pending.request_id == "req-000002"
         assert len(pending.call_id) == 32
 
         # A new call reusing an old request id is a row of its own.
-        store.record(make_record(100, request_id="req-000000"))
+        store.record(make_record(100, request_id="req-000000", costs=NEW_SPLIT))
         await store.flush()
-        assert (await store.totals("billing", T0 - HOUR, T0 + HOUR)).requests == OLD_ROWS + 1
+        totals = await store.totals("billing", T0 - HOUR, T0 + HOUR)
+        assert totals.requests == OLD_ROWS + 1
+        assert totals.costs == NEW_SPLIT + CostSplit.of({CostKind.OTHER: Decimal("1.0")})
     finally:
         await store.close()
 
@@ -121,13 +134,17 @@ async def test_a_version_1_postgres_ledger_keeps_its_rows_and_takes_new_ones(
         totals = await store.totals("billing", T0 - HOUR, T0 + HOUR)
         assert (totals.requests, totals.prompt_tokens) == (OLD_ROWS, 10 * OLD_ROWS)
         assert (totals.cost_usd, totals.unknown_cost_requests) == (Decimal("1.0"), 1)
+        # Version 6's cost split: what old rows were spent on was not recorded.
+        assert totals.costs == CostSplit.of({CostKind.OTHER: Decimal("1.0")})
         [pending] = await store.unreconciled(10)
         assert pending.request_id == "req-000002"
         assert len(pending.call_id) == 32
 
-        store.record(make_record(100, request_id="req-000000"))
+        store.record(make_record(100, request_id="req-000000", costs=NEW_SPLIT))
         await store.flush()
-        assert (await store.totals("billing", T0 - HOUR, T0 + HOUR)).requests == OLD_ROWS + 1
+        totals = await store.totals("billing", T0 - HOUR, T0 + HOUR)
+        assert totals.requests == OLD_ROWS + 1
+        assert totals.costs == NEW_SPLIT + CostSplit.of({CostKind.OTHER: Decimal("1.0")})
     finally:
         await store.close()
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from service.domain.cost_kinds import CostKind, CostSplit
 from service.domain.ports import GenerationStats
 from service.domain.usage import LedgerStore, ProviderTotals, ToolTotals, UsageTotals
 from tests.ledger.records import HOUR, T0, count_rows, make_record
@@ -25,6 +26,8 @@ async def test_record_flush_totals(ledger: LedgerStore) -> None:
 
     totals = await ledger.totals("billing", T0, T0 + HOUR)
 
+    # Records made without a split keep their costs whole, unattributed.
+    unsplit = CostSplit.of({CostKind.OTHER: Decimal("0.001502")})
     assert totals == UsageTotals(
         requests=3,
         prompt_tokens=100 + 10 + 10,
@@ -32,7 +35,8 @@ async def test_record_flush_totals(ledger: LedgerStore) -> None:
         cost_usd=Decimal("0.001502"),  # exact: no float rounding on the way
         unknown_cost_requests=1,
         tools=ToolTotals(cache_read_tokens=2 * 3),
-        by_provider=(ProviderTotals("OpenAI", 3, 120, 17, Decimal("0.001502")),),
+        by_provider=(ProviderTotals("OpenAI", 3, 120, 17, Decimal("0.001502"), unsplit),),
+        costs=unsplit,
     )
     assert await ledger.totals("nobody", T0, T0 + HOUR) == UsageTotals()
     assert ledger.counters().written == 5
@@ -77,10 +81,13 @@ async def test_totals_are_split_by_provider(ledger: LedgerStore) -> None:
 
     totals = await ledger.totals("billing", T0, T0 + HOUR)
 
+    def unsplit(usd: str) -> CostSplit:
+        return CostSplit.of({CostKind.OTHER: Decimal(usd)})
+
     assert totals.by_provider == (
-        ProviderTotals("", 1, 0, 5, Decimal("0.0000015")),
-        ProviderTotals("Azure", 1, 7, 5, Decimal("0.5")),
-        ProviderTotals("OpenAI", 2, 20, 6, Decimal("0.25")),
+        ProviderTotals("", 1, 0, 5, Decimal("0.0000015"), unsplit("0.0000015")),
+        ProviderTotals("Azure", 1, 7, 5, Decimal("0.5"), unsplit("0.5")),
+        ProviderTotals("OpenAI", 2, 20, 6, Decimal("0.25"), unsplit("0.25")),
     )
     # The split adds up to the totals.
     assert sum(p.requests for p in totals.by_provider) == totals.requests
@@ -292,3 +299,43 @@ async def test_misses_stop_retries_after_max_attempts(ledger: LedgerStore) -> No
     await ledger.note_reconcile_miss("call-000001")
     assert [r.call_id for r in await ledger.unreconciled(10, max_attempts=2)] == ["call-000002"]
     assert [r.call_id for r in await ledger.unreconciled(1)] == ["call-000002"]
+
+
+async def test_the_cost_split_round_trips_and_sums_per_kind_and_provider(
+    ledger: LedgerStore,
+) -> None:
+    first = CostSplit.of(
+        {
+            CostKind.PROMPT: Decimal("0.000001234567890123456789"),  # more digits than a float
+            CostKind.REASONING: Decimal("0.0000002"),
+            CostKind.WEB_SEARCH: Decimal("0.007"),
+        }
+    )
+    second = CostSplit.of({CostKind.PROMPT: Decimal("0.0000001"), CostKind.CACHE_READ: Decimal(1)})
+    ledger.record(make_record(1, provider="OpenAI", cost_usd=first.total, costs=first))
+    ledger.record(make_record(2, provider="Azure", cost_usd=second.total, costs=second))
+    ledger.record(make_record(3, provider="Azure", cost_usd=Decimal(0), costs=CostSplit()))
+    pending = make_record(4, provider="Azure", cost_usd=None, cancelled=True)
+    ledger.record(pending)
+    await ledger.flush()
+
+    totals = await ledger.totals("billing", T0, T0 + HOUR)
+    assert totals.costs == first + second
+    assert totals.costs.total == totals.cost_usd
+    assert [(p.provider, p.costs) for p in totals.by_provider] == [
+        ("Azure", second),
+        ("OpenAI", first),
+    ]
+    [unreconciled] = await ledger.unreconciled(10)
+    assert unreconciled == pending
+
+    # Reconciled: the reconciler's split replaces the row's, or without one the cost is other.
+    stats = GenerationStats("gen-000004", "m", 0.0003, 10, 5, 0, 0, True, "stop")
+    split = CostSplit.of(
+        {CostKind.PROMPT: Decimal("0.0001"), CostKind.COMPLETION: Decimal("0.0002")}
+    )
+    assert await ledger.reconcile("call-000004", stats, split)
+    assert (await ledger.totals("billing", T0, T0 + HOUR)).costs == first + second + split
+    assert await ledger.reconcile("call-000004", stats, CostSplit.of({CostKind.PROMPT: Decimal(1)}))
+    after = await ledger.totals("billing", T0, T0 + HOUR)
+    assert after.costs == first + second + CostSplit.of({CostKind.OTHER: Decimal("0.0003")})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from service.domain.cost_kinds import CostSplit
 from service.domain.ports import GenerationStats
 from service.domain.usage import LedgerStore
 from service.errors import UpstreamBadRequestError, UpstreamUnavailableError
@@ -138,8 +139,10 @@ class SignallingLedger(SqliteLedger):
         super().__init__(path)
         self.reconciled = asyncio.Event()
 
-    async def reconcile(self, call_id: str, stats: GenerationStats) -> bool:
-        updated = await super().reconcile(call_id, stats)
+    async def reconcile(
+        self, call_id: str, stats: GenerationStats, costs: CostSplit | None = None
+    ) -> bool:
+        updated = await super().reconcile(call_id, stats, costs)
         self.reconciled.set()
         return updated
 

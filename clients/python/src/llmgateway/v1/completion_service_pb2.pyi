@@ -685,6 +685,76 @@ QUOTA_KIND_USD_PER_DAY: QuotaKind.ValueType  # 3
 """US dollars per UTC day."""
 Global___QuotaKind: _TypeAlias = QuotaKind  # noqa: Y015
 
+class _CostKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CostKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CostKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COST_KIND_UNSPECIFIED: _CostKind.ValueType  # 0
+    """Not used."""
+    COST_KIND_PROMPT: _CostKind.ValueType  # 1
+    """Prompt tokens read fresh: text, and video (providers price it as prompt tokens)."""
+    COST_KIND_CACHE_READ: _CostKind.ValueType  # 2
+    """Prompt tokens read from a provider's prompt cache."""
+    COST_KIND_CACHE_WRITE: _CostKind.ValueType  # 3
+    """Prompt tokens written to a provider's prompt cache."""
+    COST_KIND_IMAGE_INPUT: _CostKind.ValueType  # 4
+    """Input images: their per-image price and their prompt tokens."""
+    COST_KIND_AUDIO: _CostKind.ValueType  # 5
+    """Audio tokens, read and generated."""
+    COST_KIND_COMPLETION: _CostKind.ValueType  # 6
+    """Generated text and tool calls."""
+    COST_KIND_REASONING: _CostKind.ValueType  # 7
+    """Reasoning tokens."""
+    COST_KIND_IMAGE_OUTPUT: _CostKind.ValueType  # 8
+    """Generated images: their per-image price or their image tokens."""
+    COST_KIND_WEB_SEARCH: _CostKind.ValueType  # 9
+    """OpenRouter's web-search fees (plugin, server tool or a model's native search)."""
+    COST_KIND_REQUEST: _CostKind.ValueType  # 10
+    """A model's fixed price per request."""
+    COST_KIND_EMBEDDINGS: _CostKind.ValueType  # 11
+    """The input tokens of `Embed` calls."""
+    COST_KIND_OTHER: _CostKind.ValueType  # 12
+    """What no catalog price accounts for: a cost with no priced unit behind it (a model
+    missing from the catalog, a router's variable price), OpenRouter's fees with no search
+    to explain them (e.g. parsed PDF pages), and calls recorded before costs were split.
+    """
+
+class CostKind(_CostKind, metaclass=_CostKindEnumTypeWrapper):
+    """CostKind is what part of a call's cost paid for."""
+
+COST_KIND_UNSPECIFIED: CostKind.ValueType  # 0
+"""Not used."""
+COST_KIND_PROMPT: CostKind.ValueType  # 1
+"""Prompt tokens read fresh: text, and video (providers price it as prompt tokens)."""
+COST_KIND_CACHE_READ: CostKind.ValueType  # 2
+"""Prompt tokens read from a provider's prompt cache."""
+COST_KIND_CACHE_WRITE: CostKind.ValueType  # 3
+"""Prompt tokens written to a provider's prompt cache."""
+COST_KIND_IMAGE_INPUT: CostKind.ValueType  # 4
+"""Input images: their per-image price and their prompt tokens."""
+COST_KIND_AUDIO: CostKind.ValueType  # 5
+"""Audio tokens, read and generated."""
+COST_KIND_COMPLETION: CostKind.ValueType  # 6
+"""Generated text and tool calls."""
+COST_KIND_REASONING: CostKind.ValueType  # 7
+"""Reasoning tokens."""
+COST_KIND_IMAGE_OUTPUT: CostKind.ValueType  # 8
+"""Generated images: their per-image price or their image tokens."""
+COST_KIND_WEB_SEARCH: CostKind.ValueType  # 9
+"""OpenRouter's web-search fees (plugin, server tool or a model's native search)."""
+COST_KIND_REQUEST: CostKind.ValueType  # 10
+"""A model's fixed price per request."""
+COST_KIND_EMBEDDINGS: CostKind.ValueType  # 11
+"""The input tokens of `Embed` calls."""
+COST_KIND_OTHER: CostKind.ValueType  # 12
+"""What no catalog price accounts for: a cost with no priced unit behind it (a model
+missing from the catalog, a router's variable price), OpenRouter's fees with no search
+to explain them (e.g. parsed PDF pages), and calls recorded before costs were split.
+"""
+Global___CostKind: _TypeAlias = CostKind  # noqa: Y015
+
 class _EmbeddingEncoding:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -3379,6 +3449,7 @@ class GetUsageResponse(_message.Message):
     SERVER_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TOOL_COST_USD_FIELD_NUMBER: _builtins.int
     PROVIDERS_FIELD_NUMBER: _builtins.int
+    COSTS_FIELD_NUMBER: _builtins.int
     caller_id: _builtins.str
     """Output only. The caller the usage belongs to."""
     request_count: _builtins.int
@@ -3437,6 +3508,13 @@ class GetUsageResponse(_message.Message):
         provider; calls that reached no provider count under an empty `provider`.
         """
 
+    @_builtins.property
+    def costs(self) -> _containers.RepeatedCompositeFieldContainer[Global___KindCost]:
+        """Output only. `cost_usd` by what it paid for, in `CostKind` order (kinds that cost
+        nothing left out); the amounts sum to `cost_usd` exactly. Each call's cost is split when
+        it is recorded: see the README, "Spend by cost kind".
+        """
+
     def __init__(
         self,
         *,
@@ -3462,14 +3540,47 @@ class GetUsageResponse(_message.Message):
         server_tool_calls: _builtins.int = ...,
         tool_cost_usd: _builtins.float = ...,
         providers: _abc.Iterable[Global___ProviderUsage] | None = ...,
+        costs: _abc.Iterable[Global___KindCost] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "caller_id", b"caller_id", "completion_audio_tokens", b"completion_audio_tokens", "completion_image_tokens", b"completion_image_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "end_time", b"end_time", "images_generated", b"images_generated", "media_inputs", b"media_inputs", "prompt_audio_tokens", b"prompt_audio_tokens", "prompt_image_tokens", b"prompt_image_tokens", "prompt_tokens", b"prompt_tokens", "prompt_video_tokens", b"prompt_video_tokens", "providers", b"providers", "quotas", b"quotas", "request_count", b"request_count", "server_tool_calls", b"server_tool_calls", "start_time", b"start_time", "tool_cost_usd", b"tool_cost_usd", "unsupported_outputs", b"unsupported_outputs", "web_search_requests", b"web_search_requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "caller_id", b"caller_id", "completion_audio_tokens", b"completion_audio_tokens", "completion_image_tokens", b"completion_image_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "costs", b"costs", "end_time", b"end_time", "images_generated", b"images_generated", "media_inputs", b"media_inputs", "prompt_audio_tokens", b"prompt_audio_tokens", "prompt_image_tokens", b"prompt_image_tokens", "prompt_tokens", b"prompt_tokens", "prompt_video_tokens", b"prompt_video_tokens", "providers", b"providers", "quotas", b"quotas", "request_count", b"request_count", "server_tool_calls", b"server_tool_calls", "start_time", b"start_time", "tool_cost_usd", b"tool_cost_usd", "unsupported_outputs", b"unsupported_outputs", "web_search_requests", b"web_search_requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class KindCost(_message.Message):
+    """KindCost is a caller's spend on one cost kind over a period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    COST_USD_DECIMAL_FIELD_NUMBER: _builtins.int
+    kind: Global___CostKind.ValueType
+    """Output only. What the amount paid for."""
+    cost_usd: _builtins.float
+    """Output only. US dollars."""
+    cost_usd_decimal: _builtins.str
+    """Output only. The same amount as an exact decimal string (e.g. `"0.0000642"`): the
+    amounts of a response add up to its total exactly in decimal, not always in doubles.
+    """
+    def __init__(
+        self,
+        *,
+        kind: Global___CostKind.ValueType = ...,
+        cost_usd: _builtins.float = ...,
+        cost_usd_decimal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_usd", b"cost_usd", "cost_usd_decimal", b"cost_usd_decimal", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KindCost: _TypeAlias = KindCost  # noqa: Y015
 
 @_typing.final
 class MediaInputTotal(_message.Message):
@@ -3512,6 +3623,7 @@ class ProviderUsage(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
+    COSTS_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Output only. The provider as OpenRouter named it in its answers, e.g. `OpenAI`; empty for
     calls that reached no provider (refused, failed before an answer).
@@ -3524,6 +3636,10 @@ class ProviderUsage(_message.Message):
     """Output only. Completion tokens in the period."""
     cost_usd: _builtins.float
     """Output only. US dollars spent in the period."""
+    @_builtins.property
+    def costs(self) -> _containers.RepeatedCompositeFieldContainer[Global___KindCost]:
+        """Output only. `cost_usd` by what it paid for (see `GetUsageResponse.costs`)."""
+
     def __init__(
         self,
         *,
@@ -3532,10 +3648,11 @@ class ProviderUsage(_message.Message):
         prompt_tokens: _builtins.int = ...,
         completion_tokens: _builtins.int = ...,
         cost_usd: _builtins.float = ...,
+        costs: _abc.Iterable[Global___KindCost] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "request_count", b"request_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "costs", b"costs", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "request_count", b"request_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
