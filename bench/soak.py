@@ -329,10 +329,16 @@ def _wait_exit(child: Child, timeout_s: float) -> int | None:
 # --- the check -------------------------------------------------------------------------------
 
 
-def ledger_rows(path: Path) -> list[dict[str, Any]]:
+def ledger_rows(path: Path, table: str = "usage_records") -> list[dict[str, Any]]:
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
         conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute("SELECT * FROM usage_records")]
+        return [dict(row) for row in conn.execute(f"SELECT * FROM {table}")]
+
+
+def rejected_rows(path: Path) -> list[dict[str, Any]]:
+    """The aggregated rows of calls refused before their caller was known (``rejected_calls``:
+    minute, peer, rpc, reason and ``calls``, how many such calls the row stands for)."""
+    return ledger_rows(path, "rejected_calls")
 
 
 @dataclass
@@ -348,14 +354,15 @@ class Check:
             self.lines.append(f"  MISMATCH {text}")
 
 
-_COUNT_COLUMNS = ("calls", "count", "call_count")
-"""Where an aggregated row (unauthenticated calls, one row per peer and minute) keeps how
-many calls it stands for; without such a column every row is one call."""
+_STRANGER_REASONS = frozenset({"UNAUTHENTICATED", "API_KEY_MISSING", "API_KEY_INVALID"})
+"""The reasons a call refused before its caller was known can have (gRPC UNAUTHENTICATED)."""
 
 
-def compare(run: Run, rows: list[dict[str, Any]]) -> Check:
+def compare(
+    run: Run, rows: list[dict[str, Any]], rejected: list[dict[str, Any]] | None = None
+) -> Check:
+    """``rejected``: the ledger's aggregated rows of strangers' calls (``rejected_rows``)."""
     check = Check()
-    weight_column = next((c for c in _COUNT_COLUMNS if rows and c in rows[0]), None)
     by_id: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["caller_id"]:  # authenticated: one row per call, named by its request id
@@ -378,26 +385,39 @@ def compare(run: Run, rows: list[dict[str, Any]]) -> Check:
             )
     for request_id, found in by_id.items():
         check.problem(f"{len(found)} row(s) for {request_id}, which no client sent")
-    # Bad keys: the ledger may aggregate them, so they are compared as counts per status.
+    # Bad keys: the ledger aggregates them (one row per minute, peer, RPC and reason, with the
+    # number of calls), so they are compared as counts per status.
     seen = Counter(o.code for o in run.outcomes if o.flood and o.reached)
     booked: Counter[str] = Counter()
     for row in rows:
-        if not row["caller_id"]:
-            booked[str(row["status"])] += int(row[weight_column]) if weight_column else 1
+        if not row["caller_id"]:  # a stranger's row of its own (a ledger from before v2)
+            booked[str(row["status"])] += 1
+    for row in rejected or ():
+        if row["reason"] in _STRANGER_REASONS:
+            booked["UNAUTHENTICATED"] += int(row["calls"])
+        else:
+            check.problem(f"an aggregated row with reason {row['reason']}: {row}")
     if seen != booked:
         check.problem(f"bad-key calls: clients saw {dict(seen)}, the ledger holds {dict(booked)}")
     return check
 
 
 def report(
-    run: Run, rows: list[dict[str, Any]], check: Check, exit_code: int | None, seconds: float
+    run: Run,
+    rows: list[dict[str, Any]],
+    check: Check,
+    exit_code: int | None,
+    seconds: float,
+    rejected: list[dict[str, Any]] | None = None,
 ) -> str:
     seen = Counter((o.code, o.reached) for o in run.outcomes)
+    strangers = sum(int(r["calls"]) for r in rejected or ())
     row_status = Counter(str(r["status"]) for r in rows)
     lines = [
         f"soak: {seconds:.0f} s, {len(run.outcomes)} calls "
         f"({sum(o.reached for o in run.outcomes)} answered by the servicer, "
-        f"{sum(o.flood for o in run.outcomes)} with bad keys), {len(rows)} ledger rows, "
+        f"{sum(o.flood for o in run.outcomes)} with bad keys), {len(rows)} ledger rows "
+        f"+ {len(rejected or ())} aggregated rows of {strangers} refused strangers' calls, "
         f"gateway exit {exit_code}",
         "  faults: " + "; ".join(f"{t:.1f} s {what}" for t, what in run.faults),
         f"  {'status':<20} {'answered':>9} {'unanswered':>11} {'rows':>7}",
@@ -437,8 +457,9 @@ def main(argv: list[str] | None = None) -> int:
         fleet = Fleet(processes, Path(tmp))
         run, exit_code = asyncio.run(drive(fleet, args.seconds, args.callers))
         rows = ledger_rows(fleet.ledger)
-        check = compare(run, rows)
-        print(report(run, rows, check, exit_code, args.seconds), flush=True)
+        rejected = rejected_rows(fleet.ledger)
+        check = compare(run, rows, rejected)
+        print(report(run, rows, check, exit_code, args.seconds, rejected), flush=True)
         if exit_code != 0:
             print(
                 f"soak: the gateway exited {exit_code}:\n{fleet.gateway.log_tail(30)}", flush=True
