@@ -56,11 +56,14 @@ _REFUSAL_GRACE_S = 0.5
 
 @runtime_checkable
 class _SharedStoreCounts(Protocol):
-    """What a shared quota store (Redis) counts about its outages; the Redis module is not
-    imported here, as its client library is an optional extra."""
+    """What a shared quota store (Redis) counts about its outages, and its warm-up before the
+    first calls; the Redis module is not imported here, as its client library is an optional
+    extra."""
 
     store_failures: int
     unchecked_admissions: int
+
+    async def warm(self) -> None: ...
 
 
 def server_options(settings: GatewaySettings, *, reuse_port: bool = False) -> list[tuple[str, int]]:
@@ -211,6 +214,8 @@ class GatewayServer:
             failure_policy=FailurePolicy(self.settings.quota_failure_policy),
         )
         self._stack.push_async_callback(quotas.close)
+        if isinstance(quotas, _SharedStoreCounts):
+            await quotas.warm()
         gateway = Gateway(
             client,
             GatewayPolicy(

@@ -39,6 +39,15 @@ gets an answer marks the store up again, for everyone. A pooled connection that 
 Redis was away (a restart closes them all) is retried once on a fresh connection instead of
 failing its call, so a restart costs no refusals after the first answer; the scripts are
 idempotent, so a retry after a lost reply changes nothing.
+
+A busy gateway is not a dead Redis. ``timeout_s`` is wall time, and a process short of CPU
+(a burst of calls, a loaded machine) can take longer than that to read an answer Redis sent in
+a millisecond. So a call that times out while Redis answered another call since it began (Redis
+is up: this process was slow) is tried once more instead of marking the store down, which
+would refuse every call for a probe interval. And the first burst after start-up is not the
+costliest moment: ``warm`` loads the scripts and opens some connections before the gateway
+serves (otherwise each of the first N concurrent calls would connect, run an EVALSHA that
+fails NOSCRIPT, load the script and run it again, all within its timeout).
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.domain.callers import Caller
 from service.domain.quotas import (
@@ -319,6 +329,8 @@ class RedisQuotaStore:
         self._renew_script = client.register_script(_RENEW)
         self._status_script = client.register_script(_STATUS)
         self._down = False
+        self._answered_at = -float("inf")
+        """``time.monotonic()`` of the last answer Redis gave any call."""
         self._probing = False
         self._next_probe = 0.0
         self._last_warning = -float("inf")
@@ -460,6 +472,26 @@ class RedisQuotaStore:
             day=day,
         )
 
+    async def warm(self, connections: int = 8) -> None:
+        """Load the scripts and open ``connections`` pooled connections, so the first calls
+        pay one round trip each. Best effort: an unreachable Redis shows at the first call,
+        where the failure policy applies, as before."""
+        scripts = (
+            self._reserve_script,
+            self._settle_script,
+            self._renew_script,
+            self._status_script,
+        )
+        try:
+            async with asyncio.timeout(max(self._timeout_s, 1.0)):
+                for script in scripts:
+                    await self._client.script_load(script.script)
+                await asyncio.gather(*(self._client.ping() for _ in range(connections)))
+        except (RedisError, OSError, TimeoutError) as exc:
+            _log.info("quota store (redis) not reachable at start-up: %s", type(exc).__name__)
+            return
+        self._answered_at = time.monotonic()
+
     async def close(self) -> None:
         await self._client.aclose()
 
@@ -476,9 +508,16 @@ class RedisQuotaStore:
                 self._note_failure(None)
                 raise _StoreDownError
             probe = self._probing = True
+        began = time.monotonic()
         try:
-            async with asyncio.timeout(self._timeout_s):
-                reply = await script(keys=keys, args=args)
+            try:
+                reply = await self._call(script, keys, args)
+            except (RedisTimeoutError, TimeoutError):
+                if self._answered_at <= began:
+                    raise
+                # Redis answered another call meanwhile: this process was too busy to read
+                # its answer in time. Once more (the scripts are idempotent).
+                reply = await self._call(script, keys, args)
         except (RedisError, OSError, TimeoutError) as exc:
             self._down = True
             self._next_probe = time.monotonic() + self._probe_every_s
@@ -488,7 +527,14 @@ class RedisQuotaStore:
             if probe:
                 self._probing = False
         self._down = False
+        self._answered_at = time.monotonic()
         return list(reply) if isinstance(reply, list) else [reply]
+
+    async def _call(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[int | str]
+    ) -> Any:
+        async with asyncio.timeout(self._timeout_s):
+            return await script(keys=keys, args=args)
 
     def _note_failure(self, exc: BaseException | None) -> None:
         self.store_failures += 1
