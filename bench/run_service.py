@@ -5,7 +5,9 @@ appended to the gateway's gRPC server options, and ``BENCH_ABLATE=ledger`` turns
 ledger's ``record`` into a no-op, to measure what the ledger costs (``otlp_encoder``: the
 OpenTelemetry SDK's span encoder instead of ours, ``span_recorder``: the SDK's
 ``Tracer.start_span`` instead of ``service.telemetry.spans``, ``coalescing``: every stream
-event its own message, as before deltas were merged); ``BENCH_GC_STATS=1``
+event its own message, as before deltas were merged; ``bound_histograms``: every histogram
+record through the SDK's ``Histogram.record``; ``evolve``: ``dataclasses.replace`` for the
+request's copy); ``BENCH_GC_STATS=1``
 prints the time spent in each garbage-collector generation every two seconds,
 ``BENCH_SWITCH_INTERVAL_S`` sets ``sys.setswitchinterval`` (how long another thread may hold
 the GIL while the event loop waits; CPython's default is 5 ms), ``BENCH_SERVICE_PATH`` puts a
@@ -71,6 +73,23 @@ def _ablate(parts: set[str]) -> None:
 
         openrouter.coalesce = lambda events: events  # type: ignore[attr-defined]
         parts.discard("coalescing")
+    if "bound_histograms" in parts:
+        # Every histogram record through the SDK's Histogram.record, attributes and all.
+        from service.telemetry.bound import BoundHistogram
+
+        def sdk_record(self: BoundHistogram, amount: float) -> None:
+            self._histogram.record(amount, self._attributes)
+
+        BoundHistogram.record = sdk_record  # type: ignore[method-assign]
+        parts.discard("bound_histograms")
+    if "evolve" in parts:
+        # dataclasses.replace for the request's copy, as before service.domain.evolve.
+        import dataclasses
+
+        import service.domain.limits as limits
+
+        limits.evolve = dataclasses.replace  # type: ignore[attr-defined,assignment]
+        parts.discard("evolve")
     if parts:
         raise SystemExit(f"BENCH_ABLATE: unknown part(s) {sorted(parts)}")
 
