@@ -237,6 +237,14 @@ def _messages(messages: Sequence[pb.Message], violations: list[FieldViolation]) 
             violations.append(FieldViolation(f"messages[{i}].role", "must be set"))
             # Kept in place (never sent: the request is refused) so later indices stay true.
             role = Role.USER
+        # The repeated fields are mostly empty: a generator is made only for those that are
+        # not (four empty generators cost more than the rest of a text message's conversion).
+        calls, parts, details, notes = (
+            message.tool_calls,
+            message.parts,
+            message.reasoning_details,
+            message.annotations,
+        )
         result.append(
             Message(
                 role=role,
@@ -245,20 +253,28 @@ def _messages(messages: Sequence[pb.Message], violations: list[FieldViolation]) 
                 tool_call_id=message.tool_call_id or None,
                 tool_calls=tuple(
                     ToolCall(id=c.id, name=c.name, arguments=c.arguments_json or "{}")
-                    for c in message.tool_calls
-                ),
+                    for c in calls
+                )
+                if calls
+                else (),
                 parts=tuple(
                     _part(part, f"messages[{i}].parts[{j}]", violations)
-                    for j, part in enumerate(message.parts)
-                ),
+                    for j, part in enumerate(parts)
+                )
+                if parts
+                else (),
                 reasoning_details=tuple(
                     _detail_in(detail, f"messages[{i}].reasoning_details[{k}]", violations)
-                    for k, detail in enumerate(message.reasoning_details)
-                ),
+                    for k, detail in enumerate(details)
+                )
+                if details
+                else (),
                 annotations=tuple(
                     _annotation_in(note, f"messages[{i}].annotations[{k}]", violations)
-                    for k, note in enumerate(message.annotations)
-                ),
+                    for k, note in enumerate(notes)
+                )
+                if notes
+                else (),
             )
         )
     return result
@@ -461,7 +477,14 @@ def provider_preferences(
     )
 
 
-def _sampling(params: pb.SamplingParams) -> SamplingParams:
+_NO_SAMPLING = SamplingParams()
+"""What an unset ``sampling`` converts to (immutable, so one is shared by every call)."""
+
+
+def _sampling(message: AnyCompletionRequest) -> SamplingParams:
+    if not message.HasField("sampling"):
+        return _NO_SAMPLING
+    params = message.sampling
     return SamplingParams(
         temperature=params.temperature if params.HasField("temperature") else None,
         top_p=params.top_p if params.HasField("top_p") else None,
@@ -530,7 +553,7 @@ def completion_request(message: AnyCompletionRequest) -> CompletionRequest:
     return CompletionRequest(
         model=message.model,
         messages=tuple(messages),
-        sampling=_sampling(message.sampling),
+        sampling=_sampling(message),
         fallback_models=tuple(message.fallback_models),
         tools=tools,
         tool_choice=tool_choice,
