@@ -80,6 +80,8 @@ class MediaInputs:
 
     @classmethod
     def of(cls, request: CompletionRequest) -> MediaInputs:
+        if not any(message.parts for message in request.messages):
+            return _NO_MEDIA  # text only, as most calls are
         counts = dict.fromkeys(_MEDIA_KINDS, 0)
         sizes = dict.fromkeys(_MEDIA_KINDS, 0)
         for message in request.messages:
@@ -101,6 +103,7 @@ class MediaInputs:
 
 
 _MEDIA_KINDS = (Modality.IMAGE, Modality.FILE, Modality.AUDIO, Modality.VIDEO)
+_NO_MEDIA = MediaInputs()
 
 
 @dataclass(slots=True)
@@ -276,8 +279,10 @@ def _model_worst_case(
     pricing = pricing.capped(ceiling)
     prompt = _prompt_bound(text, media, model)
     completion = request.sampling.max_tokens or 0
-    usd = pricing.image * media.images
-    usd += max(pricing.audio - pricing.prompt, Decimal(0)) * min(media.audio_tokens, prompt)
+    # Decimal arithmetic is dear per call: the media terms only when there are media.
+    usd = pricing.image * media.images if media.images else Decimal(0)
+    if media.audio_tokens:
+        usd += max(pricing.audio - pricing.prompt, Decimal(0)) * min(media.audio_tokens, prompt)
     search = request.web_search or _online(request)
     if search is not None:
         # Every search's results join the prompt (within the context), and a server tool's
@@ -345,8 +350,12 @@ def _worst_price(pricing: ModelPricing, prompt: int, completion: int, *, one_hou
     without any mark, at up to 1.25x; a 1-hour mark at the 1-hour price), and every
     generated token may be a reasoning token."""
     write = pricing.cache_write_1h if one_hour else None
-    prompt_rate = max(pricing.prompt, pricing.cache_write or 0, write or 0)
-    completion_rate = max(pricing.completion, pricing.internal_reasoning or 0)
+    prompt_rate = pricing.prompt
+    if pricing.cache_write is not None or write is not None:
+        prompt_rate = max(prompt_rate, pricing.cache_write or Decimal(0), write or Decimal(0))
+    completion_rate = pricing.completion
+    if pricing.internal_reasoning is not None:
+        completion_rate = max(completion_rate, pricing.internal_reasoning)
     return prompt_rate * prompt + completion_rate * completion + pricing.request
 
 

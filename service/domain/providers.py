@@ -67,7 +67,8 @@ class MaxPrice:
     request: Decimal | None = None
 
     def is_empty(self) -> bool:
-        return all(getattr(self, kind) is None for kind in MAX_PRICE_KINDS)
+        # Once per candidate model of every call: the shared empty one is answered at once.
+        return self is NO_MAX_PRICE or all(getattr(self, kind) is None for kind in MAX_PRICE_KINDS)
 
     def per_token(self, kind: str) -> Decimal | None:
         """A per-million ceiling as USD per token (the catalog's unit)."""
