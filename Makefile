@@ -13,7 +13,7 @@ NODE_STAMP := tools/node_modules/.installed
 # The Google protos the contract imports, copied from googleapis-common-protos for buf.
 PROTO_INCLUDE := build/proto-include/.installed
 
-.PHONY: image-check k8s-schemas help run test lint typecheck proto-lint proto-breaking proto-bundle polyglot-check generate check-generated pytest fmt bench image lock clean soak
+.PHONY: ensure-redis ensure-prometheus image-check k8s-schemas help run test lint typecheck proto-lint proto-breaking proto-bundle polyglot-check generate check-generated pytest fmt bench image lock clean soak
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -70,9 +70,14 @@ check-generated: $(PY_STAMP) ## Fail when the generated Python code is stale
 	  diff -r -x __pycache__ "$$tmp/llmgateway/v1" $(GENERATED) >/dev/null || \
 	  { echo "$(GENERATED) is stale: run 'make generate' and commit the result." >&2; exit 1; }
 
-pytest: $(PY_STAMP) $(NODE_STAMP)
-	./scripts/ensure-redis.sh
-	./scripts/ensure-prometheus.sh
+# The tests run real Redis and Prometheus servers; CI machines start without them.
+ensure-redis: ## Install Debian's redis-server when it is missing (root)
+	./scripts/apt-ensure.sh --as redis --stop redis-server redis-server:redis-server
+
+ensure-prometheus: ## Install Debian's prometheus (server and promtool) when missing (root)
+	./scripts/apt-ensure.sh --as prometheus --stop prometheus prometheus:prometheus promtool:prometheus
+
+pytest: $(PY_STAMP) $(NODE_STAMP) ensure-redis ensure-prometheus
 	$(BIN)/pytest -q
 
 fmt: $(PY_STAMP) $(NODE_STAMP) $(PROTO_INCLUDE) ## Format Python and proto files
@@ -89,8 +94,7 @@ bench: $(PY_STAMP) ## Benchmarks against the simulator (minutes; not part of mak
 SOAK_SECONDS ?= 60
 SOAK_FUZZ_SECONDS ?= 60
 
-soak: $(PY_STAMP) ## Mixed load with faults for SOAK_SECONDS, ledger rows == calls; then a longer fuzz (minutes; not part of make test)
-	./scripts/ensure-redis.sh
+soak: $(PY_STAMP) ensure-redis ## Mixed load with faults for SOAK_SECONDS, ledger rows == calls; then a longer fuzz (minutes; not part of make test)
 	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS)
 	LLMGW_FUZZ_SECONDS=$(SOAK_FUZZ_SECONDS) $(BIN)/pytest -q -s tests/fuzz/test_fuzz_rpcs.py
 

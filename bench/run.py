@@ -268,11 +268,11 @@ def _spawners(
 
 
 def _start_redis(procs: Processes) -> str:
-    """A redis-server (from PATH; ``scripts/ensure-redis.sh`` installs Debian's) for quotas
+    """A redis-server (from PATH; ``make ensure-redis`` installs Debian's) for quotas
     shared by several workers, without persistence."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise BenchError("--redis: redis-server is not on PATH (scripts/ensure-redis.sh)")
+        raise BenchError("--redis: redis-server is not on PATH (make ensure-redis)")
     port = free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
     child = procs.spawn("redis", [*argv, "no", "--daemonize", "no"])

@@ -11,18 +11,7 @@ image="${IMAGE:-localhost/llm-gateway:check}"
 began=$SECONDS
 step() { echo "image-check: $1 ($((SECONDS - began)) s)" >&2; }
 
-missing=()
-command -v buildah >/dev/null 2>&1 || missing+=(buildah)
-command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" != "0" ]; then
-    echo "image-check: install Debian's ${missing[*]} (needs root)" >&2; exit 1
-  fi
-  step "installing ${missing[*]} from Debian's packages"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+./scripts/apt-ensure.sh --as image-check buildah:buildah mmdebstrap:mmdebstrap
 
 if ! buildah inspect --type image "$base" >/dev/null 2>&1; then
   if timeout 120 buildah pull --quiet "$base" >/dev/null 2>&1; then

@@ -7,13 +7,5 @@ cd "$(dirname "$0")/.."
 # golang-github-golang-protobuf-1-5-dev, not 1-3: with the 1-3 runtime the first reply panics.
 packages=(golang-go golang-google-grpc-dev golang-google-protobuf-dev
   golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc protobuf-compiler)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "polyglot-check: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+./scripts/apt-ensure.sh --as polyglot-check --with-recommends "${packages[@]}"
 exec .venv/bin/pytest -q -m polyglot tests/clients/test_go_client.py

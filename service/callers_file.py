@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from service.bounded_file import read_bounded_text
 from service.config import ConfigError
 from service.domain.callers import Caller, CallerLimits
 from service.domain.policy import Policy
@@ -170,15 +171,5 @@ def log_policies(callers: Sequence[Caller]) -> None:
 
 
 def load_callers(path: Path) -> list[Caller]:
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CALLERS_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read callers file {path}: {exc.strerror}") from None
-    if len(data) > MAX_CALLERS_FILE_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_CALLERS_FILE_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
+    text = read_bounded_text(path, limit=MAX_CALLERS_FILE_BYTES, what="callers file")
     return parse_callers(text, source=str(path))

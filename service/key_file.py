@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from service.bounded_file import read_bounded_text
 from service.config import ConfigError
 
 MAX_KEY_FILE_BYTES = 4096
@@ -18,19 +19,7 @@ MAX_KEY_FILE_BYTES = 4096
 
 def read_key_file(path: Path) -> SecretStr:
     """The key in ``path`` (surrounding whitespace and a final newline removed)."""
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"OPENROUTER_API_KEY_FILE: cannot read {path}: {exc.strerror}") from None
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise ConfigError(
-            f"OPENROUTER_API_KEY_FILE: {path} is larger than {MAX_KEY_FILE_BYTES} bytes"
-        )
-    try:
-        key = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ConfigError(f"OPENROUTER_API_KEY_FILE: {path} is not UTF-8 text") from None
+    key = read_bounded_text(path, limit=MAX_KEY_FILE_BYTES, what="OPENROUTER_API_KEY_FILE").strip()
     if not key:
         raise ConfigError(f"OPENROUTER_API_KEY_FILE: {path} is empty")
     if any(char.isspace() or not char.isprintable() for char in key):

@@ -32,7 +32,7 @@ NO_KEY = (
 EXPECTED_LINE = {
     "base-url-not-a-url": r"configuration error: OPENROUTER_BASE_URL='not a url': .+",
     "base-url-unreachable": r"configuration error: .*(OpenRouter|127\.0\.0\.1).*",
-    "callers-file-missing": r"configuration error: cannot read callers file .*missing\.toml: .+",
+    "callers-file-missing": r"configuration error: callers file: cannot read .*missing\.toml: .+",
     "unknown-default-model": (
         r"configuration error: OPENROUTER_DEFAULT_MODEL 'nobody/no-such-model' .+"
     ),

@@ -52,7 +52,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 def _tool(name: str) -> str:
     found = shutil.which(name)
     if found is None:
-        pytest.fail(f"{name} is missing: run scripts/ensure-prometheus.sh (Debian's prometheus)")
+        pytest.fail(f"{name} is missing: run make ensure-prometheus (Debian's prometheus)")
     return found
 
 
