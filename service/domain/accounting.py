@@ -35,6 +35,7 @@ from service.domain.completion import (
     part_bytes,
 )
 from service.domain.cost_kinds import CostUnits, split_cost
+from service.domain.limits import IMAGE_OUTPUT_TOKENS
 from service.domain.models import ModelInfo, ModelPricing
 from service.domain.providers import NO_MAX_PRICE
 from service.domain.server_tools import WebSearch
@@ -213,8 +214,6 @@ VIDEO_BYTES_PER_TOKEN = 16
 RESERVED_OUTPUT_IMAGES = 4
 """Images one answer is reserved for. OpenRouter's chat route has no image count; the
 answers recorded hold one. An answer with more than four costs more than was reserved."""
-IMAGE_OUTPUT_TOKENS = 2_000
-"""Tokens of one generated image at most (1,290 recorded for a 1024x1024 Gemini image)."""
 _UNKNOWN_CONTEXT = 200_000
 """The prompt bound for unmeasurable media when a model's context length is unknown."""
 

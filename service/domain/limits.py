@@ -337,6 +337,20 @@ MAX_TOP_LOGPROBS = 20
 _OUTPUT_MODALITIES = frozenset({Modality.TEXT, Modality.IMAGE})
 
 
+IMAGE_OUTPUT_TOKENS = 2_000
+"""Completion tokens one generated image can take (1,290 recorded for a 1024x1024 Gemini image;
+providers count them against ``max_tokens``)."""
+
+
+def default_max_tokens(request: CompletionRequest, limits: RequestLimits) -> int:
+    """``max_tokens`` for a request that sets none. An image counts against it, so a request
+    for image output gets room for one image besides the text: with the text default alone
+    (1,024), an image of ~1,290 tokens would be cut off."""
+    if Modality.IMAGE in request.output_modalities:
+        return limits.default_max_tokens + IMAGE_OUTPUT_TOKENS
+    return limits.default_max_tokens
+
+
 def _check_outputs(request: CompletionRequest, violations: list[FieldViolation]) -> None:
     for i, modality in enumerate(request.output_modalities):
         if modality not in _OUTPUT_MODALITIES:
@@ -464,7 +478,7 @@ def prepare(
     sampling = request.sampling
     if sampling.max_tokens is None:
         # Always sent: without it OpenRouter's 402 pre-flight assumes the model's maximum.
-        sampling = evolve(sampling, max_tokens=limits.default_max_tokens)
+        sampling = evolve(sampling, max_tokens=default_max_tokens(request, limits))
     return evolve(
         request,
         messages=trim_history(request.messages, limits.max_history_turns),

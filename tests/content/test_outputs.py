@@ -60,6 +60,28 @@ async def test_complete_returns_generated_images(gw: Harness) -> None:
     assert not reply.unsupported_outputs
 
 
+@pytest.mark.parametrize(
+    ("modalities", "asked", "sent"),
+    [
+        (IMAGE_AND_TEXT, None, 1024 + 2000),  # room for one image (~1,290 tokens) and the text
+        ([pb.MODALITY_IMAGE], None, 1024 + 2000),
+        ([], None, 1024),  # text only: the configured default alone
+        (IMAGE_AND_TEXT, 500, 500),  # the caller's own limit is never raised
+    ],
+)
+async def test_image_output_gets_room_for_an_image_under_the_default_max_tokens(
+    gw: Harness, modalities: list[int], asked: int | None, sent: int
+) -> None:
+    # Providers count an image's tokens against max_tokens: under the text default alone
+    # (GATEWAY_DEFAULT_MAX_TOKENS, 1,024) a 1,290-token image would be cut off.
+    request = pb.CompleteRequest(model=PAINTER, messages=[user("A dog")])
+    request.output_modalities.extend(modalities)
+    if asked is not None:
+        request.sampling.max_tokens = asked
+    await gw.stub.Complete(request, metadata=auth())
+    assert chat_requests(gw.sim)[-1].body["max_tokens"] == sent
+
+
 async def test_an_image_only_stream_ends_with_its_image_not_an_empty_answer(gw: Harness) -> None:
     # The case: such a stream used to end OK, empty, with no sign of the image.
     outcome = await stream(

@@ -1758,8 +1758,9 @@ class SamplingParams(_message.Message):
     """
     max_tokens: _builtins.int
     """Optional. Upper bound on generated tokens, 1 to `GATEWAY_MAX_TOKENS_CAP` (default 16,384).
-    Default: `GATEWAY_DEFAULT_MAX_TOKENS` (default 1,024). Also bounds the worst-case cost
-    reserved against the caller's budget.
+    Default: `GATEWAY_DEFAULT_MAX_TOKENS` (default 1,024; 2,000 more with image output, as an
+    image counts against it). Also bounds the worst-case cost reserved against the caller's
+    budget.
     """
     frequency_penalty: _builtins.float
     """Optional. Penalises tokens by how often they already appeared, -2 to 2."""
