@@ -7,26 +7,9 @@
 // including the rich error status (google.rpc.Status in the grpc-status-details-bin trailer).
 'use strict';
 
-const path = require('node:path');
-const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
+const { grpc, loadCompletionService } = require('./contract');
 
-const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'proto');
-
-// proto-loader resolves google/protobuf/*.proto (Struct, Timestamp) from the copies bundled
-// with protobufjs; google/api/field_behavior.proto comes from PROTO_INCLUDE, a folder written by
-// scripts/proto-include.sh.
-const PROTO_INCLUDE = process.env.PROTO_INCLUDE;
-if (!PROTO_INCLUDE) throw new Error('set PROTO_INCLUDE (see scripts/proto-include.sh)');
-const definition = protoLoader.loadSync('llmgateway/v1/completion_service.proto', {
-  includeDirs: [PROTO_ROOT, PROTO_INCLUDE],
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-});
-const { CompletionService } = grpc.loadPackageDefinition(definition).llmgateway.v1;
+const CompletionService = loadCompletionService({ defaults: true });
 
 // --- a minimal protobuf reader, enough for google.rpc.Status and google.rpc.ErrorInfo ---------
 

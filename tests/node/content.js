@@ -8,23 +8,11 @@
 // Used by tests/content/test_node_content.py.
 'use strict';
 
-const path = require('node:path');
 const zlib = require('node:zlib');
-const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
+const { grpc, loadCompletionService } = require('./contract');
 
-const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'proto');
-const PROTO_INCLUDE = process.env.PROTO_INCLUDE;
-if (!PROTO_INCLUDE) throw new Error('set PROTO_INCLUDE (see scripts/proto-include.sh)');
-const definition = protoLoader.loadSync('llmgateway/v1/completion_service.proto', {
-  includeDirs: [PROTO_ROOT, PROTO_INCLUDE],
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: false, // unset optional fields stay absent, so reasoning blocks go back as they came
-  oneofs: true,
-});
-const { CompletionService } = grpc.loadPackageDefinition(definition).llmgateway.v1;
+// Unset optional fields stay absent, so reasoning blocks go back as they came.
+const CompletionService = loadCompletionService({ defaults: false });
 
 // A 2x2 red PNG, made here (CRC-32 by table) so the example needs no image file.
 function crc32(buffer) {
