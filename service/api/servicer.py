@@ -22,7 +22,7 @@ from llmgateway.v1 import completion_service_pb2 as pb
 from service.api import convert, convert_embed
 from service.api.auth import Authenticator
 from service.api.convert_structured_stream import structured_stream_response
-from service.api.frame import REQUEST_ID_KEY, Call, CallFrame, Context, FinishHook
+from service.api.frame import REQUEST_ID_KEY, Call, CallFrame, Context, FinishHook, unary_answer
 from service.domain.accounting import Accountant
 from service.domain.completion import StreamEvent, StreamFinished
 from service.domain.gateway import Gateway
@@ -81,9 +81,11 @@ class CompletionServicer:
     # --- RPCs ------------------------------------------------------------------------
 
     async def Complete(self, raw: bytes, context: Context[bytes]) -> bytes | None:
-        return await self.frame.run(
+        answer = await self.frame.run(
             "Complete", raw, context, pb.CompleteRequest.FromString, self._complete
         )
+        del raw  # see unary_answer: its abort's traceback must not hold the request
+        return await unary_answer(context, answer)
 
     async def StreamComplete(self, raw: bytes, context: Context[bytes]) -> None:
         await self.frame.run(
@@ -100,26 +102,36 @@ class CompletionServicer:
         )
 
     async def CompleteStructured(self, raw: bytes, context: Context[bytes]) -> bytes | None:
-        return await self.frame.run(
+        answer = await self.frame.run(
             "CompleteStructured",
             raw,
             context,
             pb.CompleteStructuredRequest.FromString,
             self._structured,
         )
+        del raw  # see unary_answer: its abort's traceback must not hold the request
+        return await unary_answer(context, answer)
 
     async def ListModels(self, raw: bytes, context: Context[bytes]) -> bytes | None:
-        return await self.frame.run(
+        answer = await self.frame.run(
             "ListModels", raw, context, pb.ListModelsRequest.FromString, self._list_models
         )
+        del raw  # see unary_answer: its abort's traceback must not hold the request
+        return await unary_answer(context, answer)
 
     async def GetUsage(self, raw: bytes, context: Context[bytes]) -> bytes | None:
-        return await self.frame.run(
+        answer = await self.frame.run(
             "GetUsage", raw, context, pb.GetUsageRequest.FromString, self._usage
         )
+        del raw  # see unary_answer: its abort's traceback must not hold the request
+        return await unary_answer(context, answer)
 
     async def Embed(self, raw: bytes, context: Context[bytes]) -> bytes | None:
-        return await self.frame.run("Embed", raw, context, pb.EmbedRequest.FromString, self._embed)
+        answer = await self.frame.run(
+            "Embed", raw, context, pb.EmbedRequest.FromString, self._embed
+        )
+        del raw  # see unary_answer: its abort's traceback must not hold the request
+        return await unary_answer(context, answer)
 
     # --- what each RPC does ----------------------------------------------------------
 
