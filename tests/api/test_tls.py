@@ -2,68 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
-
 import grpc
 import pytest
 from llmgateway.v1 import completion_service_pb2 as pb
 from llmgateway.v1 import completion_service_pb2_grpc as pb_grpc
 
 from tests.harness import auth, rich_error, start_gateway, user
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    alpha_cert: Path
-    alpha_key: Path
-    stranger_cert: Path
-    stranger_key: Path
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _issue(directory: Path, name: str, common_name: str, *, server: bool) -> None:
-    _openssl(
-        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-        "-out", f"{name}.csr", "-subj", f"/CN={common_name}", cwd=directory,
-    )  # fmt: skip
-    extensions = directory / f"{name}.ext"
-    extensions.write_text(
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n" if server else "extendedKeyUsage=clientAuth\n"
-    )
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", extensions.name,
-        cwd=directory,
-    )  # fmt: skip
+from tests.pki import Pki, make_pki
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("pki")
-    _openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-        "-days", "2", "-subj", "/CN=llmgw-test-ca", cwd=directory,
-    )  # fmt: skip
-    _issue(directory, "server", "localhost", server=True)
-    _issue(directory, "alpha", "alpha", server=False)
-    _issue(directory, "stranger", "nobody-we-know", server=False)
-    return Pki(
-        ca=directory / "ca.crt",
-        server_cert=directory / "server.crt",
-        server_key=directory / "server.key",
-        alpha_cert=directory / "alpha.crt",
-        alpha_key=directory / "alpha.key",
-        stranger_cert=directory / "stranger.crt",
-        stranger_key=directory / "stranger.key",
-    )
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _channel(address: str, pki: Pki, client: str | None) -> grpc.aio.Channel:
