@@ -70,7 +70,7 @@ async def test_complete_returns_generated_images(gw: Harness) -> None:
     ],
 )
 async def test_image_output_gets_room_for_an_image_under_the_default_max_tokens(
-    gw: Harness, modalities: list[int], asked: int | None, sent: int
+    gw: Harness, modalities: list[pb.Modality.ValueType], asked: int | None, sent: int
 ) -> None:
     # Providers count an image's tokens against max_tokens: under the text default alone
     # (GATEWAY_DEFAULT_MAX_TOKENS, 1,024) a 1,290-token image would be cut off.
