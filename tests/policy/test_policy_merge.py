@@ -30,6 +30,7 @@ IMAGER = "google/gemini-2.5-flash-image"
 P = pb.ProviderPreferences
 R = pb.ReasoningConfig
 S = pb.SamplingParams
+SEARCH = pb.WebSearchOptions
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ POLICIES = {
     "fallbacks": 'fallback_models = ["openai/*"]',
     "plugins": 'allowed_plugins = ["file-parser"]',
     "noplugins": "allowed_plugins = []",
+    "websearch": 'allowed_plugins = ["web"]\nallowed_server_tools = []',
+    "searchtool": 'allowed_server_tools = ["openrouter:web_search"]',
     "textonly": 'allowed_input_modalities = ["text"]',
     "effort": 'max_reasoning_effort = "low"',
     "textout": 'allowed_output_modalities = ["text"]',
@@ -215,6 +218,49 @@ CASES: list[Any] = [
         ask(model="openai/gpt-4o-mini", fallback_models=["openai/gpt-5-mini:online"]),
         Refused("allowed_plugins", "fallback_models[0]"),
         id="plugins-widens-online-fallback",
+    ),
+    # Web search costs money: as the `web` plugin it is allowed_plugins', as the
+    # `openrouter:web_search` server tool allowed_server_tools'.
+    pytest.param(
+        "websearch", ask(), Sent(None, "OpenAI", {"plugins": None}), id="web-plugin-silent"
+    ),
+    pytest.param(
+        "websearch",
+        ask(web_search=SEARCH(max_results=3, max_uses=1)),
+        Sent(None, "OpenAI", {"plugins": [{"id": "web", "max_results": 3, "max_uses": 1}]}),
+        id="web-plugin-narrows",
+    ),
+    pytest.param(
+        "noplugins",
+        ask(web_search=SEARCH()),
+        Refused("allowed_plugins", "web_search.mode"),
+        id="web-plugin-widens",
+    ),
+    pytest.param(
+        "searchtool", ask(), Sent(None, "OpenAI", {"tools": None}), id="server-tools-silent"
+    ),
+    pytest.param(
+        "searchtool",
+        ask(web_search=SEARCH(mode=pb.WEB_SEARCH_MODE_TOOL, max_results=3, max_uses=1)),
+        Sent(
+            None,
+            "OpenAI",
+            {
+                "tools": [
+                    {
+                        "type": "openrouter:web_search",
+                        "parameters": {"max_results": 3, "max_uses": 1},
+                    }
+                ]
+            },
+        ),
+        id="server-tools-narrows",
+    ),
+    pytest.param(
+        "websearch",
+        ask(web_search=SEARCH(mode=pb.WEB_SEARCH_MODE_TOOL)),
+        Refused("allowed_server_tools", "web_search.mode"),
+        id="server-tools-widens",
     ),
     # allowed_input_modalities = ["text"]
     pytest.param("textonly", ask(), Sent(None, "OpenAI"), id="modalities-silent"),
