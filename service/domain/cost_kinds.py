@@ -67,7 +67,7 @@ class CostSplit:
 
     @classmethod
     def of(cls, amounts: Mapping[CostKind, Decimal]) -> CostSplit:
-        return cls(tuple((kind, amounts[kind]) for kind in COST_KINDS if amounts.get(kind)))
+        return cls(tuple((kind, v) for kind in COST_KINDS if (v := amounts.get(kind))))
 
     def get(self, kind: CostKind) -> Decimal:
         return dict(self.parts).get(kind, Decimal(0))
@@ -99,6 +99,7 @@ class CostUnits:
 # spare, never at the ambient context's 28 digits.
 _QUANTUM = Decimal("1e-15")
 _CONTEXT = decimal.Context(prec=60)
+_ZERO = Decimal(0)
 
 _Weights = list[tuple[CostKind, Decimal]]
 
@@ -112,11 +113,13 @@ def split_cost(
     """``cost`` by kind (see the module's docstring); None when the cost is unknown."""
     if cost is None:
         return None
+    parts: dict[CostKind, Decimal] = {}
     if usage is None or pricing is None or pricing.variable:
-        return _allocate(cost, [])
+        _allocate(cost, (), parts)
+        return CostSplit.of(parts)
     prompt, completion, request = _weights(usage, pricing, units)
     searches = usage.web_search_requests
-    search_weight = (
+    search: _Weights = (
         [(CostKind.WEB_SEARCH, searches * WebSearch().search_price(pricing.web_search))]
         if searches
         else []
@@ -125,22 +128,19 @@ def split_cost(
     if upstream is None or usage.byok or upstream > cost:
         # One amount to share over every kind: with BYOK the cost is OpenRouter's fee alone,
         # which follows what the call used; without cost_details nothing is known of sides.
-        return _allocate(cost, prompt + completion + request + search_weight)
-    fee = cost - upstream
-    split = _allocate(fee, search_weight if searches else [])
-    sides = (
-        _reported(usage.upstream_prompt_cost_usd),
-        _reported(usage.upstream_completion_cost_usd),
-    )
-    prompt_cost, completion_cost = sides
+        _allocate(cost, prompt + completion + request + search, parts)
+        return CostSplit.of(parts)
+    _allocate(_CONTEXT.subtract(cost, upstream), search, parts)
+    prompt_cost = _reported(usage.upstream_prompt_cost_usd)
+    completion_cost = _reported(usage.upstream_completion_cost_usd)
     if prompt_cost is None or completion_cost is None or prompt_cost + completion_cost > upstream:
-        return split + _allocate(upstream, prompt + completion + request)
-    return (
-        split
-        + _allocate(prompt_cost, prompt)
-        + _allocate(completion_cost, completion)
-        + _allocate(upstream - prompt_cost - completion_cost, request)
-    )
+        _allocate(upstream, prompt + completion + request, parts)
+    else:
+        _allocate(prompt_cost, prompt, parts)
+        _allocate(completion_cost, completion, parts)
+        rest = _CONTEXT.subtract(_CONTEXT.subtract(upstream, prompt_cost), completion_cost)
+        _allocate(rest, request, parts)
+    return CostSplit.of(parts)
 
 
 def _weights(usage: Usage, pricing: ModelPricing, units: CostUnits) -> tuple[_Weights, ...]:
@@ -188,31 +188,34 @@ def _reported(value: float | None) -> Decimal | None:
     return Decimal(repr(value))
 
 
-def _allocate(amount: Decimal, weights: Iterable[tuple[CostKind, Decimal]]) -> CostSplit:
-    """``amount`` shared over the kinds in proportion to their weights, summing to it exactly;
-    all of it ``OTHER`` when nothing has weight."""
+def _allocate(
+    amount: Decimal, weights: Iterable[tuple[CostKind, Decimal]], parts: dict[CostKind, Decimal]
+) -> None:
+    """Add ``amount`` to ``parts``, shared over the kinds in proportion to their weights and
+    summing to it exactly; all of it ``OTHER`` when nothing has weight."""
     if not amount:
-        return CostSplit()
+        return
     live: dict[CostKind, Decimal] = {}
     for kind, weight in weights:
         if weight > 0:
-            live[kind] = live.get(kind, Decimal(0)) + weight
+            live[kind] = _CONTEXT.add(live.get(kind, _ZERO), weight)
     if not live:
-        return CostSplit.of({CostKind.OTHER: amount})
-    whole = _sum(live.values())
-    if whole == amount:
-        return CostSplit.of(live)  # billed at the listed prices: no division to round
-    shares = {
-        kind: _CONTEXT.divide(_CONTEXT.multiply(amount, weight), whole).quantize(
-            _QUANTUM, rounding=decimal.ROUND_DOWN, context=_CONTEXT
+        live = {CostKind.OTHER: amount}
+    elif (whole := _sum(live.values())) != amount:
+        # Billed off the listed prices: shares cut at the quantum, the rest to the heaviest.
+        heaviest = max(live, key=live.__getitem__)
+        shares = {
+            kind: _CONTEXT.divide(_CONTEXT.multiply(amount, weight), whole).quantize(
+                _QUANTUM, rounding=decimal.ROUND_DOWN, context=_CONTEXT
+            )
+            for kind, weight in live.items()
+        }
+        shares[heaviest] = _CONTEXT.add(
+            shares[heaviest], _CONTEXT.subtract(amount, _sum(shares.values()))
         )
-        for kind, weight in live.items()
-    }
-    heaviest = max(live, key=lambda kind: live[kind])
-    shares[heaviest] = _CONTEXT.add(
-        shares[heaviest], _CONTEXT.subtract(amount, _sum(shares.values()))
-    )
-    return CostSplit.of(shares)
+        live = shares
+    for kind, share in live.items():
+        parts[kind] = _CONTEXT.add(parts.get(kind, _ZERO), share)
 
 
 def _sum(amounts: Iterable[Decimal]) -> Decimal:
