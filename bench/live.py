@@ -37,6 +37,8 @@ _STAMP = re.compile(rb"@(\d{19})")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _ERROR_PAUSE_S = 0.05
 _LAG_LIMIT_MS = 50.0
+LIVE_PACE_MS = 25.0
+"""The simulator's pause between tokens: 40 tokens/s, as real models stream."""
 
 
 def live_prompt(tokens: int, pace_ms: float, jitter_ms: float) -> str:

@@ -27,7 +27,7 @@ import grpc
 import orjson
 from llmgateway.v1 import completion_service_pb2 as pb
 
-from bench.live import run_live
+from bench.live import LIVE_PACE_MS, run_live
 
 COMPLETE = "/llmgateway.v1.CompletionService/Complete"
 STREAM = "/llmgateway.v1.CompletionService/StreamComplete"
@@ -64,7 +64,7 @@ class Job:
     hold_timeout_s: float = 60.0
     # live (bench/live.py): answers of `live_tokens` tokens, one SSE event each, paced.
     live_tokens: int = 400
-    live_pace_ms: float = 25.0
+    live_pace_ms: float = LIVE_PACE_MS
     live_jitter_ms: float = 10.0
     ramp_s: float = 1.0
     watch_pids: Mapping[str, Sequence[int]] = field(default_factory=dict)

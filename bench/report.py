@@ -286,6 +286,7 @@ def _live_rows(live: Mapping[str, Any]) -> list[Row]:
         ("lag p50 (ms)", ("lag_ms", "p50")),
         ("lag p99 (ms)", ("lag_ms", "p99")),
         ("server cores", ("cores", "server")),
+        ("tokens/s received (N × 40 offered)", ("tokens_per_s",)),
         ("tokens per message", ("tokens_per_message",)),
     ):
         rows.append(Row(name, label + metric, _get(at["gateway"], *path), _get(at["floor"], *path)))

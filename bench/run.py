@@ -24,6 +24,7 @@ import orjson
 from bench import capacity
 from bench.capacity import LIVE_STEPS, QUICK_LIVE_STEPS
 from bench.hotspots import summarize_collapsed
+from bench.live import LIVE_PACE_MS
 from bench.otlp_sink import OtlpSink
 from bench.procs import (
     BenchError,
@@ -540,6 +541,7 @@ def run_live(stack: Stack, options: Options, log: Callable[[str], None]) -> dict
         lambda: _check_alive(stack),
         steps=options.live_steps,
         window_s=options.live_window_s,
+        pace_ms=LIVE_PACE_MS,
         log=log,
     )
 
