@@ -11,6 +11,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.api import convert_tools
+from service.domain.accounting import tool_cost
 from service.domain.completion import (
     Annotation,
     AudioPart,
@@ -70,7 +71,7 @@ from service.domain.providers import (
 from service.domain.quotas import LimitUsage, QuotaStatus
 from service.domain.structured import StructuredMode, StructuredResult
 from service.domain.usage import MediaTotals, UsageTotals
-from service.errors import FieldViolation
+from service.errors import FieldViolation, InvalidRequestError
 
 _ROLES: dict[int, Role] = {
     pb.ROLE_SYSTEM: Role.SYSTEM,
@@ -421,6 +422,31 @@ def _output_modality(
     return modality
 
 
+def model_filter(
+    request: pb.ListModelsRequest,
+) -> tuple[frozenset[Modality], frozenset[Modality]]:
+    """The input and output modalities a ListModels call asks for; INVALID_ARGUMENT for an
+    unset or unknown one."""
+    violations: list[FieldViolation] = []
+    found: list[frozenset[Modality]] = []
+    for name, values in (
+        ("input_modalities", request.input_modalities),
+        ("output_modalities", request.output_modalities),
+    ):
+        kinds = set()
+        for i, value in enumerate(values):
+            modality = _MODALITIES.get(value)
+            if modality is None:
+                violations.append(FieldViolation(f"{name}[{i}]", "must be a known Modality"))
+            else:
+                kinds.add(modality)
+        found.append(frozenset(kinds))
+    if violations:
+        first = violations[0]
+        raise InvalidRequestError(f"{first.field}: {first.description}", violations)
+    return found[0], found[1]
+
+
 AnyCompletionRequest = (
     pb.CompleteRequest
     | pb.StreamCompleteRequest
@@ -611,7 +637,12 @@ def usage(value: Usage | None) -> pb.Usage:
         upstream_inference_prompt_cost_usd=value.upstream_prompt_cost_usd,
         upstream_inference_completion_cost_usd=value.upstream_completion_cost_usd,
         byok=value.byok,
+        tool_cost_usd=_optional_amount(tool_cost(value)),
     )
+
+
+def _optional_amount(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def finish_reason(value: FinishReason) -> pb.FinishReason.ValueType:

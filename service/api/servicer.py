@@ -224,7 +224,10 @@ class CompletionServicer:
     async def _list_models(
         self, call: Call, request: pb.ListModelsRequest, context: Context[bytes]
     ) -> pb.ListModelsResponse:
+        inputs, outputs = convert.model_filter(request)
         models = await self._gateway.models_for(call.caller)
+        if inputs or outputs:
+            models = [m for m in models if m.model.lists(inputs, outputs)]
         return pb.ListModelsResponse(
             models=[convert.model(m.model, price_capped=m.price_capped) for m in models],
             default_model=self._gateway.default_model,

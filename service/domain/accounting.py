@@ -28,6 +28,7 @@ from service.domain.completion import (
     ImagePart,
     Modality,
     Part,
+    PdfEngine,
     TextPart,
     Usage,
     VideoPart,
@@ -38,7 +39,7 @@ from service.domain.cost_kinds import CostUnits, split_cost
 from service.domain.limits import IMAGE_OUTPUT_TOKENS
 from service.domain.models import ModelInfo, ModelPricing
 from service.domain.providers import NO_MAX_PRICE
-from service.domain.server_tools import WebSearch
+from service.domain.server_tools import OCR_MAX_PAGES, OCR_USD_PER_PAGE, WebSearch
 from service.domain.usage import LedgerStore, UsageRecord
 from service.domain.variants import UnknownVariantError, parse_model_id
 
@@ -282,6 +283,8 @@ def _model_worst_case(
     usd = pricing.image * media.images if media.images else Decimal(0)
     if media.audio_tokens:
         usd += max(pricing.audio - pricing.prompt, Decimal(0)) * min(media.audio_tokens, prompt)
+    if media.unbounded:  # a file part (or a video by URL): the parser may OCR the files
+        usd += ocr_files(request, model) * OCR_MAX_PAGES * OCR_USD_PER_PAGE
     search = request.web_search or _online(request)
     if search is not None:
         # Every search's results join the prompt (within the context), and a server tool's
@@ -324,6 +327,24 @@ def worst_case(
     return CostEstimate(
         tokens=max(e.tokens for e in each), usd=max(e.usd for e in each), completion=completion
     )
+
+
+def ocr_files(request: CompletionRequest, model: ModelInfo) -> int:
+    """The request's files OpenRouter's parser may read with ``mistral-ocr`` (billed per
+    page) when ``model`` serves: all of them with that engine; with none named, all of them
+    unless the model reads files itself (OpenRouter's default engine is ``mistral-ocr``). A
+    router (variable price) may route to a model that cannot. ``native`` and
+    ``cloudflare-ai`` cost no fee. A file whose annotation came back on an earlier turn is
+    not parsed again, but which annotation is which file's is OpenRouter's to tell (by a hash
+    of its own), so it is counted too."""
+    engine = request.file_parser.pdf_engine if request.file_parser is not None else None
+    if engine is None:
+        reads_files = model.input_modalities is not None and Modality.FILE in model.input_modalities
+        if reads_files and not model.pricing.variable:
+            return 0
+    elif engine is not PdfEngine.MISTRAL_OCR:
+        return 0
+    return sum(isinstance(part, FilePart) for message in request.messages for part in message.parts)
 
 
 def _online(request: CompletionRequest) -> WebSearch | None:
@@ -449,12 +470,18 @@ def _amount(value: float | None) -> Decimal | None:
 def _tool_cost(
     cost: Decimal | None, upstream: Decimal | None, usage: Usage | None
 ) -> Decimal | None:
-    """OpenRouter's tool fees (web search): what it billed beyond the provider's inference.
-    Known only when both amounts are reported and the key is OpenRouter's (with BYOK, the
-    cost is OpenRouter's fee alone)."""
+    """OpenRouter's own fees (web searches, OCR pages): what it billed beyond the provider's
+    inference. Known only when both amounts are reported and the key is OpenRouter's (with
+    BYOK, the cost is OpenRouter's fee alone)."""
     if cost is None or upstream is None or usage is None or usage.byok or upstream > cost:
         return None
     return cost - upstream
+
+
+def tool_cost(usage: Usage) -> Decimal | None:
+    """``usage``'s OpenRouter fees (see ``_tool_cost``), as its ledger row books them."""
+    cost = usage_cost(usage, None) if usage.cost_usd is not None else None
+    return _tool_cost(cost, _amount(usage.upstream_cost_usd), usage)
 
 
 class Durability(StrEnum):

@@ -141,6 +141,15 @@ class ModelInfo:
         """Whether the model reads ``modality`` (True when the catalog does not say)."""
         return self.input_modalities is None or modality in self.input_modalities
 
+    def lists(self, inputs: frozenset[Modality], outputs: frozenset[Modality]) -> bool:
+        """Whether the catalog says the model reads every one of ``inputs`` and writes every
+        one of ``outputs`` (a filter: where it says nothing, no)."""
+        if inputs and (self.input_modalities is None or not inputs <= self.input_modalities):
+            return False
+        return not outputs or (
+            self.output_modalities is not None and outputs <= self.output_modalities
+        )
+
     def makes(self, modality: Modality) -> bool:
         """Whether the model writes ``modality`` (True when the catalog does not say)."""
         return self.output_modalities is None or modality in self.output_modalities

@@ -78,6 +78,17 @@ _ENGINE_PRICE = {
 _PER_EXTRA_RESULT = Decimal("0.001")
 _INCLUDED_RESULTS = 10
 
+# The ``file-parser`` plugin: OpenRouter reads a document for a model that cannot, with the
+# engine the request names or, by default, ``mistral-ocr``, which it bills per page (even on
+# the organisation's own provider key); ``cloudflare-ai`` is free. Chat usage reports the
+# fee only inside ``cost``, with no page count.
+OCR_USD_PER_PAGE = Decimal("0.002")
+"""``mistral-ocr``: $2 per 1,000 pages."""
+OCR_MAX_PAGES = 1_000
+"""Mistral OCR's limit per document: the most pages one file is billed for. A PDF's page
+count cannot be bounded from its size (a page tree of a thousand pages compresses to a few
+hundred bytes), so a file the parser may OCR is reserved at this many."""
+
 
 @dataclass(frozen=True, slots=True)
 class WebSearch:

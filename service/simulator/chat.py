@@ -197,7 +197,7 @@ def _prepare(ctx: SimulatorContext, admitted: Admitted, generation_id: str, crea
         cache = cache_use(ctx.state, model, messages, body)
     except ExtrasError as exc:
         raise _RejectedError(bad_request(str(exc))) from None
-    extras = Extras(web, cache)
+    extras = Extras(web, cache, _ocr_pages(body, model, messages, media))
     problem = history_problem(messages)
     if problem is not None:
         raise _RejectedError(bad_request(problem))
@@ -457,7 +457,12 @@ async def _stream(
         pace = scenario.pace_ms / 1000
     else:
         pace = 0.0 if config.fast else config.token_delay_s
-    writer = SseWriter(response, scenario.line_ending, coalesce=config.fast and pace == 0)
+    writer = SseWriter(
+        response,
+        scenario.line_ending,
+        coalesce=config.fast and pace == 0 and scenario.split is None,
+        split=scenario.split,
+    )
     keepalive = scenario.keepalive
     if keepalive is None:
         keepalive = 0 if config.fast else config.keepalive_comments
@@ -642,21 +647,32 @@ def _unary_logprobs(call: _Call, reply: Reply) -> dict[str, Any] | None:
     }
 
 
-def _parsed_files(call: _Call) -> list[ParsedFile]:
+def _parsed_files(
+    body: dict[str, Any], model: ModelInfo, messages: list[Any], media: PromptMedia
+) -> list[ParsedFile]:
     """Files the file-parser read: not with the native engine, nor (by default) for a model
     that reads files itself. The native engine makes no annotations."""
-    engine = pdf_engine(call.body)
-    if engine == "native" or (engine is None and call.model.takes("file")):
+    engine = pdf_engine(body)
+    if engine == "native" or (engine is None and model.takes("file")):
         return []
     # A file annotation sent back on an earlier turn spares parsing that file again.
     known = {
         note["file"].get("hash")
-        for message in call.messages
+        for message in messages
         if isinstance(message, dict) and message.get("role") == "assistant"
         for note in message.get("annotations") or []
         if isinstance(note, dict) and isinstance(note.get("file"), dict)
     }
-    return [parsed for parsed in call.media.files if parsed.hash not in known]
+    return [parsed for parsed in media.files if parsed.hash not in known]
+
+
+def _ocr_pages(
+    body: dict[str, Any], model: ModelInfo, messages: list[Any], media: PromptMedia
+) -> int:
+    """Pages read with ``mistral-ocr``: the engine named, or OpenRouter's default."""
+    if pdf_engine(body) not in (None, "mistral-ocr"):
+        return 0
+    return sum(parsed.pages for parsed in _parsed_files(body, model, messages, media))
 
 
 def _annotations(call: _Call, reply: Reply) -> list[dict[str, Any]]:
@@ -664,7 +680,7 @@ def _annotations(call: _Call, reply: Reply) -> list[dict[str, Any]]:
     found = web.results * web.searches if web is not None else 0
     return [
         *citations(reply.text, call.scenario.citations or found),
-        *file_annotations(_parsed_files(call)),
+        *file_annotations(_parsed_files(call.body, call.model, call.messages, call.media)),
         *unknown_annotations(call.scenario.unknown_outputs),
     ]
 

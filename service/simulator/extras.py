@@ -18,6 +18,10 @@ is written to the cache the first time (``cache_write_tokens``, at ``input_cache
 prefix within the lifetime (``cached_tokens``, at ``input_cache_read``); prefixes shorter than
 the model's minimum are not cached. ``automatic`` (OpenAI): every prompt's prefix before its
 last message is cached without a mark or a write price, and read back the same way.
+
+**The file parser** reads files for a model that cannot (or with a named engine): with
+``mistral-ocr`` (named, or OpenRouter's default) each page costs $0.002, in ``cost`` but not
+in ``upstream_inference_cost``; ``cloudflare-ai`` and ``pdf-text`` are free.
 """
 
 from __future__ import annotations
@@ -62,10 +66,22 @@ class CacheUse:
     one_hour: bool = False
 
 
+OCR_USD_PER_PAGE = Decimal("0.002")
+"""``mistral-ocr`` through the ``file-parser`` plugin: $2 per 1,000 pages."""
+
+
 @dataclass(frozen=True, slots=True)
 class Extras:
     web: WebSearchPlan | None = None
     cache: CacheUse = field(default_factory=CacheUse)
+    ocr_pages: int = 0
+    """Pages the file parser read with ``mistral-ocr``: billed in ``cost``, not upstream."""
+
+    @property
+    def fees(self) -> Decimal:
+        """OpenRouter's own fees: searches and OCR pages (in ``cost`` only)."""
+        web = self.web.fee if self.web is not None else Decimal(0)
+        return web + OCR_USD_PER_PAGE * self.ocr_pages
 
     def prompt_cost_change(self, model: ModelInfo) -> Decimal:
         """Cache reads and writes are billed at their own prices instead of the prompt's."""

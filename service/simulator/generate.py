@@ -196,7 +196,7 @@ def usage_json(
     if charged:
         prompt_cost = model.prompt_cost(prompt, media) + extras.prompt_cost_change(model)
         completion_cost = model.completion_cost(completion, images)
-        fee = extras.web.fee if extras.web is not None else Decimal(0)
+        fee = extras.fees
     inference = prompt_cost + completion_cost
     total = float(inference + fee)
     prompt_details: dict[str, int] = {
@@ -216,7 +216,7 @@ def usage_json(
         "is_byok": False,
         "prompt_tokens_details": prompt_details,
         "cost_details": {
-            # The provider's part: OpenRouter's search fees are in cost, not here.
+            # The provider's part: OpenRouter's search and OCR fees are in cost, not here.
             "upstream_inference_cost": float(inference),
             "upstream_inference_prompt_cost": float(prompt_cost),
             "upstream_inference_completions_cost": float(completion_cost),

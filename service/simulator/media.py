@@ -7,7 +7,8 @@ carries a ``file`` annotation), unless the request asks for the ``native`` PDF e
 
 Token counts are deterministic and small: an image is 85 tokens at ``detail: low`` and 258
 otherwise (Gemini's fixed size), audio and video one token per 64 bytes, a parsed file 20
-tokens plus one per 16 bytes.
+tokens plus one per 16 bytes. A file's pages (what ``mistral-ocr`` bills) are its
+``/Type /Page`` objects (at least one); a file by URL, never fetched, has 10.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,8 @@ _PART_MODALITY = {
 }
 _URL_TOKENS = 500
 """A fetched file or video: the simulator never fetches, so it assumes a middling size."""
+_URL_PAGES = 10
+_PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
 
 
 class MediaError(ValueError):
@@ -40,6 +44,7 @@ class ParsedFile:
     name: str
     hash: str
     size: int
+    pages: int = 1
 
 
 @dataclass(slots=True)
@@ -125,7 +130,8 @@ def _read_part(part: Any, media: PromptMedia) -> None:
         size = _URL_TOKENS * 16 if data is None else len(data)
         digest = hashlib.sha256(data if data is not None else name.encode()).hexdigest()
         media.file_tokens += 20 + size // 16
-        media.files.append(ParsedFile(name, digest, size))
+        pages = _URL_PAGES if data is None else max(1, len(_PAGE_OBJECT.findall(data)))
+        media.files.append(ParsedFile(name, digest, size, pages))
 
 
 def pdf_engine(body: dict[str, Any]) -> str | None:

@@ -53,6 +53,8 @@ Directive                       Effect
                                 ``usage-shape-empty`` / ``usage-shape-missing`` are aliases.
 ``no-finish``                   Stream: no finish_reason chunk.
 ``crlf`` / ``cr``               Stream line endings ``\\r\\n`` / ``\\r``.
+``split=N``                     Stream: every frame written N bytes at a time (1: byte by
+                                byte), so the gateway reads events cut at any offset.
 ``keepalive=N``                 N leading ``: OPENROUTER PROCESSING`` comments.
 ``images=N``                    N generated images (default 1 when ``modalities`` asks for
                                 images of an image model; this directive needs that too).
@@ -149,6 +151,7 @@ class Scenario:
     refusal: bool = False
     unknown_outputs: frozenset[str] = frozenset()
     serve_provider: str | None = None
+    split: int | None = None
 
 
 DEFAULT_SCENARIO = Scenario()
@@ -249,6 +252,8 @@ def _apply(name: str, value: str | None) -> dict[str, Any]:
             return {"unknown_outputs": kinds}
         case "serve-provider":
             return {"serve_provider": _required(name, value).lower()}
+        case "split":
+            return {"split": _integer(name, value, minimum=1)}
     raise DirectiveError(f"unknown directive [[sim:{name}]]")
 
 

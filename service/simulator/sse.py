@@ -130,10 +130,18 @@ ROLE_CHOICES = finish_choices(None, None)
 class SseWriter:
     """Writes SSE frames; with `coalesce` they are buffered until `flush()` (fast mode)."""
 
-    def __init__(self, response: web.StreamResponse, line_ending: str, *, coalesce: bool) -> None:
+    def __init__(
+        self,
+        response: web.StreamResponse,
+        line_ending: str,
+        *,
+        coalesce: bool,
+        split: int | None = None,
+    ) -> None:
         self._response = response
         self._eol = line_ending.encode()
         self._coalesce = coalesce
+        self._split = split
         self._buffer: list[bytes] = []
 
     async def comment(self, text: str) -> None:
@@ -151,5 +159,9 @@ class SseWriter:
     async def _send(self, frame: bytes) -> None:
         if self._coalesce:
             self._buffer.append(frame)
+        elif self._split is not None:
+            step = self._split
+            for at in range(0, len(frame), step):
+                await self._response.write(frame[at : at + step])
         else:
             await self._response.write(frame)

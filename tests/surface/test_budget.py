@@ -1,6 +1,7 @@
-"""A USD budget under concurrent calls that search the web, embed and chat: the reservation
-prices searches, their results, rounds of server-tool inference and embeddings, so what the
-ledger books never exceeds the budget (every answer costs less than its reservation)."""
+"""A USD budget under concurrent calls that search the web, embed, parse files and write the
+prompt cache: the reservation prices searches, their results, rounds of server-tool
+inference, embeddings, OCR pages and cache writes, so what the ledger books never exceeds
+the budget (every answer costs less than its reservation)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.domain.callers import Caller, CallerLimits, hash_key
 from service.simulator import SimulatorConfig
-from tests.harness import Harness, auth, rich_error, start_gateway, user
-from tests.surface.support import EMBED_MODEL, ledger_rows
+from tests.content.support import pdf, text, user_parts
+from tests.harness import Harness, auth, start_gateway, user
+from tests.surface.support import EMBED_MODEL, ledger_rows, quota_outcome
 
 KEY = "key-budget-CALLERSECRET"
 BUDGET = Decimal("0.15")
+OCR_PAGES = b"%PDF-1.7 << /Type /Page >> << /Type /Page >>"
 
 
 async def run_mix(gw: Harness, wave: int) -> list[grpc.StatusCode]:
@@ -59,16 +62,7 @@ async def run_mix(gw: Harness, wave: int) -> list[grpc.StatusCode]:
         jobs.append(
             stub.Embed(pb.EmbedRequest(model=EMBED_MODEL, inputs=inputs), metadata=metadata)
         )
-    codes = []
-    for outcome in await asyncio.gather(*jobs, return_exceptions=True):
-        if isinstance(outcome, grpc.aio.AioRpcError):
-            error = rich_error(outcome)
-            assert error.info.reason == "QUOTA_EXCEEDED", error.message
-            codes.append(error.code)
-        else:
-            assert not isinstance(outcome, BaseException), outcome
-            codes.append(grpc.StatusCode.OK)
-    return codes
+    return [quota_outcome(o) for o in await asyncio.gather(*jobs, return_exceptions=True)]
 
 
 async def test_searches_and_embeddings_never_overshoot_the_budget() -> None:
@@ -94,3 +88,62 @@ async def test_searches_and_embeddings_never_overshoot_the_budget() -> None:
         usage = await gw.stub.GetUsage(pb.GetUsageRequest(), metadata=auth(KEY))
         assert Decimal(repr(usage.cost_usd)) == spent
         assert Decimal(repr(usage.tool_cost_usd)) == fees
+
+
+OCR_KEY = "key-budget-ocr-CALLERSECRET"
+OCR_BUDGET = Decimal("2.3")
+"""One file that may be OCR'd reserves $2 (1,000 pages): one such call fits at a time, with
+every cache-writing call beside it."""
+MANUAL = "Chapter {n}: how the billing service settles refunds, in full. " * 90
+
+
+async def run_parse_and_cache(gw: Harness, wave: int) -> list[tuple[str, grpc.StatusCode]]:
+    metadata = auth(OCR_KEY)
+    sampling = pb.SamplingParams(max_tokens=100)
+    jobs: list[tuple[str, Awaitable[object]]] = []
+    for i in range(3):
+        # The answer waits, so the reservation is held while the others arrive.
+        parts = [text(f"Summarise {wave}-{i} [[sim:delay=300]]"), pdf(OCR_PAGES, name="q.pdf")]
+        request = pb.CompleteRequest(
+            model="meta-llama/llama-3.1-8b-instruct",  # cannot read files: mistral-ocr
+            messages=[user_parts(*parts)],
+            sampling=sampling,
+        )
+        jobs.append(("ocr", gw.stub.Complete(request, metadata=metadata)))
+    for i in range(6):
+        system = pb.Message(
+            role=pb.ROLE_SYSTEM,
+            parts=[pb.Part(text=MANUAL.format(n=wave), cache_control=pb.CacheControl())],
+        )
+        request = pb.CompleteRequest(
+            model="anthropic/claude-sonnet-4.5",
+            messages=[system, user(f"question {wave}-{i}")],
+            sampling=sampling,
+        )
+        jobs.append(("cache", gw.stub.Complete(request, metadata=metadata)))
+    outcomes = await asyncio.gather(*(job for _, job in jobs), return_exceptions=True)
+    return [(kind, quota_outcome(o)) for (kind, _), o in zip(jobs, outcomes, strict=True)]
+
+
+async def test_parsed_files_and_cache_writes_never_overshoot_the_budget() -> None:
+    caller = Caller("ocr", hash_key(OCR_KEY), ("*",), CallerLimits(usd_per_day=OCR_BUDGET))
+    async with start_gateway(
+        sim_config=SimulatorConfig(keepalive_comments=0), callers=[caller]
+    ) as gw:
+        for wave in (1, 2):
+            codes = await run_parse_and_cache(gw, wave)
+            ocr = [code for kind, code in codes if kind == "ocr"]
+            # One file to OCR at a time: its $2 reservation leaves no room for a second.
+            assert ocr.count(grpc.StatusCode.OK) == 1, codes
+            assert [code for kind, code in codes if kind == "cache"] == [grpc.StatusCode.OK] * 6
+        await gw.rows_written(18)
+        rows = ledger_rows(gw.server.settings.ledger_path)
+        served = [r for r in rows if r["status"] == "OK"]
+        spent = sum((Decimal(r["cost_usd"]) for r in served), Decimal(0))
+        assert spent <= OCR_BUDGET
+        assert any(r["cache_write_tokens"] > 0 for r in served)
+        fees = [Decimal(r["tool_cost_usd"]) for r in served if r["file_inputs"]]
+        assert fees == [Decimal("0.004")] * 2  # two pages at $2 per 1,000
+        usage = await gw.stub.GetUsage(pb.GetUsageRequest(), metadata=auth(OCR_KEY))
+        assert Decimal(repr(usage.cost_usd)) == spent
+        assert Decimal(repr(usage.tool_cost_usd)) == sum(fees, Decimal(0))

@@ -14,7 +14,7 @@ from llmgateway.v1 import completion_service_pb2 as pb
 from service.simulator import SimulatorConfig
 from tests.api.support import chat_requests, drain
 from tests.harness import Harness, auth, rich_error, start_gateway, user
-from tests.surface.support import ledger_rows
+from tests.surface.support import exact, ledger_rows
 
 CLAUDE = "anthropic/claude-sonnet-4.5"
 # Long enough to be cached (the simulator's minimum is 1,024 tokens, four characters each).
@@ -27,10 +27,6 @@ CACHE_1H = pb.CacheControl(ttl=pb.CACHE_TTL_1H)
 async def gw() -> AsyncIterator[Harness]:
     async with start_gateway(sim_config=SimulatorConfig(keepalive_comments=0)) as harness:
         yield harness
-
-
-def exact(value: float) -> Decimal:
-    return Decimal(repr(value))
 
 
 def conversation(question: str, mark: pb.CacheControl = CACHE) -> list[pb.Message]:

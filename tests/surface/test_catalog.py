@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.domain.accounting import worst_case
@@ -99,6 +100,42 @@ async def test_modalities_tell_models_apart(gw: Harness) -> None:
             metadata=auth(),
         )
     assert rich_error(caught.value).code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_list_models_filters_by_modality(gw: Harness) -> None:
+    everything = await models(gw)
+
+    async def ids(**filters: list[pb.Modality.ValueType]) -> set[str]:
+        reply = await gw.stub.ListModels(pb.ListModelsRequest(**filters), metadata=auth())
+        return {m.id for m in reply.models}
+
+    def known(inputs: set[int], outputs: set[int]) -> set[str]:
+        return {
+            i
+            for i, m in everything.items()
+            if m.input_modalities
+            and inputs <= set(m.input_modalities)
+            and outputs <= set(m.output_modalities)
+        }
+
+    embedders = await ids(output_modalities=[pb.MODALITY_EMBEDDINGS])
+    assert embedders == {"openai/text-embedding-3-small", "nvidia/llama-nemotron-embed-vl-1b-v2"}
+    assert await ids(
+        input_modalities=[pb.MODALITY_IMAGE], output_modalities=[pb.MODALITY_EMBEDDINGS]
+    ) == {"nvidia/llama-nemotron-embed-vl-1b-v2"}
+    video = await ids(input_modalities=[pb.MODALITY_VIDEO, pb.MODALITY_AUDIO])
+    assert "google/gemini-2.0-flash-001" in video
+    assert video == known({pb.MODALITY_VIDEO, pb.MODALITY_AUDIO}, set())
+    painters = await ids(output_modalities=[pb.MODALITY_IMAGE])
+    assert "google/gemini-2.5-flash-image" in painters
+    assert painters == known(set(), {pb.MODALITY_IMAGE})
+    assert await ids() == set(everything)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ids(input_modalities=[pb.MODALITY_TEXT, pb.MODALITY_UNSPECIFIED])
+    error = rich_error(caught.value)
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    fields = [v.field for v in error.detail(error_details_pb2.BadRequest).field_violations]
+    assert fields == ["input_modalities[1]"]
 
 
 async def test_a_router_is_shown_variable_never_free(gw: Harness) -> None:

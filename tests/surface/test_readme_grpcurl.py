@@ -47,6 +47,7 @@ async def test_every_readme_example_runs_as_written() -> None:
         "Complete",
         "Embed",
         "Embed",
+        "ListModels",
         "Complete",
         "StreamCompleteStructured",
     ]
@@ -60,7 +61,7 @@ async def test_every_readme_example_runs_as_written() -> None:
             assert done.returncode == 0, done.stderr
             return messages(done.stdout)
 
-        (plugin_req, tool_req, cache_req, embed_req, packed_req, json_req, stream_req) = (
+        (plugin_req, tool_req, cache_req, embed_req, packed_req, list_req, json_req, stream_req) = (
             request for _, request in ran
         )
         (plugin,) = await call("Complete", plugin_req)
@@ -78,6 +79,11 @@ async def test_every_readme_example_runs_as_written() -> None:
         assert [len(e["values"]) for e in vectors["embeddings"]] == [256, 256]
         (packed,) = await call("Embed", packed_req)
         assert len(base64.b64decode(packed["embeddings"][0]["data"])) == 4 * 1536
+        (listed,) = await call("ListModels", list_req)
+        assert {m["id"] for m in listed["models"]} == {
+            "openai/text-embedding-3-small",
+            "nvidia/llama-nemotron-embed-vl-1b-v2",
+        }
         (answer,) = await call("Complete", json_req)
         assert isinstance(json.loads(answer["content"]), dict)
         streamed = await call("StreamCompleteStructured", stream_req)

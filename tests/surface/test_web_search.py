@@ -17,7 +17,7 @@ from service.domain.policy import Policy
 from service.simulator import SimulatorConfig
 from tests.api.support import chat_requests, drain
 from tests.harness import Harness, auth, rich_error, start_gateway, user
-from tests.surface.support import ledger_rows
+from tests.surface.support import exact, ledger_rows
 
 TOOL = pb.WEB_SEARCH_MODE_TOOL
 
@@ -26,10 +26,6 @@ TOOL = pb.WEB_SEARCH_MODE_TOOL
 async def gw() -> AsyncIterator[Harness]:
     async with start_gateway(sim_config=SimulatorConfig(keepalive_comments=0)) as harness:
         yield harness
-
-
-def exact(value: float) -> Decimal:
-    return Decimal(repr(value))
 
 
 async def test_the_plugin_searches_once_cites_and_bills_the_fee(gw: Harness) -> None:

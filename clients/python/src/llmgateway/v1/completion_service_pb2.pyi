@@ -344,7 +344,11 @@ class _PdfEngineEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PdfEngine.V
     PDF_ENGINE_CLOUDFLARE_AI: _PdfEngine.ValueType  # 2
     """Text extraction by Cloudflare Workers AI; free."""
     PDF_ENGINE_MISTRAL_OCR: _PdfEngine.ValueType  # 3
-    """OCR for scanned documents and PDFs with images; OpenRouter bills $2 per 1,000 pages."""
+    """OCR for scanned documents and PDFs with images; OpenRouter bills $2 per 1,000 pages,
+    even with the organisation's own provider key. The fee is in `Usage.tool_cost_usd`; the
+    quota reservation counts 1,000 pages (Mistral OCR's limit) for each file it may read,
+    since a PDF's page count cannot be bounded from its size.
+    """
 
 class PdfEngine(_PdfEngine, metaclass=_PdfEngineEnumTypeWrapper):
     """PdfEngine is how OpenRouter reads a PDF (its `file-parser` plugin)."""
@@ -358,7 +362,11 @@ entry takes `file` input, else FAILED_PRECONDITION / UNSUPPORTED_FEATURE.
 PDF_ENGINE_CLOUDFLARE_AI: PdfEngine.ValueType  # 2
 """Text extraction by Cloudflare Workers AI; free."""
 PDF_ENGINE_MISTRAL_OCR: PdfEngine.ValueType  # 3
-"""OCR for scanned documents and PDFs with images; OpenRouter bills $2 per 1,000 pages."""
+"""OCR for scanned documents and PDFs with images; OpenRouter bills $2 per 1,000 pages,
+even with the organisation's own provider key. The fee is in `Usage.tool_cost_usd`; the
+quota reservation counts 1,000 pages (Mistral OCR's limit) for each file it may read,
+since a PDF's page count cannot be bounded from its size.
+"""
 Global___PdfEngine: _TypeAlias = PdfEngine  # noqa: Y015
 
 class _Modality:
@@ -1850,6 +1858,7 @@ class Usage(_message.Message):
     UPSTREAM_INFERENCE_PROMPT_COST_USD_FIELD_NUMBER: _builtins.int
     UPSTREAM_INFERENCE_COMPLETION_COST_USD_FIELD_NUMBER: _builtins.int
     BYOK_FIELD_NUMBER: _builtins.int
+    TOOL_COST_USD_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Output only. Tokens of the prompt, in the serving model's tokenizer."""
     completion_tokens: _builtins.int
@@ -1900,6 +1909,12 @@ class Usage(_message.Message):
     """Output only. The call ran on the organisation's own provider key (BYOK, OpenRouter's
     `is_byok`), not on OpenRouter's.
     """
+    tool_cost_usd: _builtins.float
+    """Output only. OpenRouter's own fees for the call, in US dollars: its web searches and the
+    pages its `file-parser` plugin read with `mistral-ocr` ($2 per 1,000 pages; chat usage
+    reports no page count, only this cost). `cost_usd` - `upstream_inference_cost_usd`,
+    exact; set only when both are reported and the key is OpenRouter's (not `byok`).
+    """
     def __init__(
         self,
         *,
@@ -1921,17 +1936,22 @@ class Usage(_message.Message):
         upstream_inference_prompt_cost_usd: _builtins.float | None = ...,
         upstream_inference_completion_cost_usd: _builtins.float | None = ...,
         byok: _builtins.bool = ...,
+        tool_cost_usd: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_upstream_inference_completion_cost_usd", b"_upstream_inference_completion_cost_usd", "_upstream_inference_cost_usd", b"_upstream_inference_cost_usd", "_upstream_inference_prompt_cost_usd", b"_upstream_inference_prompt_cost_usd", "upstream_inference_completion_cost_usd", b"upstream_inference_completion_cost_usd", "upstream_inference_cost_usd", b"upstream_inference_cost_usd", "upstream_inference_prompt_cost_usd", b"upstream_inference_prompt_cost_usd"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tool_cost_usd", b"_tool_cost_usd", "_upstream_inference_completion_cost_usd", b"_upstream_inference_completion_cost_usd", "_upstream_inference_cost_usd", b"_upstream_inference_cost_usd", "_upstream_inference_prompt_cost_usd", b"_upstream_inference_prompt_cost_usd", "tool_cost_usd", b"tool_cost_usd", "upstream_inference_completion_cost_usd", b"upstream_inference_completion_cost_usd", "upstream_inference_cost_usd", b"upstream_inference_cost_usd", "upstream_inference_prompt_cost_usd", b"upstream_inference_prompt_cost_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_upstream_inference_completion_cost_usd", b"_upstream_inference_completion_cost_usd", "_upstream_inference_cost_usd", b"_upstream_inference_cost_usd", "_upstream_inference_prompt_cost_usd", b"_upstream_inference_prompt_cost_usd", "byok", b"byok", "cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_audio_tokens", b"completion_audio_tokens", "completion_image_tokens", b"completion_image_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "prompt_audio_tokens", b"prompt_audio_tokens", "prompt_image_tokens", b"prompt_image_tokens", "prompt_tokens", b"prompt_tokens", "prompt_video_tokens", b"prompt_video_tokens", "reasoning_tokens", b"reasoning_tokens", "server_tool_calls", b"server_tool_calls", "total_tokens", b"total_tokens", "upstream_inference_completion_cost_usd", b"upstream_inference_completion_cost_usd", "upstream_inference_cost_usd", b"upstream_inference_cost_usd", "upstream_inference_prompt_cost_usd", b"upstream_inference_prompt_cost_usd", "web_search_requests", b"web_search_requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tool_cost_usd", b"_tool_cost_usd", "_upstream_inference_completion_cost_usd", b"_upstream_inference_completion_cost_usd", "_upstream_inference_cost_usd", b"_upstream_inference_cost_usd", "_upstream_inference_prompt_cost_usd", b"_upstream_inference_prompt_cost_usd", "byok", b"byok", "cache_write_tokens", b"cache_write_tokens", "cached_tokens", b"cached_tokens", "completion_audio_tokens", b"completion_audio_tokens", "completion_image_tokens", b"completion_image_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "prompt_audio_tokens", b"prompt_audio_tokens", "prompt_image_tokens", b"prompt_image_tokens", "prompt_tokens", b"prompt_tokens", "prompt_video_tokens", b"prompt_video_tokens", "reasoning_tokens", b"reasoning_tokens", "server_tool_calls", b"server_tool_calls", "tool_cost_usd", b"tool_cost_usd", "total_tokens", b"total_tokens", "upstream_inference_completion_cost_usd", b"upstream_inference_completion_cost_usd", "upstream_inference_cost_usd", b"upstream_inference_cost_usd", "upstream_inference_prompt_cost_usd", b"upstream_inference_prompt_cost_usd", "web_search_requests", b"web_search_requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__tool_cost_usd: _TypeAlias = _typing.Literal["tool_cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__tool_cost_usd: _TypeAlias = _typing.Literal["_tool_cost_usd", b"_tool_cost_usd"]  # noqa: Y015
     _WhichOneofReturnType__upstream_inference_completion_cost_usd: _TypeAlias = _typing.Literal["upstream_inference_completion_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__upstream_inference_completion_cost_usd: _TypeAlias = _typing.Literal["_upstream_inference_completion_cost_usd", b"_upstream_inference_completion_cost_usd"]  # noqa: Y015
     _WhichOneofReturnType__upstream_inference_cost_usd: _TypeAlias = _typing.Literal["upstream_inference_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__upstream_inference_cost_usd: _TypeAlias = _typing.Literal["_upstream_inference_cost_usd", b"_upstream_inference_cost_usd"]  # noqa: Y015
     _WhichOneofReturnType__upstream_inference_prompt_cost_usd: _TypeAlias = _typing.Literal["upstream_inference_prompt_cost_usd"]  # noqa: Y015
     _WhichOneofArgType__upstream_inference_prompt_cost_usd: _TypeAlias = _typing.Literal["_upstream_inference_prompt_cost_usd", b"_upstream_inference_prompt_cost_usd"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tool_cost_usd) -> _WhichOneofReturnType__tool_cost_usd | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__upstream_inference_completion_cost_usd) -> _WhichOneofReturnType__upstream_inference_completion_cost_usd | None: ...
     @_typing.overload
@@ -3118,16 +3138,36 @@ Global___StreamCompleteStructuredResponse: _TypeAlias = StreamCompleteStructured
 
 @_typing.final
 class ListModelsRequest(_message.Message):
-    """ListModelsRequest asks for the models the caller may use."""
+    """ListModelsRequest asks for the models the caller may use, or only those that read and
+    write given kinds of content. A model is listed only where its catalog entry says so: one
+    whose entry names no modalities is left out of a filtered list.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    INPUT_MODALITIES_FIELD_NUMBER: _builtins.int
+    OUTPUT_MODALITIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def input_modalities(self) -> _containers.RepeatedScalarFieldContainer[Global___Modality.ValueType]:
+        """Optional. Only models that read every one of these, e.g. `MODALITY_IMAGE` for models
+        that take images.
+        """
+
+    @_builtins.property
+    def output_modalities(self) -> _containers.RepeatedScalarFieldContainer[Global___Modality.ValueType]:
+        """Optional. Only models that write every one of these: `MODALITY_EMBEDDINGS` lists the
+        embedding models (those Embed serves), `MODALITY_IMAGE` the image generators.
+        """
+
     def __init__(
         self,
+        *,
+        input_modalities: _abc.Iterable[Global___Modality.ValueType] | None = ...,
+        output_modalities: _abc.Iterable[Global___Modality.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_modalities", b"input_modalities", "output_modalities", b"output_modalities"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3484,8 +3524,8 @@ class GetUsageResponse(_message.Message):
     server_tool_calls: _builtins.int
     """Output only. Server-tool calls OpenRouter ran in the period (searches included)."""
     tool_cost_usd: _builtins.float
-    """Output only. Of `cost_usd`, OpenRouter's tool fees (web search) where they are known: the
-    cost beyond the provider's own (`Usage.upstream_inference_cost_usd`), on OpenRouter's key.
+    """Output only. Of `cost_usd`, OpenRouter's tool fees (web search, the file parser's OCR
+    pages) where they are known: the sum of the calls' `Usage.tool_cost_usd`.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
