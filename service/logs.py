@@ -37,6 +37,7 @@ _ALLOWED: tuple[str, ...] = (
     "policy_id",
     "policy_breach",
     "rule",
+    "policy_field",
     "answer",
     "policy_rules",
     "callers",

@@ -41,6 +41,7 @@ from service.domain.callers import Caller
 from service.errors import (
     GatewayError,
     InvalidRequestError,
+    Reason,
     ResponseTooLargeError,
     ServiceUnavailableError,
     UpstreamAuthError,
@@ -304,6 +305,9 @@ class CallFrame:
         error: GatewayError,
     ) -> None:
         observed.error_type = record.reason = error.reason
+        if error.reason is Reason.POLICY_VIOLATION:
+            record.refused_rule = error.metadata.get("rule", "")
+            record.refused_field = error.metadata.get("field", "")
         if not record.caller_id:
             record.peer = peer_host(context.peer())
         if isinstance(error, UpstreamAuthError):

@@ -135,6 +135,10 @@ class CallRecord:
     """The id of the caller's policy that applied (``Policy.id``)."""
     policy_breach: str = ""
     """The policy rule the answer's provider breaks, when OpenRouter served against it."""
+    refused_rule: str = ""
+    """The policy rule a refused request asked beyond (``POLICY_VIOLATION``), and the field
+    that asked (``refused_field``): the gateway's own names, for the log line."""
+    refused_field: str = ""
     served_pricing: ModelPricing | None = None
     """The catalog prices of the model that served (set when the call is settled): what
     its cost is split by kind with (``split_cost``)."""

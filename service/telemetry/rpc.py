@@ -354,6 +354,10 @@ class RpcCall:
         if record.policy_breach:
             # The answer came from a provider the caller's policy forbids.
             fields["policy_breach"] = record.policy_breach
+        if record.refused_rule:
+            # The request asked beyond its policy: which rule, and where it asked.
+            fields["rule"] = record.refused_rule
+            fields["policy_field"] = record.refused_field
         if stats.attempts:
             fields["retries"] = stats.retries
         usage = stats.usage

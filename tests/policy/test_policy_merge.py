@@ -8,6 +8,7 @@ routes by the merged ``provider`` object: each case also checks who served.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -400,8 +401,13 @@ async def gw() -> AsyncIterator[Harness]:
 
 @pytest.mark.parametrize(("caller", "request_", "expected"), CASES)
 async def test_merge(
-    gw: Harness, caller: str, request_: pb.CompleteRequest, expected: Sent | Refused
+    gw: Harness,
+    caller: str,
+    request_: pb.CompleteRequest,
+    expected: Sent | Refused,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     before = len(chat_requests(gw.sim))
     if isinstance(expected, Refused):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -414,6 +420,10 @@ async def test_merge(
         assert error.info.metadata["policy_id"].startswith("p-")
         assert expected.field in error.message
         assert len(chat_requests(gw.sim)) == before, "a refused request went upstream"
+        # The operator's log line names the rule and the field too.
+        [line] = [r.__dict__ for r in caplog.records if r.getMessage() == "rpc finished"]
+        assert (line["reason"], line["rule"]) == ("POLICY_VIOLATION", expected.rule)
+        assert line["policy_field"] == expected.field
         return
     reply = await gw.stub.Complete(request_, metadata=as_caller(caller))
     assert len(chat_requests(gw.sim)) == before + 1
