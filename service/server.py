@@ -135,6 +135,7 @@ class GatewayServer:
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     _on_stopped: list[Callable[[], None]] = field(default_factory=list)
     _delay_cut: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         try:
@@ -318,9 +319,34 @@ class GatewayServer:
         """Drain: NOT_SERVING at once; keep serving new calls for ``delay_s`` (default
         ``GATEWAY_DRAIN_DELAY_S``) while load balancers take the endpoint out; then refuse new
         calls, let in-flight ones finish for ``grace_s`` (default from settings), cancel the
-        rest, then close the upstream."""
+        rest, then close the upstream.
+
+        A stop while another runs (a test's teardown after a failure, say) joins it: it cuts
+        the delay short and, once its own grace has passed, the calls still running, and it
+        returns when the one sequence has ended. Two sequences side by side would close the
+        ledger, the quota store and the upstream client twice at once. A stop after a
+        finished one returns at once."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         delay = self.settings.drain_delay_s if delay_s is None else delay_s
+        if self._stopping is not None:
+            await self._join_stop(self._stopping, grace)
+            return
+        self._stopping = asyncio.ensure_future(self._stop(grace, delay))
+        await self._stopping
+
+    async def _join_stop(self, stopping: asyncio.Task[None], grace: float) -> None:
+        self._delay_cut.set()
+        # asyncio.wait, not await: the first stop's outcome is its caller's, not ours.
+        done, _ = await asyncio.wait({stopping}, timeout=grace)
+        if not done and self._servicer is not None:
+            await self._servicer.cut()
+        await asyncio.wait({stopping})
+        if stopping.cancelled():
+            # Its caller gave up half-way (a timeout around it): finish the job.
+            self._stopping = None
+            await self.stop(grace, delay_s=0)
+
+    async def _stop(self, grace: float, delay: float) -> None:
         await self.health.enter_graceful_shutdown()
         if delay > 0 and self._server is not None:
             # Kubernetes removes a terminating pod from its endpoints while it sends SIGTERM,

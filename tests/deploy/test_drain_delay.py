@@ -88,6 +88,39 @@ async def test_the_whole_sequence_ends_with_the_stream_cut_after_the_grace() -> 
     assert error.detail(error_details_pb2.RetryInfo).retry_delay.seconds >= 1
 
 
+async def test_a_stop_during_a_stop_joins_it_cutting_the_delay_and_the_calls_in_flight() -> None:
+    """A test that fails while a stop runs has its teardown stop the gateway again: that stop
+    joins the first (one sequence, not two closing the ledger at once), ends the delay and,
+    after its own grace (0), cuts the stream still running. It used to wait the whole delay
+    again beside the first stop. A stop after that returns at once."""
+    endless = "Endless [[sim:pace=40]] [[sim:tokens=400]]"
+    async with start_gateway(gateway={"drain_delay_s": 30, "shutdown_grace_s": 30}) as gw:
+        stream = gw.stub.StreamComplete(
+            pb.StreamCompleteRequest(messages=[user(endless)]), metadata=auth()
+        )
+        assert isinstance(await stream.read(), pb.StreamCompleteResponse)
+        watch = health_watch(gw.channel)(health_pb2.HealthCheckRequest())
+        assert getattr(await watch.read(), "status", None) == SERVING
+        first = asyncio.create_task(gw.server.stop())
+        assert getattr(await watch.read(), "status", None) == NOT_SERVING  # in its delay
+        watch.cancel()
+        began = time.monotonic()
+        async with asyncio.timeout(10):
+            await gw.server.stop(0)
+        assert first.done()
+        await first
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await rest_of(stream)
+        took = time.monotonic() - began
+        again = time.monotonic()
+        await gw.server.stop()
+        assert time.monotonic() - again < 0.5  # not the 30 s delay once more
+    assert took < 10
+    error = rich_error(cut.value)
+    assert (error.code, error.info.reason) == (grpc.StatusCode.UNAVAILABLE, "SERVICE_UNAVAILABLE")
+    assert len(gw.finished) == 1  # the stream, accounted once
+
+
 async def test_a_stop_without_a_delay_refuses_at_once() -> None:
     async with start_gateway(gateway={"drain_delay_s": DELAY_S}) as gw:
         began = time.monotonic()
