@@ -98,21 +98,32 @@ async def serving_address(process: asyncio.subprocess.Process) -> str:
     return found.group(1)
 
 
+PROCESS_TEST_S = 45.0
+"""A process test's whole budget, start-up included: below pytest-timeout's 60 s, so a test
+that stalls fails here, inside the running loop, with the stall in its traceback and its
+cleanup run. pytest-timeout's signal instead interrupts the loop itself; the runner's
+cancellation of the tasks left half-way then never finished, and the whole session hung
+in that test's teardown (seen under load in full runs)."""
+
+
 @asynccontextmanager
 async def serving_process(
-    *command: str, **options: Any
+    *command: str, budget_s: float | None = None, **options: Any
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     """A gateway process (``command``) once it serves, and its address; killed if still
-    running at the end."""
+    running at the end. ``budget_s`` bounds the block, start-up included (a test passes
+    ``PROCESS_TEST_S``; the image check's container start is its own)."""
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, **options
     )
     try:
-        yield process, await serving_address(process)
+        async with asyncio.timeout(budget_s):
+            yield process, await serving_address(process)
     finally:
         if process.returncode is None:
             process.kill()
-            await process.wait()
+            async with asyncio.timeout(10):
+                await process.wait()
 
 
 async def drain_with_a_stream_in_flight(

@@ -23,6 +23,7 @@ from service.healthcheck import local_address
 from tests.api.support import PYTHON, ROOT, health_watch, run_process, service_env
 from tests.deploy.drain import (
     LONG,
+    PROCESS_TEST_S,
     check_sequence,
     drain_with_a_stream_in_flight,
     probe_until_refused,
@@ -134,7 +135,9 @@ async def test_a_stop_without_a_delay_refuses_at_once() -> None:
 async def test_sigterm_keeps_serving_for_the_delay_then_refuses_then_exits_0() -> None:
     delay_s = 1.0
     env = service_env(GATEWAY_DRAIN_DELAY_S=str(delay_s), GATEWAY_SHUTDOWN_GRACE_S="10")
-    async with serving_process(PYTHON, "-m", "service", cwd=ROOT, env=env) as (process, at):
+    async with serving_process(
+        PYTHON, "-m", "service", cwd=ROOT, env=env, budget_s=PROCESS_TEST_S
+    ) as (process, at):
         async with grpc.aio.insecure_channel(at) as channel:
             await drain_with_a_stream_in_flight(
                 channel,
@@ -152,7 +155,9 @@ async def test_sigterm_keeps_serving_for_the_delay_then_refuses_then_exits_0() -
 
 async def test_a_second_signal_cuts_the_delay_short() -> None:
     env = service_env(GATEWAY_DRAIN_DELAY_S="60")
-    async with serving_process(PYTHON, "-m", "service", cwd=ROOT, env=env) as (process, at):
+    async with serving_process(
+        PYTHON, "-m", "service", cwd=ROOT, env=env, budget_s=PROCESS_TEST_S
+    ) as (process, at):
         async with grpc.aio.insecure_channel(at) as channel:
             watch = health_watch(channel)(health_pb2.HealthCheckRequest())
             assert getattr(await watch.read(), "status", None) == SERVING
