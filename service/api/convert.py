@@ -571,6 +571,13 @@ def completion_request(message: AnyCompletionRequest) -> CompletionRequest:
                 description=t.description,
                 parameters=_tool_parameters(t, f"tools[{i}].parameters", violations),
                 strict=t.strict if t.HasField("strict") else None,
+                cache=(
+                    convert_tools.cache_control(
+                        t.cache_control, f"tools[{i}].cache_control", violations
+                    )
+                    if t.HasField("cache_control")
+                    else None
+                ),
             )
             for i, t in enumerate(message.tools)
         )
@@ -601,6 +608,7 @@ def completion_request(message: AnyCompletionRequest) -> CompletionRequest:
             if message.HasField("cache_control")
             else None
         ),
+        session_id=message.session_id,
         decode_violations=tuple(violations),
     )
 

@@ -363,7 +363,7 @@ def _online(request: CompletionRequest) -> WebSearch | None:
 
 
 def _one_hour_cache(request: CompletionRequest) -> bool:
-    marks = cache_marks(request.messages)
+    marks = cache_marks(request.messages, request.tools)
     if request.cache_control is not None:
         marks.append(request.cache_control)
     return any(mark.ttl is CacheTtl.ONE_HOUR for mark in marks)

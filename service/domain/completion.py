@@ -150,9 +150,12 @@ class VideoPart:
 Part = TextPart | ImagePart | FilePart | AudioPart | VideoPart
 
 
-def cache_marks(messages: Sequence[Message]) -> list[CacheControl]:
-    """Every prompt-cache mark of the messages' parts, in order."""
-    return [p.cache for m in messages for p in m.parts if p.cache is not None]
+def cache_marks(
+    messages: Sequence[Message], tools: Sequence[ToolDefinition] = ()
+) -> list[CacheControl]:
+    """Every prompt-cache mark of the tools and the messages' parts, in prompt order."""
+    marks = [t.cache for t in tools if t.cache is not None]
+    return marks + [p.cache for m in messages for p in m.parts if p.cache is not None]
 
 
 PART_MODALITY: Mapping[type[Any], Modality] = {
@@ -312,6 +315,8 @@ class ToolDefinition:
     description: str = ""
     parameters: Mapping[str, Any] = field(default_factory=dict)
     strict: bool | None = None
+    cache: CacheControl | None = None
+    """A prompt-cache breakpoint after this tool's definition."""
 
 
 class ToolChoiceMode(StrEnum):
@@ -433,6 +438,8 @@ class CompletionRequest:
     """None: not sent (the provider's default, true)."""
     cache_control: CacheControl | None = None
     """Automatic prompt caching for the whole request (OpenRouter's top-level mark)."""
+    session_id: str = field(default="", repr=False)
+    """OpenRouter's ``session_id`` (sticky routing): the caller's, never logged."""
     trace_headers: Mapping[str, str] = field(default_factory=dict)
     decode_violations: tuple[FieldViolation, ...] = ()
     """Problems found while decoding the caller's message (an unset enum, say), reported

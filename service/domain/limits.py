@@ -44,6 +44,8 @@ MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
 MAX_NAME_CHARS = 64
 MAX_END_USER_ID_CHARS = 128
+MAX_SESSION_ID_CHARS = 256
+"""OpenRouter's limit for ``session_id``."""
 MAX_MODEL_CHARS = 256
 """OpenRouter's model ids are far shorter (~60 characters with a variant suffix)."""
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -393,7 +395,11 @@ def _check_server_tools(request: CompletionRequest, violations: list[FieldViolat
         violations.append(
             FieldViolation("parallel_tool_calls", "requires tools or a server-tool web search")
         )
-    marks = len(cache_marks(request.messages)) + (request.cache_control is not None)
+    if len(request.session_id) > MAX_SESSION_ID_CHARS:
+        violations.append(
+            FieldViolation("session_id", f"at most {MAX_SESSION_ID_CHARS} characters")
+        )
+    marks = len(cache_marks(request.messages, request.tools)) + (request.cache_control is not None)
     if marks > MAX_CACHE_MARKS:
         violations.append(
             FieldViolation("messages", f"at most {MAX_CACHE_MARKS} prompt-cache marks in all")

@@ -197,8 +197,8 @@ def _prepare(ctx: SimulatorContext, admitted: Admitted, generation_id: str, crea
         cache = cache_use(ctx.state, model, messages, body)
     except ExtrasError as exc:
         raise _RejectedError(bad_request(str(exc))) from None
-    extras = Extras(web, cache, _ocr_pages(body, model, messages, media))
-    problem = history_problem(messages)
+    extras = Extras(web, cache, _ocr_pages(body, model, messages, media), scenario.byok)
+    problem = history_problem(messages) or _session_problem(body.get("session_id"))
     if problem is not None:
         raise _RejectedError(bad_request(problem))
     user = body.get("user")
@@ -223,6 +223,13 @@ def _prepare(ctx: SimulatorContext, admitted: Admitted, generation_id: str, crea
         media=media,
         extras=extras,
     )
+
+
+def _session_problem(session: Any) -> str | None:
+    """OpenRouter's rule for ``session_id``: a string of at most 256 characters."""
+    if session is None or (isinstance(session, str) and len(session) <= 256):
+        return None
+    return "session_id must be a string of at most 256 characters"
 
 
 def _missing_modality(media: PromptMedia, model: ModelInfo, body: dict[str, Any]) -> str | None:

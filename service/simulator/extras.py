@@ -66,6 +66,9 @@ class CacheUse:
     one_hour: bool = False
 
 
+BYOK_FEE = Decimal("0.05")
+"""The simulator's stand-in for OpenRouter's fee on a BYOK call, as a share of the inference's
+catalog price (the provider bills the inference to the organisation)."""
 OCR_USD_PER_PAGE = Decimal("0.002")
 """``mistral-ocr`` through the ``file-parser`` plugin: $2 per 1,000 pages."""
 
@@ -76,6 +79,8 @@ class Extras:
     cache: CacheUse = field(default_factory=CacheUse)
     ocr_pages: int = 0
     """Pages the file parser read with ``mistral-ocr``: billed in ``cost``, not upstream."""
+    byok: bool = False
+    """``[[sim:byok]]``: the organisation's own provider key served the call."""
 
     @property
     def fees(self) -> Decimal:

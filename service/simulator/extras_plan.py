@@ -102,9 +102,26 @@ def _strip_marks(value: Any) -> Any:
     return value
 
 
-def _prefixes(messages: list[Any], body: dict[str, Any]) -> list[tuple[list[Any], str]]:
-    """(the prompt up to a mark, the mark's ttl) for each cache mark, in order."""
-    out: list[tuple[list[Any], str]] = []
+def _mark_ttl(mark: Any) -> str:
+    if not isinstance(mark, dict) or mark.get("type") != "ephemeral":
+        raise ExtrasError('cache_control must be {"type": "ephemeral"}')
+    ttl = mark.get("ttl", "5m")
+    if ttl not in _TTL_S:
+        raise ExtrasError("cache_control.ttl must be 5m or 1h")
+    return str(ttl)
+
+
+def _prefixes(messages: list[Any], body: dict[str, Any]) -> list[tuple[Any, int, str]]:
+    """(the prompt up to a mark, its tokens, the mark's ttl) for each cache mark, in order:
+    the tools' marks first (tool definitions lead the prompt), then the messages'."""
+    out: list[tuple[Any, int, str]] = []
+    given = body.get("tools")
+    tools: list[Any] = given if isinstance(given, list) else []
+    for k, tool in enumerate(tools):
+        mark = tool.get("cache_control") if isinstance(tool, dict) else None
+        if mark is not None:
+            head = tools[: k + 1]
+            out.append((["tools", head], prompt_tokens([], head), _mark_ttl(mark)))
     for i, message in enumerate(messages):
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, list):
@@ -113,15 +130,12 @@ def _prefixes(messages: list[Any], body: dict[str, Any]) -> list[tuple[list[Any]
             mark = part.get("cache_control") if isinstance(part, dict) else None
             if mark is None:
                 continue
-            if not isinstance(mark, dict) or mark.get("type") != "ephemeral":
-                raise ExtrasError('cache_control must be {"type": "ephemeral"}')
-            ttl = mark.get("ttl", "5m")
-            if ttl not in _TTL_S:
-                raise ExtrasError("cache_control.ttl must be 5m or 1h")
-            out.append(([*messages[:i], {**message, "content": content[: j + 1]}], ttl))
+            prefix = [*messages[:i], {**message, "content": content[: j + 1]}]
+            out.append((prefix, prompt_tokens(prefix), _mark_ttl(mark)))
     top = body.get("cache_control")
     if isinstance(top, dict):
-        out.append((list(messages), top.get("ttl", "5m") if top.get("ttl") in _TTL_S else "5m"))
+        ttl = top.get("ttl", "5m") if top.get("ttl") in _TTL_S else "5m"
+        out.append((list(messages), prompt_tokens(messages), ttl))
     return out
 
 
@@ -132,7 +146,8 @@ def cache_use(
     if not model.caching:
         return CacheUse()
     if model.caching == "automatic":
-        prefixes = [(messages[:-1], "5m")] if len(messages) > 1 else []
+        head = messages[:-1]
+        prefixes = [(head, prompt_tokens(head), "5m")] if len(messages) > 1 else []
     else:
         prefixes = _prefixes(messages, body)
     now = time.monotonic()
@@ -140,8 +155,7 @@ def cache_use(
     last_tokens = 0
     last_ttl = "5m"
     keys: list[tuple[str, float]] = []
-    for prefix, ttl in prefixes:
-        tokens = prompt_tokens(prefix)
+    for prefix, tokens, ttl in prefixes:
         if tokens < model.cache_min_tokens:
             continue
         digest = hashlib.sha256(

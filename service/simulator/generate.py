@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from .catalog import IMAGE_TOKENS, ModelInfo
-from .extras import Extras
+from .extras import BYOK_FEE, Extras
 from .media import PromptMedia
 
 # A prime number of words, so the stride below visits them all before repeating.
@@ -198,7 +198,10 @@ def usage_json(
         completion_cost = model.completion_cost(completion, images)
         fee = extras.fees
     inference = prompt_cost + completion_cost
-    total = float(inference + fee)
+    # With the organisation's own key (BYOK) the provider bills the inference; OpenRouter's
+    # cost is its fee on it, plus its own tools' fees, which no key of the caller's pays.
+    billed = inference * BYOK_FEE if extras.byok else inference
+    total = float(billed + fee)
     prompt_details: dict[str, int] = {
         "cached_tokens": extras.cache.read,
         "cache_write_tokens": extras.cache.written,
@@ -213,7 +216,7 @@ def usage_json(
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "cost": total,
-        "is_byok": False,
+        "is_byok": extras.byok,
         "prompt_tokens_details": prompt_details,
         "cost_details": {
             # The provider's part: OpenRouter's search and OCR fees are in cost, not here.

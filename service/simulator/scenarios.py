@@ -53,6 +53,9 @@ Directive                       Effect
                                 ``usage-shape-empty`` / ``usage-shape-missing`` are aliases.
 ``no-finish``                   Stream: no finish_reason chunk.
 ``crlf`` / ``cr``               Stream line endings ``\\r\\n`` / ``\\r``.
+``byok``                        The organisation's own provider key serves: ``is_byok``
+                                true, ``cost`` a 5% fee on the inference (plus tool fees),
+                                ``upstream_inference_cost`` the provider's bill.
 ``split=N``                     Stream: every frame written N bytes at a time (1: byte by
                                 byte), so the gateway reads events cut at any offset.
 ``keepalive=N``                 N leading ``: OPENROUTER PROCESSING`` comments.
@@ -152,6 +155,7 @@ class Scenario:
     unknown_outputs: frozenset[str] = frozenset()
     serve_provider: str | None = None
     split: int | None = None
+    byok: bool = False
 
 
 DEFAULT_SCENARIO = Scenario()
@@ -259,6 +263,7 @@ def _apply(name: str, value: str | None) -> dict[str, Any]:
 
 _FLAGS: dict[str, dict[str, Any]] = {
     "refusal": {"refusal": True},
+    "byok": {"byok": True},
     "stamp": {"stamp": True},
     "fail-primary": {"fail_primary": True},
     "choice-error": {"choice_error": True},

@@ -32,6 +32,7 @@ from service.domain.completion import (
     ToolCall,
     ToolCallDelta,
     ToolChoiceMode,
+    ToolDefinition,
     Usage,
     count_unsupported,
 )
@@ -86,9 +87,7 @@ def build_body(request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
     if s.stop:
         body["stop"] = list(s.stop)
     if request.tools:
-        body["tools"] = [
-            _tool(t.name, t.description, t.parameters, t.strict) for t in request.tools
-        ]
+        body["tools"] = [_tool(t) for t in request.tools]
     if request.tool_choice is not None:
         choice = request.tool_choice
         if choice.mode is ToolChoiceMode.FUNCTION:
@@ -133,6 +132,8 @@ def build_body(request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
         body["parallel_tool_calls"] = request.parallel_tool_calls
     if request.cache_control is not None:
         body["cache_control"] = server_tools.cache_control(request.cache_control)
+    if request.session_id:
+        body["session_id"] = request.session_id
     return body
 
 
@@ -264,15 +265,16 @@ def _part_body(part: Part) -> dict[str, Any]:
     return {"type": "video_url", "video_url": {"url": url_of(part.source)}}
 
 
-def _tool(
-    name: str, description: str, parameters: Mapping[str, Any], strict: bool | None
-) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": name, "parameters": dict(parameters)}
-    if description:
-        function["description"] = description
-    if strict is not None:
-        function["strict"] = strict
-    return {"type": "function", "function": function}
+def _tool(tool: ToolDefinition) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "parameters": dict(tool.parameters)}
+    if tool.description:
+        function["description"] = tool.description
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    out: dict[str, Any] = {"type": "function", "function": function}
+    if tool.cache is not None:
+        out["cache_control"] = server_tools.cache_control(tool.cache)
+    return out
 
 
 # --- loading ------------------------------------------------------------------------

@@ -165,3 +165,45 @@ async def test_more_than_four_marks_are_refused(gw: Harness) -> None:
         for v in rich_error(caught.value).detail(error_details_pb2.BadRequest).field_violations
     ]
     assert fields == ["messages[0].parts[0].cache_control.ttl"]
+
+
+async def test_a_marked_tool_caches_the_tool_definitions(gw: Harness) -> None:
+    lookup = pb.Tool(
+        name="lookup_policy",
+        description=MANUAL.format(n=4),  # a long manual of when to call it
+        cache_control=CACHE_1H,
+    )
+    plain = pb.Tool(name="escalate", description="Hand the case to a person")
+
+    def ask(question: str) -> pb.CompleteRequest:
+        return pb.CompleteRequest(model=CLAUDE, messages=[user(question)], tools=[lookup, plain])
+
+    first = await gw.stub.Complete(ask("Refunds?"), metadata=auth())
+    sent = chat_requests(gw.sim)[-1].body["tools"]
+    assert sent[0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert "cache_control" not in sent[1]
+    written = first.usage.cache_write_tokens
+    assert written > 1024
+    second = await gw.stub.Complete(ask("Chargebacks?"), metadata=auth())
+    assert second.usage.cached_tokens == written
+    # A tool's mark counts toward the four a request may carry.
+    parts = [pb.Part(text=f"block {i}", cache_control=CACHE) for i in range(4)]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gw.stub.Complete(
+            pb.CompleteRequest(
+                model=CLAUDE, messages=[pb.Message(role=pb.ROLE_USER, parts=parts)], tools=[lookup]
+            ),
+            metadata=auth(),
+        )
+    error = rich_error(caught.value)
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    bad = pb.Tool(name="t", cache_control=pb.CacheControl(ttl=pb.CacheTtl.ValueType(7)))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gw.stub.Complete(
+            pb.CompleteRequest(messages=[user("x")], tools=[bad]), metadata=auth()
+        )
+    fields = [
+        v.field
+        for v in rich_error(caught.value).detail(error_details_pb2.BadRequest).field_violations
+    ]
+    assert fields == ["tools[0].cache_control.ttl"]

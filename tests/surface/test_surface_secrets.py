@@ -1,6 +1,6 @@
 """What callers send to the new surface (embedding inputs, a search prompt, cached prompt text,
-domains to search) and what comes back (vectors, citations) never reaches a log line, span,
-metric or ledger row."""
+domains to search, a session id) and what comes back (vectors, citations) never reaches a log
+line, span, metric or ledger row."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ EMBED_TEXT = "capybara-embedding-83e1 about the quarterly numbers"
 SEARCH_PROMPT = "gazelle-search-prompt-40af: results follow"
 CACHED = "wombat-cached-handbook-9c2d " * 300
 DOMAIN = "private-intranet-7f1e.example.com"
+SESSION = "session-okapi-51d3"
 
 
 @pytest.fixture
@@ -53,6 +54,7 @@ async def test_inputs_and_outputs_of_the_new_rpcs_stay_out_of_every_record(
                     web_search=pb.WebSearchOptions(
                         search_prompt=SEARCH_PROMPT, allowed_domains=[DOMAIN]
                     ),
+                    session_id=SESSION,
                 ),
                 metadata=auth(),
             )
@@ -80,7 +82,7 @@ async def test_inputs_and_outputs_of_the_new_rpcs_stay_out_of_every_record(
             rows = sqlite_rows(path)
 
     values = vectors.embeddings[0].values
-    secrets = [EMBED_TEXT, SEARCH_PROMPT, CACHED.strip()[:40], DOMAIN]
+    secrets = [EMBED_TEXT, SEARCH_PROMPT, CACHED.strip()[:40], DOMAIN, SESSION]
     secrets += [repr(values[0]), struct.pack("<4f", *values[:4]).hex()]
     secrets += [a.url_citation.content for a in searched.annotations][:1]
     assert rows[1]["web_search_requests"] == 1

@@ -1681,6 +1681,7 @@ class Tool(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. The function's name: 1 to 64 characters of a-z, A-Z, 0-9, `_` and `-`."""
     description: _builtins.str
@@ -1691,6 +1692,13 @@ class Tool(_message.Message):
     def parameters(self) -> _struct_pb2.Struct:
         """Optional. The function's parameters as a JSON Schema object. Empty means no parameters."""
 
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """Optional. A prompt-cache breakpoint after this tool (OpenRouter's `cache_control` on a
+        tool): the tool definitions up to and including this one, which come first in the
+        prompt, may be cached, as with `Part.cache_control`; counts toward the request's 4 marks.
+        """
+
     def __init__(
         self,
         *,
@@ -1698,10 +1706,11 @@ class Tool(_message.Message):
         description: _builtins.str = ...,
         parameters: _struct_pb2.Struct | None = ...,
         strict: _builtins.bool | None = ...,
+        cache_control: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "cache_control", b"cache_control", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "description", b"description", "name", b"name", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_strict", b"_strict", "cache_control", b"cache_control", "description", b"description", "name", b"name", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__strict: _TypeAlias = _typing.Literal["strict"]  # noqa: Y015
     _WhichOneofArgType__strict: _TypeAlias = _typing.Literal["_strict", b"_strict"]  # noqa: Y015
@@ -2118,6 +2127,7 @@ class CompleteRequest(_message.Message):
     WEB_SEARCH_FIELD_NUMBER: _builtins.int
     PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     CACHE_CONTROL_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. The OpenRouter model id, e.g. `openai/gpt-4o-mini`. Empty: the gateway's default
@@ -2145,6 +2155,12 @@ class CompleteRequest(_message.Message):
     parallel_tool_calls: _builtins.bool
     """Optional. Whether the model may call several tools at once. Requires `tools` or a
     server-tool web search. Default: the provider's (true).
+    """
+    session_id: _builtins.str
+    """Optional. Names one conversation, at most 256 characters (OpenRouter's `session_id`):
+    OpenRouter sends its calls to the same provider from the first call on (sticky routing,
+    which keeps a prompt cache warm) and groups them in its logs. Treated like prompt text:
+    never logged or stored by the gateway. An opaque id, not a person's name or address.
     """
     @_builtins.property
     def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -2222,11 +2238,12 @@ class CompleteRequest(_message.Message):
         web_search: Global___WebSearchOptions | None = ...,
         parallel_tool_calls: _builtins.bool | None = ...,
         cache_control: Global___CacheControl | None = ...,
+        session_id: _builtins.str = ...,
         provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_top_logprobs", b"_top_logprobs", "cache_control", b"cache_control", "file_parser", b"file_parser", "parallel_tool_calls", b"parallel_tool_calls", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "web_search", b"web_search"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_top_logprobs", b"_top_logprobs", "cache_control", b"cache_control", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "parallel_tool_calls", b"parallel_tool_calls", "provider", b"provider", "reasoning", b"reasoning", "response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "web_search", b"web_search"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_top_logprobs", b"_top_logprobs", "cache_control", b"cache_control", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "parallel_tool_calls", b"parallel_tool_calls", "provider", b"provider", "reasoning", b"reasoning", "response_format", b"response_format", "sampling", b"sampling", "session_id", b"session_id", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "web_search", b"web_search"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
     _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
@@ -2389,6 +2406,7 @@ class CompleteStructuredRequest(_message.Message):
     REASONING_FIELD_NUMBER: _builtins.int
     WEB_SEARCH_FIELD_NUMBER: _builtins.int
     CACHE_CONTROL_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
@@ -2396,6 +2414,10 @@ class CompleteStructuredRequest(_message.Message):
     """Optional. As in [CompleteRequest.end_user_id][llmgateway.v1.CompleteRequest.end_user_id]."""
     schema_name: _builtins.str
     """A registered, versioned schema, e.g. `chat_reply_v1`. A published version never changes."""
+    session_id: _builtins.str
+    """Optional. As in [CompleteRequest.session_id][llmgateway.v1.CompleteRequest.session_id];
+    a corrective re-ask is part of the same session.
+    """
     @_builtins.property
     def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional. As in
@@ -2452,11 +2474,12 @@ class CompleteStructuredRequest(_message.Message):
         reasoning: Global___ReasoningConfig | None = ...,
         web_search: Global___WebSearchOptions | None = ...,
         cache_control: Global___CacheControl | None = ...,
+        session_id: _builtins.str = ...,
         provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name", "web_search", b"web_search"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name", "web_search", b"web_search"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name", "session_id", b"session_id", "web_search", b"web_search"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_schema: _TypeAlias = _typing.Literal["schema_name", "inline_schema"]  # noqa: Y015
     _WhichOneofArgType_schema: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
@@ -2564,6 +2587,7 @@ class StreamCompleteRequest(_message.Message):
     WEB_SEARCH_FIELD_NUMBER: _builtins.int
     PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     CACHE_CONTROL_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
@@ -2585,6 +2609,8 @@ class StreamCompleteRequest(_message.Message):
     """Optional. As in
     [CompleteRequest.parallel_tool_calls][llmgateway.v1.CompleteRequest.parallel_tool_calls].
     """
+    session_id: _builtins.str
+    """Optional. As in [CompleteRequest.session_id][llmgateway.v1.CompleteRequest.session_id]."""
     @_builtins.property
     def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional. As in
@@ -2656,11 +2682,12 @@ class StreamCompleteRequest(_message.Message):
         web_search: Global___WebSearchOptions | None = ...,
         parallel_tool_calls: _builtins.bool | None = ...,
         cache_control: Global___CacheControl | None = ...,
+        session_id: _builtins.str = ...,
         provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_top_logprobs", b"_top_logprobs", "cache_control", b"cache_control", "file_parser", b"file_parser", "parallel_tool_calls", b"parallel_tool_calls", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "tool_choice", b"tool_choice", "top_logprobs", b"top_logprobs", "web_search", b"web_search"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_top_logprobs", b"_top_logprobs", "cache_control", b"cache_control", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "parallel_tool_calls", b"parallel_tool_calls", "provider", b"provider", "reasoning", b"reasoning", "response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "web_search", b"web_search"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls", "_top_logprobs", b"_top_logprobs", "cache_control", b"cache_control", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "logprobs", b"logprobs", "messages", b"messages", "model", b"model", "output_modalities", b"output_modalities", "parallel_tool_calls", b"parallel_tool_calls", "provider", b"provider", "reasoning", b"reasoning", "response_format", b"response_format", "sampling", b"sampling", "session_id", b"session_id", "tool_choice", b"tool_choice", "tools", b"tools", "top_logprobs", b"top_logprobs", "web_search", b"web_search"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
     _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
@@ -2911,6 +2938,7 @@ class StreamCompleteStructuredRequest(_message.Message):
     REASONING_FIELD_NUMBER: _builtins.int
     WEB_SEARCH_FIELD_NUMBER: _builtins.int
     CACHE_CONTROL_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Optional. As in [CompleteRequest.model][llmgateway.v1.CompleteRequest.model]."""
@@ -2918,6 +2946,10 @@ class StreamCompleteStructuredRequest(_message.Message):
     """Optional. As in [CompleteRequest.end_user_id][llmgateway.v1.CompleteRequest.end_user_id]."""
     schema_name: _builtins.str
     """A registered, versioned schema, e.g. `chat_reply_v1`."""
+    session_id: _builtins.str
+    """Optional. As in [CompleteRequest.session_id][llmgateway.v1.CompleteRequest.session_id];
+    a corrective re-ask is part of the same session.
+    """
     @_builtins.property
     def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional. As in
@@ -2977,11 +3009,12 @@ class StreamCompleteStructuredRequest(_message.Message):
         reasoning: Global___ReasoningConfig | None = ...,
         web_search: Global___WebSearchOptions | None = ...,
         cache_control: Global___CacheControl | None = ...,
+        session_id: _builtins.str = ...,
         provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name", "web_search", b"web_search"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name", "web_search", b"web_search"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "end_user_id", b"end_user_id", "fallback_models", b"fallback_models", "file_parser", b"file_parser", "inline_schema", b"inline_schema", "messages", b"messages", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "sampling", b"sampling", "schema", b"schema", "schema_name", b"schema_name", "session_id", b"session_id", "web_search", b"web_search"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_schema: _TypeAlias = _typing.Literal["schema_name", "inline_schema"]  # noqa: Y015
     _WhichOneofArgType_schema: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
