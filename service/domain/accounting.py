@@ -459,7 +459,9 @@ def usage_record(record: CallRecord, status: str, ended_at: float) -> UsageRecor
             cost,
             usage,
             record.served_pricing,
-            CostUnits(media.images, record.images_out, embeddings=record.rpc == "Embed"),
+            CostUnits(
+                media.images, record.images_out, media.files, embeddings=record.rpc == "Embed"
+            ),
         ),
     )
 

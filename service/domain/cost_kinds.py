@@ -11,8 +11,8 @@ The catalog lists a model's prices, not the serving endpoint's (a provider may c
 so the catalog amounts are *weights*: each reported amount is shared over its kinds in their
 proportion, and the parts of a row always sum to its recorded cost exactly. What no price
 accounts for - a cost with no priced unit behind it (a model missing from the catalog, a
-router's unknown price), a fee beyond inference with no search to explain it (parsed PDF
-pages), the provider's part beyond its prompt and completion with no request price - is
+router's unknown price), a fee beyond inference with neither a search nor a file to explain
+it, the provider's part beyond its prompt and completion with no request price - is
 ``OTHER``: kept visible as unattributed rather than guessed onto a kind.
 """
 
@@ -53,6 +53,9 @@ class CostKind(StrEnum):
     """The input tokens of an ``Embed`` call."""
     OTHER = "other"
     """What no catalog price accounts for (see the module's docstring)."""
+    FILE_PARSER = "file_parser"
+    """OpenRouter's file-parser fees (PDF pages read with an OCR engine). After ``OTHER``
+    because it came later: the order is the contract's numbering."""
 
 
 COST_KINDS = tuple(CostKind)
@@ -90,6 +93,8 @@ class CostUnits:
 
     images_in: int = 0
     images_out: int = 0
+    files_in: int = 0
+    """File parts (documents) the caller sent, which OpenRouter may have parsed for a fee."""
     embeddings: bool = False
 
 
@@ -130,7 +135,7 @@ def split_cost(
         # which follows what the call used; without cost_details nothing is known of sides.
         _allocate(cost, prompt + completion + request + search, parts)
         return CostSplit.of(parts)
-    _allocate(_CONTEXT.subtract(cost, upstream), search, parts)
+    _tool_fees(_CONTEXT.subtract(cost, upstream), search, units, parts)
     prompt_cost = _reported(usage.upstream_prompt_cost_usd)
     completion_cost = _reported(usage.upstream_completion_cost_usd)
     if prompt_cost is None or completion_cost is None or prompt_cost + completion_cost > upstream:
@@ -141,6 +146,22 @@ def split_cost(
         rest = _CONTEXT.subtract(_CONTEXT.subtract(upstream, prompt_cost), completion_cost)
         _allocate(rest, request, parts)
     return CostSplit.of(parts)
+
+
+def _tool_fees(
+    fee: Decimal, search: _Weights, units: CostUnits, parts: dict[CostKind, Decimal]
+) -> None:
+    """OpenRouter's fees beyond the provider's cost: its searches' and its PDF parsing's.
+    With both, the searches get their price at most (the chat usage counts searches, not
+    pages) and the parsing the rest."""
+    if not fee:
+        return
+    if not units.files_in:
+        _allocate(fee, search, parts)
+        return
+    searched = min(fee, _sum(weight for _, weight in search))
+    _allocate(searched, search, parts)
+    _allocate(_CONTEXT.subtract(fee, searched), [(CostKind.FILE_PARSER, fee)], parts)
 
 
 def _weights(usage: Usage, pricing: ModelPricing, units: CostUnits) -> tuple[_Weights, ...]:

@@ -100,6 +100,8 @@ split by kind follows them, in ``COST_COLUMNS``)."""
 COST_COLUMNS = tuple(f"cost_{kind}_usd" for kind in COST_KINDS)
 """The row's cost by kind (``UsageRecord.costs``): exact decimals, NULL where the kind cost
 nothing or the cost is unknown."""
+COST_COLUMNS_V6 = COST_COLUMNS[: COST_COLUMNS.index("cost_other_usd") + 1]
+"""The cost columns schema version 6 added (the kinds after ``OTHER`` came later)."""
 STORED_COLUMNS = (*RECORD_COLUMNS, *COST_COLUMNS)
 """Every column a row is written with and read back from."""
 COST_SUMS = ", ".join(f"{{sum}}({name})" for name in COST_COLUMNS)

@@ -30,6 +30,7 @@ from service.domain.usage import (
 )
 from service.ledger.batching import (
     COST_COLUMNS,
+    COST_COLUMNS_V6,
     COST_SUMS,
     MEDIA_SUMS,
     RECORD_COLUMNS,
@@ -134,9 +135,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 6: the cost split by kind (see sqlite.py's migration 6).
     (
-        *(f"ALTER TABLE usage_records ADD COLUMN {name} numeric" for name in COST_COLUMNS),
+        *(f"ALTER TABLE usage_records ADD COLUMN {name} numeric" for name in COST_COLUMNS_V6),
         "UPDATE usage_records SET cost_other_usd = cost_usd WHERE cost_usd IS NOT NULL",
     ),
+    # 7: the file-parser fees' kind (see sqlite.py's migration 7).
+    ("ALTER TABLE usage_records ADD COLUMN cost_file_parser_usd numeric",),
 )
 
 _COLUMNS = ", ".join(STORED_COLUMNS)

@@ -129,7 +129,9 @@ class Reconciler:
             reasoning_tokens=stats.reasoning_tokens,
             cached_tokens=stats.cached_tokens,
         )
-        units = CostUnits(record.image_inputs, record.images_out, record.rpc == "Embed")
+        units = CostUnits(
+            record.image_inputs, record.images_out, record.file_inputs, record.rpc == "Embed"
+        )
         pricing = model.pricing if model is not None else None
         return split_cost(cost_from_stats(stats), usage, pricing, units)
 

@@ -34,6 +34,7 @@ from service.domain.usage import (
 )
 from service.ledger.batching import (
     COST_COLUMNS,
+    COST_COLUMNS_V6,
     COST_SUMS,
     MEDIA_SUMS,
     RECORD_COLUMNS,
@@ -188,9 +189,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 6: the cost split by kind (exact decimals, NULL for none of a kind). A row from before
     # keeps its cost, all of it unattributed (other): what it was spent on was not recorded.
     (
-        *(f"ALTER TABLE usage_records ADD COLUMN {name} TEXT" for name in COST_COLUMNS),
+        *(f"ALTER TABLE usage_records ADD COLUMN {name} TEXT" for name in COST_COLUMNS_V6),
         "UPDATE usage_records SET cost_other_usd = cost_usd WHERE cost_usd IS NOT NULL",
     ),
+    # 7: OpenRouter's file-parser fees as a kind of their own (before: other).
+    ("ALTER TABLE usage_records ADD COLUMN cost_file_parser_usd TEXT",),
 )
 
 _COLUMNS = ", ".join(STORED_COLUMNS)

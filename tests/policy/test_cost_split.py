@@ -6,6 +6,7 @@ parts always sum to the cost exactly, and what no price explains is ``OTHER``.
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
 from service.domain.completion import Usage
@@ -146,3 +147,24 @@ def test_embeddings_media_and_audio() -> None:
         D("0.0001"), Usage(prompt_tokens=100), pricing, CostUnits(embeddings=True)
     )
     assert embedded == CostSplit.of({K.EMBEDDINGS: D("0.0001")})
+
+
+def test_fees_with_a_file_sent_are_the_file_parsers() -> None:
+    usage = Usage(
+        prompt_tokens=100,
+        upstream_cost_usd=0.0001,
+        upstream_prompt_cost_usd=0.0001,
+        upstream_completion_cost_usd=0.0,
+    )
+    parsed = split_cost(D("0.0061"), usage, PRICES, CostUnits(files_in=1))
+    assert parsed == CostSplit.of({K.PROMPT: D("0.0001"), K.FILE_PARSER: D("0.006")})
+    # Searched too: the searches get their price at most (the chat usage counts searches,
+    # not pages; here Exa's $0.015, OpenRouter's engine for a model without native search),
+    # the rest is the parsing's.
+    searched = dataclasses.replace(usage, web_search_requests=1)
+    both = split_cost(D("0.0251"), searched, PRICES, CostUnits(files_in=1))
+    assert both == CostSplit.of(
+        {K.PROMPT: D("0.0001"), K.WEB_SEARCH: D("0.015"), K.FILE_PARSER: D("0.010")}
+    )
+    cheap = split_cost(D("0.0131"), searched, PRICES, CostUnits(files_in=1))
+    assert cheap == CostSplit.of({K.PROMPT: D("0.0001"), K.WEB_SEARCH: D("0.013")})

@@ -18,8 +18,9 @@ import pytest
 from llmgateway.v1 import completion_service_pb2 as pb
 
 from tests.accounting.support import acct_gateway
-from tests.content.support import image, text, user_parts
+from tests.content.support import image, pdf, text, user_parts
 from tests.policy.support import as_caller, ask, callers
+from tests.surface.test_file_parser import THREE_PAGES
 
 D = Decimal
 K = pb.CostKind
@@ -33,6 +34,8 @@ IMAGER = (D("0.0000003"), D("0.0000025"))
 IMAGER_OUTPUT = D("0.039")
 EMBEDDER = D("0.00000002")
 EXA_FEE = D("0.007")
+LLAMA = (D("0.00000002"), D("0.00000003"))  # its first endpoint, at the listed price
+OCR_PAGE = D("0.002")
 
 
 def cost_of(usage: pb.Usage) -> Decimal:
@@ -157,6 +160,23 @@ async def test_spend_is_split_by_kind_exactly(tmp_path: Path, ledger: dict[str, 
             {K.COST_KIND_PROMPT: (u.prompt_tokens - u.prompt_image_tokens) * GPT4O[0]}
             | {K.COST_KIND_IMAGE_INPUT: GPT4O_IMAGE + u.prompt_image_tokens * GPT4O[0]}
             | {K.COST_KIND_COMPLETION: u.completion_tokens * GPT4O[1]},
+            cost_of(u),
+        )
+
+        # A document a model cannot read, parsed by OpenRouter with Mistral OCR: $0.002 a page.
+        parsed = await gw.stub.Complete(
+            pb.CompleteRequest(
+                model="meta-llama/llama-3.1-8b-instruct",
+                messages=[user_parts(text("Summarise"), pdf(THREE_PAGES, name="q3.pdf"))],
+            ),
+            metadata=svc,
+        )
+        u = parsed.usage
+        expect(
+            "DeepInfra",
+            {K.COST_KIND_PROMPT: u.prompt_tokens * LLAMA[0]}
+            | {K.COST_KIND_COMPLETION: u.completion_tokens * LLAMA[1]}
+            | {K.COST_KIND_FILE_PARSER: 3 * OCR_PAGE},
             cost_of(u),
         )
 

@@ -725,9 +725,11 @@ class _CostKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CostKind.Val
     """The input tokens of `Embed` calls."""
     COST_KIND_OTHER: _CostKind.ValueType  # 12
     """What no catalog price accounts for: a cost with no priced unit behind it (a model
-    missing from the catalog, a router's variable price), OpenRouter's fees with no search
-    to explain them (e.g. parsed PDF pages), and calls recorded before costs were split.
+    missing from the catalog, a router's variable price), OpenRouter's fees with neither a
+    search nor a file to explain them, and calls recorded before costs were split.
     """
+    COST_KIND_FILE_PARSER: _CostKind.ValueType  # 13
+    """OpenRouter's file-parser fees: PDF pages read with an OCR engine (`mistral-ocr`)."""
 
 class CostKind(_CostKind, metaclass=_CostKindEnumTypeWrapper):
     """CostKind is what part of a call's cost paid for."""
@@ -758,9 +760,11 @@ COST_KIND_EMBEDDINGS: CostKind.ValueType  # 11
 """The input tokens of `Embed` calls."""
 COST_KIND_OTHER: CostKind.ValueType  # 12
 """What no catalog price accounts for: a cost with no priced unit behind it (a model
-missing from the catalog, a router's variable price), OpenRouter's fees with no search
-to explain them (e.g. parsed PDF pages), and calls recorded before costs were split.
+missing from the catalog, a router's variable price), OpenRouter's fees with neither a
+search nor a file to explain them, and calls recorded before costs were split.
 """
+COST_KIND_FILE_PARSER: CostKind.ValueType  # 13
+"""OpenRouter's file-parser fees: PDF pages read with an OCR engine (`mistral-ocr`)."""
 Global___CostKind: _TypeAlias = CostKind  # noqa: Y015
 
 class _EmbeddingEncoding:
@@ -3584,7 +3588,7 @@ class GetUsageResponse(_message.Message):
 
     @_builtins.property
     def costs(self) -> _containers.RepeatedCompositeFieldContainer[Global___KindCost]:
-        """Output only. `cost_usd` by what it paid for, in `CostKind` order (kinds that cost
+        """Output only. `cost_usd` by what it paid for, by `CostKind` number (kinds that cost
         nothing left out); the amounts sum to `cost_usd` exactly. Each call's cost is split when
         it is recorded: see the README, "Spend by cost kind".
         """
