@@ -26,6 +26,7 @@ from service.domain.completion import (
     CompletionRequest,
     FilePart,
     ImagePart,
+    MediaUrl,
     Modality,
     Part,
     PdfEngine,
@@ -36,6 +37,7 @@ from service.domain.completion import (
     part_bytes,
 )
 from service.domain.cost_kinds import CostUnits, split_cost
+from service.domain.image_size import IMAGE_INPUT_TOKENS, image_dimensions, image_tokens_bound
 from service.domain.limits import IMAGE_OUTPUT_TOKENS
 from service.domain.models import ModelInfo, ModelPricing
 from service.domain.providers import NO_MAX_PRICE
@@ -208,9 +210,6 @@ class CostEstimate:
 
 
 # Media: what a part can cost, bounded without decoding it.
-IMAGE_INPUT_TOKENS = 3_000
-"""An input image's tokens at most: providers scale images down to a fixed budget (OpenAI's
-high detail ~1,100-2,500 tokens with its multipliers, Anthropic ~1,600, Gemini 258-1,290)."""
 AUDIO_BYTES_PER_TOKEN = 16
 """Audio tokens follow duration (OpenAI 10, Gemini 32 a second); 16 bytes a token still
 bounds audio compressed to 6 kbit/s at 32 tokens a second."""
@@ -232,9 +231,9 @@ class MediaBound:
     audio_tokens: int = 0
     images: int = 0
     unbounded: bool = False
-    """A document, or a video by URL: its tokens cannot be bounded from what the gateway
-    sees (a PDF page can be thousands of tokens in a few hundred bytes), so the prompt is
-    bounded by the model's context length."""
+    """A document, a video by URL, or an inline image whose header tells no size: its tokens
+    cannot be bounded from what the gateway sees (a PDF page can be thousands of tokens in a
+    few hundred bytes), so the prompt is bounded by the model's context length."""
 
 
 def media_prompt_bound(request: CompletionRequest) -> MediaBound:
@@ -248,7 +247,15 @@ def parts_bound(parts: Iterable[Part]) -> MediaBound:
     for part in parts:
         if isinstance(part, ImagePart):
             images += 1
-            tokens += IMAGE_INPUT_TOKENS
+            source = part.source
+            if isinstance(source, MediaUrl):
+                # The gateway never fetches a URL, so its size is unknown (README, "Media in
+                # the reservation"): the bound of an image that every provider scales down.
+                tokens += IMAGE_INPUT_TOKENS
+            elif (size := image_dimensions(source.data)) is not None:
+                tokens += image_tokens_bound(*size)
+            else:
+                unbounded = True  # a size the header does not tell: bounded by the context
         elif isinstance(part, AudioPart):
             audio += math.ceil(len(part.data) / AUDIO_BYTES_PER_TOKEN)
         elif isinstance(part, VideoPart) and part_bytes(part):

@@ -177,7 +177,7 @@ def test_the_reservation_prices_each_kind_of_media() -> None:
     base = worst_case(plain, [VISION])
     assert base.usd == Decimal("0.000001") * text_tokens + Decimal("0.000002") * 100
     # An image: its price and a token bound, at the prompt price.
-    picture = request_of(ImagePart(Blob("image/png", b"x" * 10_000)))
+    picture = request_of(ImagePart(Blob("image/png", png())))
     assert (
         worst_case(picture, [VISION]).usd - base.usd
         == Decimal("0.01") + Decimal("0.000001") * IMAGE_INPUT_TOKENS
