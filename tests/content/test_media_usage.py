@@ -17,7 +17,6 @@ import pytest
 from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.domain.accounting import (
-    IMAGE_INPUT_TOKENS,
     RESERVED_OUTPUT_IMAGES,
     estimate_prompt_tokens,
     worst_case,
@@ -36,6 +35,7 @@ from service.domain.completion import (
     SamplingParams,
     TextPart,
 )
+from service.domain.image_size import IMAGE_INPUT_TOKENS
 from service.domain.models import ModelInfo, ModelPricing
 from service.domain.usage import MEDIA_COUNT_FIELDS, MediaTotals, UsageRecord
 from service.simulator import SimulatorConfig
