@@ -154,17 +154,24 @@ async def serve(
         )
         await server.start()
         gc_tuning.freeze_startup_objects()
-        if role is None:
-            print(_banner(server, simulator), file=sys.stderr, flush=True)
-        else:
-            workers.announce_ready(role)
-        await _until_stopped(server, role)
+
+        def ready() -> None:
+            if role is None:
+                print(_banner(server, simulator), file=sys.stderr, flush=True)
+            else:
+                workers.announce_ready(role)
+
+        await _until_stopped(server, role, ready)
     return 0
 
 
-async def _until_stopped(server: GatewayServer, role: workers.WorkerRole | None = None) -> None:
+async def _until_stopped(
+    server: GatewayServer, role: workers.WorkerRole | None, ready: Callable[[], None]
+) -> None:
     """Serve until SIGTERM or SIGINT (for a worker, also until its supervisor is gone), then
-    drain (see the module docstring)."""
+    drain (see the module docstring). ``ready`` says the gateway serves — only once the
+    signal handlers are in place: a SIGTERM that followed the word at once (a supervisor whose
+    other worker died, a rollout) would otherwise kill the process without its drain."""
     stopping = asyncio.Event()
     skip_delay = False
     loop = asyncio.get_running_loop()
@@ -191,6 +198,7 @@ async def _until_stopped(server: GatewayServer, role: workers.WorkerRole | None 
     if role is not None:
         # An orphaned worker drains as on SIGTERM rather than serving on unsupervised.
         workers.on_supervisor_lost(role, lambda: on_signal(signal.SIGTERM))
+    ready()
     await stopping.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     delay = 0.0 if skip_delay else server.settings.drain_delay_s
