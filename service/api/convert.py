@@ -354,7 +354,7 @@ def _part_out(part: Part) -> pb.Part:
     raise AssertionError(f"no annotation holds a {type(part).__name__}")
 
 
-def _annotations_out(values: Sequence[Annotation]) -> list[pb.Annotation]:
+def annotations_out(values: Sequence[Annotation]) -> list[pb.Annotation]:
     out = []
     for value in values:
         if isinstance(value, UrlCitation):
@@ -673,7 +673,7 @@ def complete_response(completion: Completion) -> pb.CompleteResponse:
         usage=usage(completion.usage),
         reasoning_details=reasoning_details_out(completion.reasoning_details),
         images=_images_out(completion.images),
-        annotations=_annotations_out(completion.annotations),
+        annotations=annotations_out(completion.annotations),
         refusal=completion.refusal,
         logprobs=_logprobs_out(completion.logprobs),
         unsupported_outputs=unsupported_out(completion.unsupported),
@@ -703,6 +703,7 @@ def structured_response(result: StructuredResult) -> pb.CompleteStructuredRespon
         attempts=result.attempts,
         finish_reason=_FINISH[completion.finish_reason],
         usage=usage(result.usage),
+        annotations=annotations_out(completion.annotations),
     )
 
 
@@ -727,7 +728,7 @@ def stream_response(event: StreamEvent) -> pb.StreamCompleteResponse:
                 tool_calls=[_tool_call_delta(call) for call in event.tool_calls],
                 reasoning_details=reasoning_details_out(event.reasoning_details),
                 images=_images_out(event.images),
-                annotations=_annotations_out(event.annotations),
+                annotations=annotations_out(event.annotations),
                 refusal=event.refusal,
                 logprobs=_logprobs_out(event.logprobs),
             )

@@ -6,6 +6,7 @@ from llmgateway.v1 import completion_service_pb2 as pb
 
 from service.api.convert import (
     STRUCTURED_MODES,
+    annotations_out,
     dict_to_struct,
     finish_reason,
     reasoning_details_out,
@@ -39,5 +40,6 @@ def structured_stream_response(event: StructuredEvent) -> pb.StreamCompleteStruc
             usage=usage(event.usage),
             reasoning_details=reasoning_details_out(event.reasoning_details),
             unsupported_outputs=unsupported_out(event.unsupported),
+            annotations=annotations_out(event.annotations),
         )
     )

@@ -8,6 +8,7 @@ reply. A valid one ends the stream with ``StructuredFinished``; an invalid one r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 
 from service.domain.completion import (
+    Annotation,
     ContentDelta,
     FinishReason,
     OutputDelta,
@@ -50,7 +52,9 @@ class StructuredFinished:
     reasoning_details: tuple[ReasoningDetail, ...] = ()
     """The stream's reasoning blocks, merged, to send back on the next turn."""
     unsupported: tuple[UnsupportedOutput, ...] = ()
-    """What the stream held that a structured answer does not carry (images, citations…)."""
+    """What the stream held that a structured answer does not carry (images, refusals…)."""
+    annotations: tuple[Annotation, ...] = ()
+    """The stream's annotations (citations, parsed files), in order."""
 
     @property
     def fallback_used(self) -> bool:
@@ -66,6 +70,7 @@ async def structured_events(
     """Relay ``events`` (pieces of JSON text, reasoning), then validate the whole text."""
     pieces: list[str] = []
     dropped: dict[str, int] = {}
+    annotations: list[Annotation] = []
     async for event in events:
         if isinstance(event, ContentDelta):
             pieces.append(event.text)
@@ -78,16 +83,17 @@ async def structured_events(
             if event.content:
                 pieces.append(event.content)
                 yield ContentDelta(event.content)
+            annotations.extend(event.annotations)
             for kind, present in (
                 ("delta.images", len(event.images)),
-                ("delta.annotations", len(event.annotations)),
                 ("delta.refusal", int(bool(event.refusal))),
             ):
                 if present:
                     dropped[kind] = dropped.get(kind, 0) + present
         elif isinstance(event, StreamFinished):
             add_unsupported(dropped, event.unsupported)
-            yield _finish(event, "".join(pieces), schema, mode, dropped)
+            finished = _finish(event, "".join(pieces), schema, mode, dropped)
+            yield dataclasses.replace(finished, annotations=tuple(annotations))
             return
         elif isinstance(event, ToolCallDelta):
             # No tools are offered; a provider that calls one anyway has answered no JSON.

@@ -235,6 +235,10 @@ async def test_native_search_and_structured_output_together(gw: Harness) -> None
     assert reply.json
     assert chat_requests(gw.sim)[-1].body["plugins"][-1]["engine"] == "native"
     assert reply.usage.web_search_requests == 1
+    # The sources come back beside the JSON.
+    cited = [a.url_citation for a in reply.annotations]
+    assert len(cited) == 5
+    assert all(c.url.startswith("https://") for c in cited)
     assert exact(reply.usage.cost_usd) == exact(reply.usage.upstream_inference_cost_usd) + Decimal(
         "0.01"
     )
@@ -297,3 +301,18 @@ async def test_an_online_model_is_reserved_as_a_web_search() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await gw.stub.Complete(request, metadata=auth(POLICY_KEY))
             assert rich_error(caught.value).info.reason == "QUOTA_EXCEEDED"
+
+
+async def test_a_structured_stream_ends_with_the_searchs_sources(gw: Harness) -> None:
+    request = pb.StreamCompleteStructuredRequest(
+        model="anthropic/claude-sonnet-4.5",
+        schema_name="chat_reply_v1",
+        messages=[user("Search and answer, streaming")],
+        web_search=pb.WebSearchOptions(max_results=3),
+    )
+    messages = [m async for m in gw.stub.StreamCompleteStructured(request, metadata=auth())]
+    end = messages[-1].end
+    assert end.json
+    assert [a.WhichOneof("kind") for a in end.annotations] == ["url_citation"] * 3
+    assert not end.unsupported_outputs  # citations are carried, not counted as dropped
+    assert end.usage.web_search_requests == 1

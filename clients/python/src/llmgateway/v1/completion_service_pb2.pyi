@@ -2510,6 +2510,7 @@ class CompleteStructuredResponse(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. OpenRouter's generation id of the accepted answer."""
     model: _builtins.str
@@ -2544,6 +2545,12 @@ class CompleteStructuredResponse(_message.Message):
     def usage(self) -> Global___Usage:
         """Output only. What all attempts consumed together."""
 
+    @_builtins.property
+    def annotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Annotation]:
+        """Output only. The accepted answer's annotations: the sources of a web search (URL
+        citations) and the documents the file parser read, as on `CompleteResponse`.
+        """
+
     def __init__(
         self,
         *,
@@ -2560,10 +2567,11 @@ class CompleteStructuredResponse(_message.Message):
         attempts: _builtins.int = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
         usage: Global___Usage | None = ...,
+        annotations: _abc.Iterable[Global___Annotation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "fallback_used", b"fallback_used", "finish_reason", b"finish_reason", "id", b"id", "json", b"json", "mode", b"mode", "model", b"model", "provider", b"provider", "repaired", b"repaired", "schema_name", b"schema_name", "schema_version", b"schema_version", "usage", b"usage", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "attempts", b"attempts", "fallback_used", b"fallback_used", "finish_reason", b"finish_reason", "id", b"id", "json", b"json", "mode", b"mode", "model", b"model", "provider", b"provider", "repaired", b"repaired", "schema_name", b"schema_name", "schema_version", b"schema_version", "usage", b"usage", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3073,6 +3081,7 @@ class StructuredEnd(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     REASONING_DETAILS_FIELD_NUMBER: _builtins.int
     UNSUPPORTED_OUTPUTS_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
     json: _builtins.str
     """Output only. The validated JSON, compact."""
     schema_name: _builtins.str
@@ -3111,6 +3120,13 @@ class StructuredEnd(_message.Message):
         citations, a refusal's text), counted.
         """
 
+    @_builtins.property
+    def annotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Annotation]:
+        """Output only. The stream's annotations, in order: the sources of a web search (URL
+        citations) and the documents the file parser read. They arrive apart from the JSON, so
+        they come here, once it is valid, rather than in the deltas.
+        """
+
     def __init__(
         self,
         *,
@@ -3126,10 +3142,11 @@ class StructuredEnd(_message.Message):
         usage: Global___Usage | None = ...,
         reasoning_details: _abc.Iterable[Global___ReasoningDetail] | None = ...,
         unsupported_outputs: _abc.Iterable[Global___UnsupportedOutput] | None = ...,
+        annotations: _abc.Iterable[Global___Annotation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fallback_used", b"fallback_used", "finish_reason", b"finish_reason", "json", b"json", "mode", b"mode", "native_finish_reason", b"native_finish_reason", "reasoning_details", b"reasoning_details", "repaired", b"repaired", "schema_name", b"schema_name", "schema_version", b"schema_version", "unsupported_outputs", b"unsupported_outputs", "usage", b"usage", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "fallback_used", b"fallback_used", "finish_reason", b"finish_reason", "json", b"json", "mode", b"mode", "native_finish_reason", b"native_finish_reason", "reasoning_details", b"reasoning_details", "repaired", b"repaired", "schema_name", b"schema_name", "schema_version", b"schema_version", "unsupported_outputs", b"unsupported_outputs", "usage", b"usage", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
