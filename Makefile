@@ -10,8 +10,6 @@ BIN := $(VENV)/bin
 BUF := tools/node_modules/.bin/buf
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := tools/node_modules/.installed
-# The Google protos the contract imports, copied from googleapis-common-protos for buf.
-PROTO_INCLUDE := build/proto-include/.installed
 
 .PHONY: ensure-redis ensure-prometheus image-check k8s-schemas help run test lint typecheck proto-lint proto-breaking proto-bundle polyglot-check generate check-generated pytest fmt bench image lock clean soak
 
@@ -29,10 +27,6 @@ $(NODE_STAMP): tools/package.json tools/package-lock.json
 	cd tools && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-$(PROTO_INCLUDE): $(PY_STAMP) scripts/proto-include.sh
-	rm -rf $(@D) && ./scripts/proto-include.sh $(@D)
-	@touch $@
-
 run: $(PY_STAMP) ## Serve on :50051 (demo mode on 127.0.0.1 with the built-in simulator when no key is set)
 	@if [ -z "$${OPENROUTER_API_KEY:-}$${OPENROUTER_API_KEY_FILE:-}" ]; then \
 	  export GATEWAY_SIMULATOR="$${GATEWAY_SIMULATOR:-true}"; fi; \
@@ -47,11 +41,11 @@ lint: $(PY_STAMP)
 typecheck: $(PY_STAMP)
 	$(BIN)/mypy
 
-proto-lint: $(NODE_STAMP) $(PROTO_INCLUDE)
+proto-lint: $(NODE_STAMP)
 	$(BUF) lint
-	$(BUF) format --diff --exit-code proto
+	$(BUF) format --diff --exit-code proto --exclude-path proto/google
 
-proto-breaking: $(NODE_STAMP) $(PROTO_INCLUDE) ## buf breaking against the last release tag (v*)
+proto-breaking: $(NODE_STAMP) ## buf breaking against the last release tag (v*)
 	BUF=$(BUF) ./scripts/buf-breaking.sh
 
 GENERATED := clients/python/src/llmgateway/v1
@@ -80,10 +74,10 @@ ensure-prometheus: ## Install Debian's prometheus (server and promtool) when mis
 pytest: $(PY_STAMP) $(NODE_STAMP) ensure-redis ensure-prometheus
 	$(BIN)/pytest -q
 
-fmt: $(PY_STAMP) $(NODE_STAMP) $(PROTO_INCLUDE) ## Format Python and proto files
+fmt: $(PY_STAMP) $(NODE_STAMP) ## Format Python and proto files
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
-	$(BUF) format -w proto
+	$(BUF) format -w proto --exclude-path proto/google
 
 k8s-schemas: $(PY_STAMP) ## Regenerate the Kubernetes ConfigMap of schemas/ (deploy/kubernetes/base)
 	$(BIN)/python scripts/k8s-schemas-configmap.py

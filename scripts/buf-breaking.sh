@@ -3,8 +3,8 @@
 # newest `v*` tag reachable from HEAD, else the merge base with main. A checkout with neither (a
 # shallow CI clone, an exported tarball) skips with one line instead of failing.
 #
-# The release's proto/ is extracted to a temp folder and given today's include folder and
-# buf.yaml, so a release whose imports are not committed (build/proto-include) still builds.
+# The release's proto/ is extracted to a temp folder and given today's buf.yaml, and today's
+# proto/google when it has none, so a release from before those were committed still builds.
 #
 # One relaxation: a language option (go_package, java_package, ...) that the release did not set
 # at all may be set now. FILE's FILE_SAME_<OPTION> rules report "" -> "x" as a change, but for
@@ -27,15 +27,15 @@ if [ -z "$ref" ]; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/against/build"
+mkdir -p "$tmp/against"
 git archive "$ref" proto | tar -x -C "$tmp/against"
-cp -r build/proto-include "$tmp/against/build/"
+[ -d "$tmp/against/proto/google" ] || cp -r proto/google "$tmp/against/proto/"
 cp buf.yaml "$tmp/against/"
 
 except=()
 for option in csharp_namespace go_package java_multiple_files java_package objc_class_prefix \
   php_namespace ruby_package swift_prefix; do
-  if ! grep -rqE "^option $option =" "$tmp/against/proto"; then
+  if ! grep -rqE "^option $option =" "$tmp/against/proto/llmgateway"; then
     except+=("FILE_SAME_${option^^}")
   fi
 done

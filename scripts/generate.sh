@@ -9,20 +9,16 @@ out="${1:-clients/python/src}"
 venv_bin=".venv/bin"
 mkdir -p "$out/llmgateway/v1"
 find "$out/llmgateway/v1" -name '*_pb2*' -delete
-# google/api/field_behavior.proto comes from googleapis-common-protos; only our own files are
-# compiled, so the generated code imports google.api.field_behavior_pb2 from that wheel.
-include=$(mktemp -d)
-trap 'rm -rf "$include"' EXIT
-./scripts/proto-include.sh "$include"
+# google/api/field_behavior.proto is found in proto/google; only our own files are compiled,
+# so the generated code imports google.api.field_behavior_pb2 from the wheel.
 "$venv_bin/python" -m grpc_tools.protoc \
   -Iproto \
-  -I"$include" \
   --python_out="$out" \
   --grpc_python_out="$out" \
   --plugin=protoc-gen-mypy="$venv_bin/protoc-gen-mypy" \
   --mypy_out="$out" \
   --plugin=protoc-gen-mypy_grpc="$venv_bin/protoc-gen-mypy_grpc" \
   --mypy_grpc_out="$out" \
-  $(find proto -name '*.proto' | sort) 2>&1 | { grep -v "^Writing mypy" || true; }
+  $(find proto/llmgateway -name '*.proto' | sort) 2>&1 | { grep -v "^Writing mypy" || true; }
 printf '"""Generated from proto/llmgateway/v1 by scripts/generate.sh; do not edit."""\n' \
   >"$out/llmgateway/v1/__init__.py"

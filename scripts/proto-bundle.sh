@@ -8,8 +8,8 @@ out=$(realpath -m "${1:?usage: proto-bundle.sh OUT_DIR}")
 cd "$(dirname "$0")/.."
 rm -rf "$out"
 mkdir -p "$out"
-cp -r proto/. "$out/"
-./scripts/proto-include.sh "$out"
+cp -r proto/. "$out/"  # our contract and the Google protos in proto/google
+rm -f "$out/google/README.md"
 # protoc's own well-known types, as grpcio-tools ships them.
 wkt=$(.venv/bin/python -c 'import pathlib, grpc_tools; print(pathlib.Path(grpc_tools.__file__).parent / "_proto")')
 for f in struct timestamp any duration; do

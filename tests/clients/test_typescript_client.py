@@ -19,9 +19,6 @@ WORK = TOOLS / "build" / "ts"  # next to tools/node_modules, so tsc and node res
 async def _build() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    # The buf workspace reads build/proto-include (google/api and google/rpc).
-    included = await run_process(str(ROOT / "scripts" / "proto-include.sh"), "build/proto-include")
-    assert included.returncode == 0, included.stderr
     generated = await run_process(str(BIN / "buf"), "generate", "--template", "buf.gen.yaml")
     assert generated.returncode == 0, generated.stderr
     for name in ("connect_client.ts", "tsconfig.json"):

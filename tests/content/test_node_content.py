@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from pathlib import Path
 
 from service.simulator import SimulatorConfig
 from tests.api.support import ROOT, chat_requests, run_process
@@ -16,17 +15,15 @@ from tests.harness import ALPHA_KEY, start_gateway
 CLIENT = ROOT / "tests" / "node" / "content.js"
 
 
-async def test_node_sends_an_image_gets_one_and_round_trips_reasoning(tmp_path: Path) -> None:
+async def test_node_sends_an_image_gets_one_and_round_trips_reasoning() -> None:
     node = _node()
-    copied = await run_process(str(ROOT / "scripts" / "proto-include.sh"), str(tmp_path))
-    assert copied.returncode == 0, copied.stderr
     async with start_gateway(sim_config=SimulatorConfig(keepalive_comments=0)) as gw:
         ran = await run_process(
             node,
             str(CLIENT),
             gw.server.address,
             ALPHA_KEY,
-            env={**os.environ, "NODE_PATH": str(NODE_MODULES), "PROTO_INCLUDE": str(tmp_path)},
+            env={**os.environ, "NODE_PATH": str(NODE_MODULES)},
         )
         assert ran.returncode == 0, ran.stderr
         out = json.loads(ran.stdout)

@@ -2,8 +2,7 @@
 // an image in, an image out, and a reasoning round trip (the blocks of one answer sent back
 // on the next turn), unary and streamed. Prints what it saw as one JSON document on stdout.
 //
-//   NODE_PATH=tools/node_modules PROTO_INCLUDE=build/proto-include \
-//     node tests/node/content.js <host:port> <caller key>
+//   NODE_PATH=tools/node_modules node tests/node/content.js <host:port> <caller key>
 //
 // Used by tests/content/test_node_content.py.
 'use strict';

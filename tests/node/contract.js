@@ -2,8 +2,7 @@
 // for the Node clients of the tests (client.js, content.js).
 //
 // proto-loader resolves google/protobuf/*.proto (Struct, Timestamp) from the copies bundled
-// with protobufjs; google/api/field_behavior.proto comes from PROTO_INCLUDE, a folder written by
-// scripts/proto-include.sh.
+// with protobufjs, and google/api/field_behavior.proto from proto/google.
 'use strict';
 
 const path = require('node:path');
@@ -14,10 +13,8 @@ const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'proto');
 
 // `defaults`: whether unset fields read as their defaults (true) or stay absent (false).
 function loadCompletionService({ defaults }) {
-  const include = process.env.PROTO_INCLUDE;
-  if (!include) throw new Error('set PROTO_INCLUDE (see scripts/proto-include.sh)');
   const definition = protoLoader.loadSync('llmgateway/v1/completion_service.proto', {
-    includeDirs: [PROTO_ROOT, include],
+    includeDirs: [PROTO_ROOT],
     keepCase: true,
     longs: String,
     enums: String,
