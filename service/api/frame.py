@@ -439,22 +439,34 @@ def _parse(parse: Callable[[bytes], Request], raw: bytes) -> Request:
         ) from None
 
 
-async def unary_answer(context: Context[Response], answer: Response | None) -> Response | None:
-    """What a unary RPC hands gRPC: its answer, or — when the call failed (``CallFrame.run``
-    returned None, the status set) — an abort.
+def unary_method(
+    frame: CallFrame,
+    rpc: str,
+    parse: Callable[[bytes], Request],
+    handler: Callable[[Call, Request, Context[bytes]], Awaitable[Message | None]],
+) -> Callable[[bytes, Context[bytes]], Awaitable[bytes | None]]:
+    """The method gRPC calls for a unary RPC: ``frame.run`` it, then hand gRPC its answer or —
+    when the call failed (``run`` returned None, the status set) — an abort.
 
     Returning None with a status set makes grpc.aio send headers and an empty message before
     the status; a client's retry policy sees the headers and commits, so it never retries. An
     abort sends a Trailers-Only response, which a client retries when its policy names the code
     (the recommended one retries UNAVAILABLE). The abort's traceback is a cycle that lives until
-    the next collection, so the caller drops the request bytes first (``del raw``), and a
-    stranger's UNAUTHENTICATED — the one failure a flood can repeat at no cost — keeps the
+    the next collection and holds this method's frame, so the request bytes are dropped first;
+    a stranger's UNAUTHENTICATED — the one failure a flood can repeat at no cost — keeps the
     cheaper path: no client retries it.
     """
-    if answer is not None:
-        return answer
-    code = context.code()
-    if code is None or code == grpc.StatusCode.UNAUTHENTICATED:
-        return None
-    await context.abort(code, context.details() or "")
-    return None  # not reached: abort raises
+
+    async def method(raw: bytes, context: Context[bytes]) -> bytes | None:
+        answer = await frame.run(rpc, raw, context, parse, handler)
+        del raw  # the abort's traceback must not hold the request
+        if answer is not None:
+            return answer
+        code = context.code()
+        if code is None or code == grpc.StatusCode.UNAUTHENTICATED:
+            return None
+        await context.abort(code, context.details() or "")
+        return None  # not reached: abort raises
+
+    method.__name__ = method.__qualname__ = rpc
+    return method

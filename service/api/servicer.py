@@ -9,7 +9,7 @@ serializes each answer, so one too large to send gets a status (and row) of its 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -22,7 +22,7 @@ from llmgateway.v1 import completion_service_pb2 as pb
 from service.api import convert, convert_embed
 from service.api.auth import Authenticator
 from service.api.convert_structured_stream import structured_stream_response
-from service.api.frame import REQUEST_ID_KEY, Call, CallFrame, Context, FinishHook, unary_answer
+from service.api.frame import REQUEST_ID_KEY, Call, CallFrame, Context, FinishHook, unary_method
 from service.domain.accounting import Accountant
 from service.domain.completion import StreamEvent, StreamFinished
 from service.domain.gateway import Gateway
@@ -34,13 +34,16 @@ from service.telemetry.rpc import RpcTelemetry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CompletionService"].full_name
 E = TypeVar("E")
+Handler = Callable[[Call, Any, Context[bytes]], Awaitable[Message]]
+"""What a unary RPC does between its parsed request and its answer (``_complete`` and the rest)."""
 
 __all__ = ["SERVICE_NAME", "CompletionServicer", "FinishHook", "register"]
 
 
 class CompletionServicer:
-    """``llmgateway.v1.CompletionService``: one method per RPC, each a coroutine that takes the
-    request's bytes and its context (streams write their messages with ``context.write``)."""
+    """``llmgateway.v1.CompletionService``: what each RPC does. The streams are methods that take
+    the request's bytes and their context and write with ``context.write``; each unary RPC is a
+    handler (``_complete`` and the rest) that ``register`` wraps with ``unary_method``."""
 
     def __init__(
         self,
@@ -80,13 +83,6 @@ class CompletionServicer:
 
     # --- RPCs ------------------------------------------------------------------------
 
-    async def Complete(self, raw: bytes, context: Context[bytes]) -> bytes | None:
-        answer = await self.frame.run(
-            "Complete", raw, context, pb.CompleteRequest.FromString, self._complete
-        )
-        del raw  # see unary_answer: its abort's traceback must not hold the request
-        return await unary_answer(context, answer)
-
     async def StreamComplete(self, raw: bytes, context: Context[bytes]) -> None:
         await self.frame.run(
             "StreamComplete", raw, context, pb.StreamCompleteRequest.FromString, self._stream
@@ -100,38 +96,6 @@ class CompletionServicer:
             pb.StreamCompleteStructuredRequest.FromString,
             self._stream_structured,
         )
-
-    async def CompleteStructured(self, raw: bytes, context: Context[bytes]) -> bytes | None:
-        answer = await self.frame.run(
-            "CompleteStructured",
-            raw,
-            context,
-            pb.CompleteStructuredRequest.FromString,
-            self._structured,
-        )
-        del raw  # see unary_answer: its abort's traceback must not hold the request
-        return await unary_answer(context, answer)
-
-    async def ListModels(self, raw: bytes, context: Context[bytes]) -> bytes | None:
-        answer = await self.frame.run(
-            "ListModels", raw, context, pb.ListModelsRequest.FromString, self._list_models
-        )
-        del raw  # see unary_answer: its abort's traceback must not hold the request
-        return await unary_answer(context, answer)
-
-    async def GetUsage(self, raw: bytes, context: Context[bytes]) -> bytes | None:
-        answer = await self.frame.run(
-            "GetUsage", raw, context, pb.GetUsageRequest.FromString, self._usage
-        )
-        del raw  # see unary_answer: its abort's traceback must not hold the request
-        return await unary_answer(context, answer)
-
-    async def Embed(self, raw: bytes, context: Context[bytes]) -> bytes | None:
-        answer = await self.frame.run(
-            "Embed", raw, context, pb.EmbedRequest.FromString, self._embed
-        )
-        del raw  # see unary_answer: its abort's traceback must not hold the request
-        return await unary_answer(context, answer)
 
     # --- what each RPC does ----------------------------------------------------------
 
@@ -318,17 +282,22 @@ def _time(request: pb.GetUsageRequest, field: Literal["start_time", "end_time"])
 def register(servicer: CompletionServicer, server: grpc.aio.Server) -> None:
     """Serve ``servicer``'s methods on ``server``, taking requests and giving answers as bytes
     (the frame parses and serializes them: see the module)."""
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-        "Complete": grpc.unary_unary_rpc_method_handler(servicer.Complete),
-        "StreamComplete": grpc.unary_stream_rpc_method_handler(servicer.StreamComplete),
-        "StreamCompleteStructured": grpc.unary_stream_rpc_method_handler(
-            servicer.StreamCompleteStructured
-        ),
-        "CompleteStructured": grpc.unary_unary_rpc_method_handler(servicer.CompleteStructured),
-        "ListModels": grpc.unary_unary_rpc_method_handler(servicer.ListModels),
-        "GetUsage": grpc.unary_unary_rpc_method_handler(servicer.GetUsage),
-        "Embed": grpc.unary_unary_rpc_method_handler(servicer.Embed),
+    frame = servicer.frame
+    unary: dict[str, tuple[Callable[[bytes], Message], Handler]] = {
+        "Complete": (pb.CompleteRequest.FromString, servicer._complete),
+        "CompleteStructured": (pb.CompleteStructuredRequest.FromString, servicer._structured),
+        "ListModels": (pb.ListModelsRequest.FromString, servicer._list_models),
+        "GetUsage": (pb.GetUsageRequest.FromString, servicer._usage),
+        "Embed": (pb.EmbedRequest.FromString, servicer._embed),
     }
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        name: grpc.unary_unary_rpc_method_handler(unary_method(frame, name, parse, handler))
+        for name, (parse, handler) in unary.items()
+    }
+    handlers["StreamComplete"] = grpc.unary_stream_rpc_method_handler(servicer.StreamComplete)
+    handlers["StreamCompleteStructured"] = grpc.unary_stream_rpc_method_handler(
+        servicer.StreamCompleteStructured
+    )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     # Registered methods are matched by gRPC core, without a Python lookup per call.
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
